@@ -1,0 +1,1 @@
+"""Reproducible benchmarks behind ``secfed bench ...``; each writes one JSON object."""

@@ -1,0 +1,157 @@
+"""``secfed bench secagg``: per-phase cost of our secure aggregation, optionally beside Flower's SecAgg+.
+
+Each repeat provisions nothing new (one in-memory consortium), builds fresh sessions, drops a
+``dropout`` fraction of clients *after* they shared keys (the costly case for the server, which must
+then rebuild their pairwise masks), and times every client and server step in process, so transport
+is excluded (``secfed bench round`` measures that). Figures are medians over repeats; client figures
+are medians over clients first.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from secfed.bench.stats import median, median_of_dicts
+from secfed.crypto.identity import TrustAnchor
+from secfed.pki.issue import create_ca, issue_client
+from secfed.secagg.client import ClientSession
+from secfed.secagg.config import SessionConfig, default_colluding, required_threshold
+from secfed.secagg.errors import Phase
+from secfed.secagg.local import UPLOAD_PHASES, LocalRouter
+from secfed.secagg.server import ServerSession
+from secfed.secagg.spec import Segment, VectorSpec
+
+
+def _one_round(
+    n: int, dim: int, dropout: float, identities: dict[str, Any], trust: TrustAnchor, seed: int
+) -> dict[str, float]:
+    rng = np.random.default_rng(seed)
+    roster = tuple(sorted(identities))[:n]
+    colluding = default_colluding(n)
+    threshold = required_threshold(n, colluding)
+    n_drop = min(math.floor(n * dropout), n - max(threshold, 3))
+    spec = VectorSpec((Segment("x", dim, clip=1.0, frac_bits=16),))
+    config = SessionConfig(
+        round=seed,
+        roster=roster,
+        threshold=threshold,
+        n_colluding=colluding,
+        min_cohort=3,
+        spec=spec,
+        model_hash=os.urandom(32),
+    )
+    clients = {
+        c: ClientSession(
+            identity=identities[c],
+            trust=trust,
+            config=config,
+            model_hash=config.model_hash,
+            inputs={"x": rng.uniform(-1, 1, dim)},
+        )
+        for c in roster
+    }
+    dropped = rng.choice(np.array(roster), size=n_drop, replace=False).tolist()
+    run = LocalRouter(ServerSession(config, trust=trust), clients).run(
+        drop=dict.fromkeys(dropped, Phase.MASKED_INPUT)
+    )
+    if run.result is None:
+        raise RuntimeError(f"benchmark session failed: {run.error}")
+    out: dict[str, float] = {}
+    for phase in UPLOAD_PHASES:
+        key = phase.value.replace("-", "_")
+        out[f"client_{key}_s"] = median(run.client_seconds[phase])
+        out[f"server_{key}_s"] = run.server_seconds[phase]
+    out["client_mask_s"] = out["client_masked_input_s"]
+    out["server_unmask_s"] = out["server_unmask_s"]
+    survivors = [c for c in roster if c not in dropped]
+    out["upload_bytes"] = median([run.upload_bytes[c] for c in survivors])
+    out["dropped"] = float(len(dropped))
+    out["threshold"] = float(threshold)
+    return out
+
+
+def run_benchmark(
+    clients: int, dim: int, dropout: float, repeats: int, compare_flower: bool, progress: bool = True
+) -> dict[str, Any]:
+    if clients < 3:
+        raise ValueError("--clients must be at least 3")
+    if dim < 1:
+        raise ValueError("--dim must be at least 1")
+    if not 0 <= dropout < 1:
+        raise ValueError("--dropout must be in [0, 1)")
+    ca = create_ca("bench CA")
+    identities = {f"c{i:04d}": issue_client(ca, f"c{i:04d}") for i in range(clients)}
+    trust = TrustAnchor(ca.certificate)
+    runs = []
+    flower_runs: list[float] = []
+    for rep in tqdm(range(repeats), desc="secagg bench", unit="round", disable=not progress, file=sys.stderr):
+        runs.append(_one_round(clients, dim, dropout, identities, trust, seed=rep + 1))
+        if compare_flower:
+            from secfed.bench.flower_compare import flower_client_mask_seconds
+
+            vec = np.random.default_rng(rep).uniform(-1, 1, dim)
+            flower_runs.append(flower_client_mask_seconds(vec, clients - 1))
+    ours = median_of_dicts(runs)
+    result: dict[str, Any] = {
+        "benchmark": "secagg",
+        "clients": clients,
+        "dim": dim,
+        "dropout": dropout,
+        "repeats": repeats,
+        "ring_bits": 32,
+        "ours": ours,
+        "plaintext_bytes": 4 * dim,
+        "upload_overhead": ours["upload_bytes"] / (4 * dim),
+    }
+    if compare_flower:
+        result["flower"] = {"client_mask_s": median(flower_runs)}
+        result["flower_over_ours_client_mask"] = median(flower_runs) / ours["client_mask_s"]
+    return result
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("secagg", help="per-phase cost of secure aggregation (in process, no transport)")
+    p.add_argument("--clients", type=int, default=50, help="clients per session (default 50)")
+    p.add_argument("--dim", type=int, default=1_000_000, help="vector length (default 10^6)")
+    p.add_argument(
+        "--dropout", type=float, default=0.3, help="fraction dropped after sharing keys (default 0.3)"
+    )
+    p.add_argument("--repeats", type=int, default=3, help="sessions to run; medians are reported (default 3)")
+    p.add_argument("--compare", choices=["flower"], help="also time Flower's SecAgg+ client masking")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    p.set_defaults(func=_main)
+
+
+def _main(args: argparse.Namespace) -> int:
+    result = run_benchmark(
+        args.clients, args.dim, args.dropout, args.repeats, args.compare == "flower", progress=not args.json
+    )
+    if args.json:
+        print(json.dumps(result, indent=2, sort_keys=True))
+        return 0
+    ours = result["ours"]
+    print(
+        f"secure aggregation: {args.clients} clients, d={args.dim}, {int(ours['dropped'])} dropped after ShareKeys, "
+        f"t={int(ours['threshold'])}, median of {args.repeats}"
+    )
+    print(f"{'phase':<14}{'client s':>12}{'server s':>12}")
+    for phase in UPLOAD_PHASES:
+        key = phase.value.replace("-", "_")
+        print(f"{phase.value:<14}{ours[f'client_{key}_s']:>12.4f}{ours[f'server_{key}_s']:>12.4f}")
+    print(
+        f"upload per client: {ours['upload_bytes']:.0f} B ({result['upload_overhead']:.4f}x the plaintext 32-bit vector)"
+    )
+    if "flower" in result:
+        print(
+            f"Flower SecAgg+ client masking: {result['flower']['client_mask_s']:.4f} s "
+            f"({result['flower_over_ours_client_mask']:.1f}x ours)"
+        )
+    return 0

@@ -1,0 +1,418 @@
+"""The client side of secure aggregation: a state machine that takes server messages and returns uploads.
+
+Every check the design lists is made here, because the client is the party that must protect itself
+from a lying server: adverts are verified against the pinned consortium CA and the round roster; the
+configuration, model hash and round are bound into signatures; share ciphertexts are opened eagerly so
+a misrouted one is caught before any input is sent; the dropped set is computed from the client's own
+view and a server that lists a peer as both alive and dropped is refused; and one session answers at
+most one unmask request, so both shares of a peer are never revealed. Any violation aborts the session
+and erases its secrets.
+
+Secrets are dropped from the object as soon as the session ends. Python cannot promise the memory is
+overwritten (immutable ``bytes`` may linger until collected); what it guarantees is that nothing in the
+process can reach them any more.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import replace
+from typing import Concatenate, ParamSpec, TypeVar
+
+import numpy as np
+from cryptography import x509
+from numpy.typing import ArrayLike, NDArray
+
+from secfed.crypto import aead, shamir
+from secfed.crypto.agreement import AgreementError, KeyPair, agree, generate_keypair, private_to_bytes
+from secfed.crypto.identity import Identity, IdentityError, TrustAnchor, verify_signature
+from secfed.crypto.prg import MaskAccumulator
+from secfed.secagg import derive
+from secfed.secagg.config import ClientPolicy, SessionConfig
+from secfed.secagg.errors import (
+    BelowThresholdError,
+    ConfigError,
+    ConfigMismatchError,
+    InconsistentViewError,
+    InvalidAdvertError,
+    ModelHashMismatchError,
+    Phase,
+    PhaseOrderError,
+    ReplayError,
+    SecAggError,
+    ShareDecryptionError,
+    SignatureError,
+)
+from secfed.secagg.fixedpoint import EncodeReport, encode
+from secfed.secagg.graph import CompleteGraph, Neighbourhood
+from secfed.secagg.messages import (
+    AdvertBroadcast,
+    AdvertiseKeys,
+    ConsistencyRequest,
+    ConsistencySignature,
+    MaskedInputUpload,
+    ShareKeysRelay,
+    ShareKeysUpload,
+    UnmaskRequest,
+    UnmaskResponse,
+    consistency_payload,
+)
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def _aborts_on_error(
+    method: Callable[Concatenate[ClientSession, P], R],
+) -> Callable[Concatenate[ClientSession, P], R]:
+    """Any refusal ends the session and erases its secrets: a half-run session is never resumed."""
+
+    def wrapper(self: ClientSession, /, *args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return method(self, *args, **kwargs)
+        except SecAggError:
+            if self._phase is not Phase.DONE:
+                self._abort()
+            raise
+
+    wrapper.__name__, wrapper.__doc__ = method.__name__, method.__doc__
+    return wrapper
+
+
+class ClientSession:
+    """One client's part in one secure-aggregation session."""
+
+    def __init__(
+        self,
+        *,
+        identity: Identity,
+        trust: TrustAnchor,
+        config: SessionConfig,
+        model_hash: bytes,
+        inputs: Mapping[str, ArrayLike],
+        policy: ClientPolicy | None = None,
+        graph: Neighbourhood | None = None,
+    ) -> None:
+        self._phase = Phase.CONFIGURE
+        self.client_id = identity.client_id
+        (policy or ClientPolicy()).check(config)
+        if self.client_id not in config.roster:
+            raise ConfigError(
+                Phase.CONFIGURE, "this client is not in the round roster", client_id=self.client_id
+            )
+        if model_hash != config.model_hash:
+            raise ModelHashMismatchError(
+                Phase.CONFIGURE, "the configuration names a different global model than the one downloaded"
+            )
+        self._identity = identity
+        self._trust = trust
+        self._config = config
+        self._digest = config.digest()
+        self._graph: Neighbourhood = graph or CompleteGraph()
+        self._inputs: Mapping[str, ArrayLike] | None = inputs
+        self._cipher_keys: KeyPair | None = None
+        self._mask_keys: KeyPair | None = None
+        self._b_seed: bytes | None = None
+        self._own_b_share: bytes | None = None
+        self._peer_s_shares: dict[str, bytes] = {}
+        self._peer_b_shares: dict[str, bytes] = {}
+        # X25519(c_u, c_v) is symmetric: computed once to encrypt to v, reused to open v's shares.
+        self._cipher_secrets: dict[str, bytes] = {}
+        self._adverts: dict[str, AdvertiseKeys] = {}
+        self._certs: dict[str, x509.Certificate] = {}
+        self._sid = b""
+        self._u1: frozenset[str] = frozenset()
+        self._u2: frozenset[str] = frozenset()
+        self._u3: tuple[str, ...] = ()
+        self.encode_report: EncodeReport | None = None
+
+    @property
+    def phase(self) -> Phase:
+        return self._phase
+
+    @property
+    def session_id(self) -> bytes:
+        return self._sid
+
+    @property
+    def holds_secrets(self) -> bool:
+        """True while any key, seed or share is still reachable from this object."""
+        return any(
+            x is not None for x in (self._cipher_keys, self._mask_keys, self._b_seed, self._own_b_share)
+        ) or bool(self._peer_s_shares or self._peer_b_shares or self._cipher_secrets)
+
+    # -- phase 1 -------------------------------------------------------------------------------
+    @_aborts_on_error
+    def advertise(self) -> AdvertiseKeys:
+        """Make two fresh X25519 key pairs and sign their public halves with the certificate key."""
+        self._expect(Phase.CONFIGURE)
+        self._cipher_keys = generate_keypair()
+        self._mask_keys = generate_keypair()
+        unsigned = AdvertiseKeys(
+            client_id=self.client_id,
+            round=self._config.round,
+            config_digest=self._digest,
+            model_hash=self._config.model_hash,
+            pk_cipher=self._cipher_keys.public,
+            pk_mask=self._mask_keys.public,
+            signature=b"",
+            cert_chain=self._identity.chain_der(),
+        )
+        self._phase = Phase.ADVERTISE
+        return replace(unsigned, signature=self._identity.sign(unsigned.signed_payload()))
+
+    # -- phase 2 -------------------------------------------------------------------------------
+    @_aborts_on_error
+    def on_advert_broadcast(self, msg: AdvertBroadcast) -> ShareKeysUpload:
+        """Verify every advert, derive the session id, and send each peer its encrypted shares."""
+        self._expect(Phase.ADVERTISE)
+        phase = Phase.ADVERTISE
+        if msg.round != self._config.round or msg.config_digest != self._digest:
+            raise ReplayError(phase, "advert list is for another round or configuration")
+        ids = [a.client_id for a in msg.adverts]
+        if len(set(ids)) != len(ids):
+            raise InvalidAdvertError(phase, "the advert list names a client twice")
+        mine = next((a for a in msg.adverts if a.client_id == self.client_id), None)
+        assert self._cipher_keys is not None and self._mask_keys is not None
+        if mine is None or (mine.pk_cipher, mine.pk_mask) != (
+            self._cipher_keys.public,
+            self._mask_keys.public,
+        ):
+            raise InvalidAdvertError(phase, "the server dropped or replaced this client's own advert")
+        if len(ids) < self._config.threshold:
+            raise BelowThresholdError(
+                phase, f"only {len(ids)} adverts, threshold is {self._config.threshold}"
+            )
+        for advert in msg.adverts:
+            self._verify_advert(advert)
+        keys = [k for a in msg.adverts for k in (a.pk_cipher, a.pk_mask)]
+        if len(set(keys)) != len(keys):
+            raise InvalidAdvertError(phase, "public keys are reused across adverts")
+        self._adverts = {a.client_id: a for a in msg.adverts}
+        self._u1 = frozenset(ids)
+        self._sid = derive.session_id(self._config.round, self._digest, msg.adverts)
+
+        self._b_seed = os.urandom(32)
+        peers = self._graph.neighbours(self.client_id, self._u1)
+        holders = sorted(peers | {self.client_id}, key=self._config.position)
+        positions = [self._config.position(h) for h in holders]
+        t = self._config.threshold
+        s_shares = shamir.split(private_to_bytes(self._mask_keys.private), t, positions)
+        b_shares = shamir.split(self._b_seed, t, positions)
+        self._own_b_share = b_shares[self._config.position(self.client_id)].to_bytes()
+        ciphertexts: dict[str, bytes] = {}
+        for peer in sorted(peers):
+            pos = self._config.position(peer)
+            try:
+                secret = agree(self._cipher_keys.private, self._adverts[peer].pk_cipher)
+            except AgreementError as exc:
+                raise InvalidAdvertError(Phase.ADVERTISE, f"unusable cipher key: {exc}", client_id=peer) from exc
+            self._cipher_secrets[peer] = secret
+            key = derive.share_key(secret, self._sid, self.client_id, peer)
+            plaintext = derive.share_plaintext(
+                self.client_id, peer, s_shares[pos].to_bytes(), b_shares[pos].to_bytes()
+            )
+            ciphertexts[peer] = aead.seal(key, plaintext, derive.share_ad(self._sid, self.client_id, peer))
+        del s_shares, b_shares
+        self._phase = Phase.SHARE_KEYS
+        return ShareKeysUpload(
+            session_id=self._sid,
+            sender=self.client_id,
+            ciphertexts=ciphertexts,
+            b_commitment=derive.b_commitment(self._sid, self.client_id, self._b_seed),
+        )
+
+    def _verify_advert(self, advert: AdvertiseKeys) -> None:
+        phase = Phase.ADVERTISE
+        who = advert.client_id
+        if who not in self._config.roster:
+            raise InvalidAdvertError(phase, "advert from a client outside the round roster", client_id=who)
+        if advert.round != self._config.round:
+            raise ReplayError(phase, f"advert signed for round {advert.round}", client_id=who)
+        if advert.model_hash != self._config.model_hash:
+            raise ModelHashMismatchError(phase, "peer was handed a different global model", client_id=who)
+        if advert.config_digest != self._digest:
+            raise ConfigMismatchError(
+                phase, "peer was handed a different session configuration", client_id=who
+            )
+        if len(advert.pk_cipher) != 32 or len(advert.pk_mask) != 32 or advert.pk_cipher == advert.pk_mask:
+            raise InvalidAdvertError(phase, "malformed or identical public keys", client_id=who)
+        try:
+            peer = self._trust.verify_client(advert.cert_chain)
+        except IdentityError as exc:
+            raise InvalidAdvertError(
+                phase, f"certificate refused ({exc.reason}): {exc}", client_id=who
+            ) from exc
+        if peer.client_id != who:
+            raise InvalidAdvertError(
+                phase, f"certificate belongs to {peer.client_id!r}, not the advertised id", client_id=who
+            )
+        try:
+            verify_signature(peer.certificate, advert.signature, advert.signed_payload())
+        except IdentityError as exc:
+            raise SignatureError(phase, "advert signature does not verify", client_id=who) from exc
+        self._certs[who] = peer.certificate
+
+    # -- phase 3 -------------------------------------------------------------------------------
+    @_aborts_on_error
+    def on_share_relay(self, msg: ShareKeysRelay) -> MaskedInputUpload:
+        """Open the shares addressed to this client, then mask and upload its input."""
+        self._expect(Phase.SHARE_KEYS)
+        phase = Phase.SHARE_KEYS
+        self._check_session(msg.session_id, phase)
+        if msg.recipient != self.client_id:
+            raise ShareDecryptionError(phase, f"relay addressed to {msg.recipient!r}")
+        u2 = frozenset(msg.u2)
+        if len(u2) != len(msg.u2) or not u2 <= self._u1 or self.client_id not in u2:
+            raise InconsistentViewError(
+                phase, "U2 is not a duplicate-free subset of U1 containing this client"
+            )
+        if len(u2) < self._config.threshold:
+            raise BelowThresholdError(phase, f"only {len(u2)} clients shared keys")
+        peers = self._graph.neighbours(self.client_id, u2)
+        if set(msg.ciphertexts) != peers:
+            raise InconsistentViewError(phase, "relayed ciphertexts do not match the neighbours in U2")
+        assert self._cipher_keys is not None and self._mask_keys is not None and self._b_seed is not None
+        my_x = self._config.position(self.client_id) + 1
+        for sender, sealed in msg.ciphertexts.items():
+            key = derive.share_key(self._cipher_secrets[sender], self._sid, sender, self.client_id)
+            try:
+                plaintext = aead.open_sealed(key, sealed, derive.share_ad(self._sid, sender, self.client_id))
+                frm, to, s_raw, b_raw = derive.parse_fields(plaintext, 4)
+                s_share, b_share = shamir.Share.from_bytes(s_raw), shamir.Share.from_bytes(b_raw)
+            except (aead.DecryptionError, ValueError) as exc:
+                raise ShareDecryptionError(
+                    phase, f"share ciphertext does not open: {exc}", client_id=sender
+                ) from exc
+            if (frm.decode(errors="replace"), to.decode(errors="replace")) != (sender, self.client_id):
+                raise ShareDecryptionError(phase, "share plaintext names other parties", client_id=sender)
+            if s_share.x != my_x or b_share.x != my_x:
+                raise ShareDecryptionError(phase, "share is for another roster position", client_id=sender)
+            self._peer_s_shares[sender] = s_raw
+            self._peer_b_shares[sender] = b_raw
+        self._u2 = u2
+
+        assert self._inputs is not None
+        ring, self.encode_report = encode(self._inputs, self._config.spec)
+        self._inputs = None
+        self._mask_in_place(ring, peers)
+        self._phase = Phase.MASKED_INPUT
+        spec = self._config.spec
+        return MaskedInputUpload(
+            session_id=self._sid,
+            sender=self.client_id,
+            spec_hash=spec.spec_hash(),
+            segments={name: ring[a:b] for name, (a, b) in spec.offsets().items()},
+        )
+
+    def _mask_in_place(self, ring: NDArray[np.unsignedinteger], peers: frozenset[str]) -> None:
+        """``y = x + PRG(b) + sum_{v after me} PRG(s_uv) - sum_{v before me} PRG(s_uv)`` in the ring."""
+        assert self._mask_keys is not None and self._b_seed is not None
+        spec = self._config.spec
+        n, bits, spec_hash = spec.total_length, spec.ring_bits, spec.spec_hash()
+        acc = MaskAccumulator(ring)
+        acc.add(self._b_seed, salt=self._sid, label=derive.self_label(self.client_id, spec_hash, n, bits))
+        me = self._config.position(self.client_id)
+        for peer in sorted(peers, key=self._config.position):
+            try:
+                seed = agree(self._mask_keys.private, self._adverts[peer].pk_mask)
+            except AgreementError as exc:
+                raise InvalidAdvertError(
+                    Phase.SHARE_KEYS, f"mask key agreement failed: {exc}", client_id=peer
+                ) from exc
+            low, high = (self.client_id, peer) if me < self._config.position(peer) else (peer, self.client_id)
+            label = derive.pair_label(low, high, spec_hash, n, bits)
+            acc.add(seed, salt=self._sid, label=label, sign=1 if low == self.client_id else -1)
+
+    # -- phase 4 -------------------------------------------------------------------------------
+    @_aborts_on_error
+    def on_consistency_request(self, msg: ConsistencyRequest) -> ConsistencySignature:
+        """Sign the survivor set U3, after checking it is a large enough subset of U2 with this client in it."""
+        self._expect(Phase.MASKED_INPUT)
+        phase = Phase.CONSISTENCY
+        self._check_session(msg.session_id, phase)
+        u3 = frozenset(msg.u3)
+        if len(u3) != len(msg.u3) or not u3 <= self._u2 or self.client_id not in u3:
+            raise InconsistentViewError(
+                phase, "U3 is not a duplicate-free subset of U2 containing this client"
+            )
+        floor = max(self._config.threshold, self._config.min_cohort)
+        if len(u3) < floor:
+            raise BelowThresholdError(phase, f"only {len(u3)} masked inputs; at least {floor} are needed")
+        self._u3 = tuple(sorted(u3))
+        signature = self._identity.sign(consistency_payload(self._sid, self._config.model_hash, self._u3))
+        self._phase = Phase.CONSISTENCY
+        return ConsistencySignature(session_id=self._sid, sender=self.client_id, signature=signature)
+
+    # -- phase 5 -------------------------------------------------------------------------------
+    @_aborts_on_error
+    def on_unmask_request(self, msg: UnmaskRequest) -> UnmaskResponse:
+        """Reveal b-shares of survivors or s-shares of the dropped (own view), never both; then erase."""
+        self._expect(Phase.CONSISTENCY)
+        phase = Phase.UNMASK
+        self._check_session(msg.session_id, phase)
+        u3 = set(self._u3)
+        dropped = self._u2 - u3
+        claimed_dropped = set(msg.dropped)
+        both = claimed_dropped & (u3 | set(msg.u3))
+        if both:
+            raise InconsistentViewError(phase, f"server lists {sorted(both)} as both alive and dropped")
+        if set(msg.u3) != u3 or len(msg.u3) != len(u3):
+            raise InconsistentViewError(phase, "U3 differs from the one this client signed")
+        if claimed_dropped != dropped or len(msg.dropped) != len(claimed_dropped):
+            raise InconsistentViewError(phase, "the server's dropped set differs from U2 minus U3")
+        payload = consistency_payload(self._sid, self._config.model_hash, self._u3)
+        signers = set(msg.signatures)
+        if not signers <= u3:
+            raise InconsistentViewError(phase, "consistency signatures from clients outside U3")
+        if len(signers) < self._config.threshold:
+            raise BelowThresholdError(phase, f"only {len(signers)} consistency signatures")
+        for signer, signature in msg.signatures.items():
+            cert = self._certs[signer]
+            try:
+                verify_signature(cert, signature, payload)
+            except IdentityError as exc:
+                raise SignatureError(
+                    phase, "consistency signature does not verify", client_id=signer
+                ) from exc
+        peers = self._graph.neighbours(self.client_id, self._u2)
+        b_shares = {v: self._peer_b_shares[v] for v in sorted(u3 & peers)}
+        assert self._own_b_share is not None
+        b_shares[self.client_id] = self._own_b_share
+        s_shares = {u: self._peer_s_shares[u] for u in sorted(dropped & peers)}
+        self._erase()
+        self._phase = Phase.DONE
+        return UnmaskResponse(
+            session_id=self._sid, sender=self.client_id, b_shares=b_shares, s_shares=s_shares
+        )
+
+    # -- helpers -------------------------------------------------------------------------------
+    def _expect(self, phase: Phase) -> None:
+        if self._phase is not phase:
+            raise PhaseOrderError(
+                self._phase, f"expected a message for phase {phase.value!r}", client_id=self.client_id
+            )
+
+    def _check_session(self, sid: bytes, phase: Phase) -> None:
+        if sid != self._sid:
+            raise ReplayError(phase, "message belongs to another session")
+
+    def _erase(self) -> None:
+        self._cipher_keys = None
+        self._mask_keys = None
+        self._b_seed = None
+        self._own_b_share = None
+        self._peer_s_shares.clear()
+        self._peer_b_shares.clear()
+        self._cipher_secrets.clear()
+        self._inputs = None
+
+    def abandon(self) -> None:
+        """End the session from outside (the server aborted, a deadline passed): erase every secret."""
+        if self._phase is not Phase.DONE:
+            self._abort()
+
+    def _abort(self) -> None:
+        self._erase()
+        self._phase = Phase.ABORTED

@@ -1,0 +1,92 @@
+"""Typed errors of the secure-aggregation protocol.
+
+Every error names the protocol phase and, where one is to blame or concerned, the client, so that a
+log line or an RPC status says exactly what went wrong and where. Clients raise the
+:class:`ProtocolViolationError` family when the server (or a peer relayed by it) misbehaves; the server
+raises :class:`MalformedInputError` and :class:`LateMessageError` for bad uploads and
+:class:`BelowThresholdError` when too few clients survive a phase.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class Phase(StrEnum):
+    """Protocol phases, in order. ``DONE`` and ``ABORTED`` are terminal."""
+
+    CONFIGURE = "configure"
+    ADVERTISE = "advertise"
+    SHARE_KEYS = "share-keys"
+    MASKED_INPUT = "masked-input"
+    CONSISTENCY = "consistency"
+    UNMASK = "unmask"
+    DONE = "done"
+    ABORTED = "aborted"
+
+
+class SecAggError(Exception):
+    """Base class: a protocol step was refused."""
+
+    def __init__(self, phase: Phase, message: str, *, client_id: str | None = None) -> None:
+        self.phase = phase
+        self.client_id = client_id
+        self.detail = message
+        where = f"[{phase.value}]" + (f" client {client_id!r}" if client_id is not None else "")
+        super().__init__(f"{where}: {message}")
+
+
+class ConfigError(SecAggError):
+    """The session configuration is unsafe or inconsistent (thresholds, overflow, roster)."""
+
+
+class BelowThresholdError(SecAggError):
+    """Too few clients survived a phase; the session aborts and no secret is released."""
+
+
+class MalformedInputError(SecAggError):
+    """An upload is malformed: wrong length, dtype, segment, spec hash, or a duplicate."""
+
+
+class LateMessageError(SecAggError):
+    """A message arrived for a phase that is already closed (its sender was declared dropped)."""
+
+
+class PhaseOrderError(SecAggError):
+    """A message arrived in the wrong phase (a replay, or a state machine driven out of order)."""
+
+
+class ProtocolViolationError(SecAggError):
+    """The server or a relayed peer message broke the protocol; an honest client stops here."""
+
+
+class ReplayError(ProtocolViolationError):
+    """A message belongs to another session or round."""
+
+
+class InvalidAdvertError(ProtocolViolationError):
+    """A key advertisement failed verification (certificate, roster, duplicate or reused keys)."""
+
+
+class SignatureError(ProtocolViolationError):
+    """A signature over protocol data does not verify."""
+
+
+class ModelHashMismatchError(ProtocolViolationError):
+    """A peer was handed a different global model than this client (split-view model attack)."""
+
+
+class ConfigMismatchError(ProtocolViolationError):
+    """A peer signed a different session configuration than this client received."""
+
+
+class InconsistentViewError(ProtocolViolationError):
+    """The server's view of who is alive contradicts this client's own view."""
+
+
+class ShareDecryptionError(ProtocolViolationError):
+    """A share ciphertext does not decrypt or is not addressed to this client (misrouted or forged)."""
+
+
+class UnmaskError(SecAggError):
+    """The server could not remove the masks (corrupt or missing shares)."""

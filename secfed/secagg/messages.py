@@ -1,0 +1,144 @@
+"""Protocol messages: plain, immutable values that the state machines take and return.
+
+They carry no transport concerns; the gRPC layer converts them to and from protobuf. Ids are client
+ids (the SAN of the client's certificate), never positions, so that a message means the same thing
+whatever order a relay puts it in.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+from numpy.typing import NDArray
+
+from secfed.crypto.kdf import encode_fields
+from secfed.secagg.config import PROTOCOL_VERSION
+
+ADVERT_CONTEXT = b"secfed/secagg/advertise/v1"
+CONSISTENCY_CONTEXT = b"secfed/secagg/consistency/v1"
+
+
+@dataclass(frozen=True)
+class AdvertiseKeys:
+    """Phase 1 upload: two fresh X25519 public keys, signed with the client's certificate key."""
+
+    client_id: str
+    round: int
+    config_digest: bytes
+    model_hash: bytes
+    pk_cipher: bytes
+    pk_mask: bytes
+    signature: bytes
+    cert_chain: tuple[bytes, ...]
+
+    def signed_payload(self) -> bytes:
+        """The exact bytes the signature covers: context, version, round, id, keys, model and config."""
+        return encode_fields(
+            ADVERT_CONTEXT,
+            PROTOCOL_VERSION,
+            self.round,
+            self.client_id,
+            self.pk_cipher,
+            self.pk_mask,
+            self.model_hash,
+            self.config_digest,
+        )
+
+
+@dataclass(frozen=True)
+class AdvertBroadcast:
+    """Phase 1 relay: every advert the server accepted (the set U1)."""
+
+    round: int
+    config_digest: bytes
+    adverts: tuple[AdvertiseKeys, ...]
+
+
+@dataclass(frozen=True)
+class ShareKeysUpload:
+    """Phase 2 upload: one AES-GCM ciphertext of (s-share, b-share) per peer, and a commitment to b."""
+
+    session_id: bytes
+    sender: str
+    ciphertexts: Mapping[str, bytes]
+    b_commitment: bytes
+
+
+@dataclass(frozen=True)
+class ShareKeysRelay:
+    """Phase 2 relay to one recipient: the ciphertexts addressed to it, and the set U2."""
+
+    session_id: bytes
+    recipient: str
+    u2: tuple[str, ...]
+    ciphertexts: Mapping[str, bytes]
+
+
+@dataclass(frozen=True, eq=False)
+class MaskedInputUpload:
+    """Phase 3 upload: the masked ring vector, one array per segment."""
+
+    session_id: bytes
+    sender: str
+    spec_hash: bytes
+    segments: Mapping[str, NDArray[np.unsignedinteger]]
+
+    @property
+    def nbytes(self) -> int:
+        return sum(int(a.nbytes) for a in self.segments.values())
+
+
+@dataclass(frozen=True)
+class ConsistencyRequest:
+    """Phase 4 relay: the set U3 of clients whose masked input the server holds."""
+
+    session_id: bytes
+    u3: tuple[str, ...]
+
+
+def consistency_payload(session_id: bytes, model_hash: bytes, u3: tuple[str, ...]) -> bytes:
+    """What a client signs in phase 4: the session, the model, and the survivor set, sorted."""
+    members = sorted(u3)
+    return encode_fields(CONSISTENCY_CONTEXT, session_id, model_hash, len(members), *members)
+
+
+@dataclass(frozen=True)
+class ConsistencySignature:
+    """Phase 4 upload: the client's signature over :func:`consistency_payload`."""
+
+    session_id: bytes
+    sender: str
+    signature: bytes
+
+
+@dataclass(frozen=True)
+class UnmaskRequest:
+    """Phase 5 relay: U3, the dropped set the server claims, and the phase-4 signatures (from U4)."""
+
+    session_id: bytes
+    u3: tuple[str, ...]
+    dropped: tuple[str, ...]
+    signatures: Mapping[str, bytes]
+
+
+@dataclass(frozen=True)
+class UnmaskResponse:
+    """Phase 5 upload: b-shares of survivors and s-shares of dropped peers; never both for one peer."""
+
+    session_id: bytes
+    sender: str
+    b_shares: Mapping[str, bytes]
+    s_shares: Mapping[str, bytes]
+
+
+@dataclass(frozen=True, eq=False)
+class AggregateResult:
+    """The session's output at the server: the ring sum, decoded values, and who contributed."""
+
+    session_id: bytes
+    contributors: tuple[str, ...]
+    dropped: tuple[str, ...]
+    ring_sum: NDArray[np.unsignedinteger]
+    values: dict[str, NDArray[np.float64]] = field(default_factory=dict)

@@ -1,0 +1,384 @@
+"""The server side of secure aggregation: collects uploads per phase and, at the end, the cohort sum.
+
+The coordinator drives it: ``receive_*`` for each arriving message (validated completely *before*
+anything is summed, so a bad upload never corrupts the sum), and ``close_*`` when every expected
+client has answered or the phase deadline has passed. Closing a phase fixes its survivor set; a message
+for a closed phase is refused as late, so a client declared dropped can never slip its masked input
+into the sum after the others were asked for its pairwise-mask shares.
+
+Masked inputs are added into one running ring vector as they arrive: memory stays O(d), whatever the
+cohort size, and no individual (masked) vector outlives its ``receive_masked_input`` call.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Collection, Mapping, Sequence
+
+import numpy as np
+from cryptography import x509
+
+from secfed.crypto import shamir
+from secfed.crypto.agreement import AgreementError, agree, private_from_bytes, public_of
+from secfed.crypto.identity import IdentityError, TrustAnchor, verify_signature
+from secfed.crypto.prg import MaskAccumulator
+from secfed.secagg import derive
+from secfed.secagg.config import SessionConfig
+from secfed.secagg.errors import (
+    BelowThresholdError,
+    LateMessageError,
+    MalformedInputError,
+    Phase,
+    PhaseOrderError,
+    UnmaskError,
+)
+from secfed.secagg.fixedpoint import decode
+from secfed.secagg.graph import CompleteGraph, Neighbourhood
+from secfed.secagg.messages import (
+    AdvertBroadcast,
+    AdvertiseKeys,
+    AggregateResult,
+    ConsistencyRequest,
+    ConsistencySignature,
+    MaskedInputUpload,
+    ShareKeysRelay,
+    ShareKeysUpload,
+    UnmaskRequest,
+    UnmaskResponse,
+    consistency_payload,
+)
+
+_ORDER = [Phase.ADVERTISE, Phase.SHARE_KEYS, Phase.MASKED_INPUT, Phase.CONSISTENCY, Phase.UNMASK, Phase.DONE]
+_MAX_CIPHERTEXT = 1024
+# How many share subsets to try when a reconstruction fails its check (a peer sent a corrupt share).
+_MAX_RECONSTRUCTION_TRIES = 256
+
+
+def _s_check(public_key: bytes) -> Callable[[bytes], bool]:
+    """A reconstructed mask key is right iff its public half is the advertised one."""
+    return lambda secret: public_of(private_from_bytes(secret)) == public_key
+
+
+class ServerSession:
+    """The server's part in one secure-aggregation session."""
+
+    def __init__(
+        self,
+        config: SessionConfig,
+        *,
+        trust: TrustAnchor | None = None,
+        graph: Neighbourhood | None = None,
+    ) -> None:
+        config.validate()
+        self._config = config
+        self._digest = config.digest()
+        self._trust = trust
+        self._graph: Neighbourhood = graph or CompleteGraph()
+        self._phase = Phase.ADVERTISE
+        self._adverts: dict[str, AdvertiseKeys] = {}
+        self._certs: dict[str, x509.Certificate] = {}
+        self._sid = b""
+        self._share_uploads: dict[str, ShareKeysUpload] = {}
+        self._u2: frozenset[str] = frozenset()
+        self._sum = np.zeros(0, dtype=config.spec.dtype)
+        self._inputs_from: set[str] = set()
+        self._u3: tuple[str, ...] = ()
+        self._signatures: dict[str, bytes] = {}
+        self._dropped: tuple[str, ...] = ()
+        self._unmask: dict[str, UnmaskResponse] = {}
+        self.abort_reason: str | None = None
+
+    @property
+    def phase(self) -> Phase:
+        return self._phase
+
+    @property
+    def session_id(self) -> bytes:
+        return self._sid
+
+    @property
+    def config(self) -> SessionConfig:
+        return self._config
+
+    def expected(self) -> frozenset[str]:
+        """Clients the current phase is waiting for (the survivors of the previous phase)."""
+        return {
+            Phase.ADVERTISE: frozenset(self._config.roster),
+            Phase.SHARE_KEYS: frozenset(self._adverts),
+            Phase.MASKED_INPUT: self._u2,
+            Phase.CONSISTENCY: frozenset(self._u3),
+            Phase.UNMASK: frozenset(self._signatures),
+        }.get(self._phase, frozenset())
+
+    def received(self) -> frozenset[str]:
+        """Clients that have answered the current phase so far."""
+        return {
+            Phase.ADVERTISE: frozenset(self._adverts),
+            Phase.SHARE_KEYS: frozenset(self._share_uploads),
+            Phase.MASKED_INPUT: frozenset(self._inputs_from),
+            Phase.CONSISTENCY: frozenset(self._signatures),
+            Phase.UNMASK: frozenset(self._unmask),
+        }.get(self._phase, frozenset())
+
+    def abort(self, reason: str) -> None:
+        """Give up the session (deadline, operator, transport failure); nothing more is accepted."""
+        self.abort_reason = reason
+        self._phase = Phase.ABORTED
+        self._sum = np.zeros(0, dtype=self._config.spec.dtype)
+        self._share_uploads.clear()
+        self._unmask.clear()
+
+    # -- phase 1 -------------------------------------------------------------------------------
+    def receive_advert(self, msg: AdvertiseKeys, *, peer_chain: Sequence[bytes] | None = None) -> None:
+        """Accept a key advert; ``peer_chain`` is the TLS peer's certificate chain, when there is a transport."""
+        who = msg.client_id
+        self._expect(Phase.ADVERTISE, who)
+        bad = self._malformed(Phase.ADVERTISE, who)
+        if who not in self._config.roster:
+            raise bad("client is not in the round roster")
+        if who in self._adverts:
+            raise bad("duplicate advert")
+        if msg.round != self._config.round or msg.config_digest != self._digest:
+            raise bad("advert is for another round or configuration")
+        if msg.model_hash != self._config.model_hash:
+            raise bad("advert names another global model")
+        if len(msg.pk_cipher) != 32 or len(msg.pk_mask) != 32 or not msg.cert_chain:
+            raise bad("malformed keys or empty certificate chain")
+        if peer_chain is not None and (not peer_chain or peer_chain[0] != msg.cert_chain[0]):
+            raise bad("the advert's certificate is not the TLS peer's certificate")
+        if self._trust is not None:
+            try:
+                peer = self._trust.verify_client(msg.cert_chain)
+                if peer.client_id != who:
+                    raise bad(f"certificate belongs to {peer.client_id!r}")
+                verify_signature(peer.certificate, msg.signature, msg.signed_payload())
+            except IdentityError as exc:
+                raise bad(f"advert refused ({exc.reason}): {exc}") from exc
+            self._certs[who] = peer.certificate
+        self._adverts[who] = msg
+
+    def close_advertise(self) -> AdvertBroadcast:
+        self._expect(Phase.ADVERTISE, None)
+        self._require(len(self._adverts), self._config.threshold, Phase.ADVERTISE, "adverts")
+        adverts = tuple(self._adverts[c] for c in self._config.roster if c in self._adverts)
+        self._sid = derive.session_id(self._config.round, self._digest, adverts)
+        self._phase = Phase.SHARE_KEYS
+        return AdvertBroadcast(round=self._config.round, config_digest=self._digest, adverts=adverts)
+
+    # -- phase 2 -------------------------------------------------------------------------------
+    def receive_shares(self, msg: ShareKeysUpload) -> None:
+        who = msg.sender
+        self._expect(Phase.SHARE_KEYS, who)
+        bad = self._malformed(Phase.SHARE_KEYS, who)
+        self._check_member(who, self._adverts, Phase.SHARE_KEYS, msg.session_id)
+        if who in self._share_uploads:
+            raise bad("duplicate share upload")
+        if set(msg.ciphertexts) != self._graph.neighbours(who, self._adverts.keys()):
+            raise bad("ciphertexts must be addressed to exactly the sender's neighbours in U1")
+        if any(len(ct) > _MAX_CIPHERTEXT for ct in msg.ciphertexts.values()) or len(msg.b_commitment) != 32:
+            raise bad("oversized ciphertext or malformed commitment")
+        self._share_uploads[who] = msg
+
+    def close_share_keys(self) -> dict[str, ShareKeysRelay]:
+        """Fix U2 and route every ciphertext to its recipient."""
+        self._expect(Phase.SHARE_KEYS, None)
+        self._require(len(self._share_uploads), self._config.threshold, Phase.SHARE_KEYS, "share uploads")
+        self._u2 = frozenset(self._share_uploads)
+        u2 = tuple(c for c in self._config.roster if c in self._u2)
+        relays = {
+            v: ShareKeysRelay(
+                session_id=self._sid,
+                recipient=v,
+                u2=u2,
+                ciphertexts={
+                    u: self._share_uploads[u].ciphertexts[v] for u in self._graph.neighbours(v, self._u2)
+                },
+            )
+            for v in u2
+        }
+        self._sum = np.zeros(self._config.spec.total_length, dtype=self._config.spec.dtype)
+        self._phase = Phase.MASKED_INPUT
+        return relays
+
+    # -- phase 3 -------------------------------------------------------------------------------
+    def receive_masked_input(self, msg: MaskedInputUpload) -> None:
+        """Validate a masked vector completely, then add it into the running sum."""
+        who = msg.sender
+        self._expect(Phase.MASKED_INPUT, who)
+        bad = self._malformed(Phase.MASKED_INPUT, who)
+        self._check_member(who, self._u2, Phase.MASKED_INPUT, msg.session_id)
+        if who in self._inputs_from:
+            raise bad("duplicate masked input")
+        spec = self._config.spec
+        if msg.spec_hash != spec.spec_hash():
+            raise bad("spec hash does not match the session's vector spec")
+        names = [s.name for s in spec.segments]
+        unknown = sorted(set(msg.segments) - set(names))
+        missing = [n for n in names if n not in msg.segments]
+        if unknown or missing:
+            raise bad(f"unknown segments {unknown}, missing segments {missing}")
+        for seg in spec.segments:
+            arr = msg.segments[seg.name]
+            if not isinstance(arr, np.ndarray) or arr.dtype != np.dtype(spec.dtype):
+                raise bad(f"segment {seg.name!r} must be a {np.dtype(spec.dtype).name} array")
+            if arr.shape != (seg.length,):
+                raise bad(f"segment {seg.name!r} has shape {arr.shape}, expected ({seg.length},)")
+        for name, (start, stop) in spec.offsets().items():
+            view = self._sum[start:stop]
+            np.add(view, msg.segments[name], out=view)
+        self._inputs_from.add(who)
+
+    def close_masked_input(self) -> ConsistencyRequest:
+        self._expect(Phase.MASKED_INPUT, None)
+        floor = max(self._config.threshold, self._config.min_cohort)
+        self._require(len(self._inputs_from), floor, Phase.MASKED_INPUT, "masked inputs")
+        self._u3 = tuple(c for c in self._config.roster if c in self._inputs_from)
+        self._phase = Phase.CONSISTENCY
+        return ConsistencyRequest(session_id=self._sid, u3=self._u3)
+
+    # -- phase 4 -------------------------------------------------------------------------------
+    def receive_consistency(self, msg: ConsistencySignature) -> None:
+        who = msg.sender
+        self._expect(Phase.CONSISTENCY, who)
+        self._check_member(who, set(self._u3), Phase.CONSISTENCY, msg.session_id)
+        if who in self._signatures:
+            raise self._malformed(Phase.CONSISTENCY, who)("duplicate consistency signature")
+        if who in self._certs:
+            payload = consistency_payload(self._sid, self._config.model_hash, self._u3)
+            try:
+                verify_signature(self._certs[who], msg.signature, payload)
+            except IdentityError as exc:
+                raise self._malformed(Phase.CONSISTENCY, who)("signature does not verify") from exc
+        self._signatures[who] = msg.signature
+
+    def close_consistency(self) -> UnmaskRequest:
+        self._expect(Phase.CONSISTENCY, None)
+        self._require(
+            len(self._signatures), self._config.threshold, Phase.CONSISTENCY, "consistency signatures"
+        )
+        self._dropped = tuple(c for c in self._config.roster if c in self._u2 and c not in self._u3)
+        self._phase = Phase.UNMASK
+        return UnmaskRequest(
+            session_id=self._sid, u3=self._u3, dropped=self._dropped, signatures=dict(self._signatures)
+        )
+
+    # -- phase 5 -------------------------------------------------------------------------------
+    def receive_unmask(self, msg: UnmaskResponse) -> None:
+        who = msg.sender
+        self._expect(Phase.UNMASK, who)
+        bad = self._malformed(Phase.UNMASK, who)
+        self._check_member(who, self._signatures, Phase.UNMASK, msg.session_id)
+        if who in self._unmask:
+            raise bad("duplicate unmask response")
+        holders_of = self._graph.neighbours(who, self._u2) | {who}
+        if set(msg.b_shares) != set(self._u3) & holders_of:
+            raise bad("b-shares must cover exactly the sender's surviving neighbours")
+        if set(msg.s_shares) != set(self._dropped) & holders_of:
+            raise bad("s-shares must cover exactly the sender's dropped neighbours")
+        x = self._config.position(who) + 1
+        for raw in (*msg.b_shares.values(), *msg.s_shares.values()):
+            try:
+                share = shamir.Share.from_bytes(raw)
+            except ValueError as exc:
+                raise bad(f"malformed share: {exc}") from exc
+            if share.x != x:
+                raise bad("share evaluation point does not match the sender's roster position")
+        self._unmask[who] = msg
+
+    def finalize(self) -> AggregateResult:
+        """Reconstruct the self masks of survivors and the pair masks of the dropped, remove them, decode."""
+        self._expect(Phase.UNMASK, None)
+        t = self._config.threshold
+        self._require(len(self._unmask), t, Phase.UNMASK, "unmask responses")
+        spec = self._config.spec
+        n, bits, spec_hash = spec.total_length, spec.ring_bits, spec.spec_hash()
+        acc = MaskAccumulator(self._sum)
+        for v in self._u3:
+            commitment = self._share_uploads[v].b_commitment
+            b_seed = self._reconstruct(
+                v,
+                [r.b_shares[v] for r in self._unmask.values() if v in r.b_shares],
+                self._b_check(v, commitment),
+            )
+            acc.add(b_seed, salt=self._sid, label=derive.self_label(v, spec_hash, n, bits), sign=-1)
+        for u in self._dropped:
+            pk = self._adverts[u].pk_mask
+            raw_key = self._reconstruct(
+                u,
+                [r.s_shares[u] for r in self._unmask.values() if u in r.s_shares],
+                _s_check(pk),
+            )
+            private = private_from_bytes(raw_key)
+            pos_u = self._config.position(u)
+            for v in sorted(self._graph.neighbours(u, self._u3), key=self._config.position):
+                try:
+                    seed = agree(private, self._adverts[v].pk_mask)
+                except AgreementError as exc:
+                    raise UnmaskError(Phase.UNMASK, f"pair key agreement failed: {exc}", client_id=v) from exc
+                v_first = self._config.position(v) < pos_u
+                low, high = (v, u) if v_first else (u, v)
+                # v added +PRG when it came first in roster order, -PRG otherwise: undo that.
+                acc.add(
+                    seed,
+                    salt=self._sid,
+                    label=derive.pair_label(low, high, spec_hash, n, bits),
+                    sign=-1 if v_first else 1,
+                )
+        ring_sum = self._sum
+        self._phase = Phase.DONE
+        self._share_uploads.clear()
+        self._unmask.clear()
+        return AggregateResult(
+            session_id=self._sid,
+            contributors=self._u3,
+            dropped=self._dropped,
+            ring_sum=ring_sum,
+            values=decode(ring_sum, spec),
+        )
+
+    def _b_check(self, owner: str, commitment: bytes) -> Callable[[bytes], bool]:
+        return lambda secret: derive.b_commitment(self._sid, owner, secret) == commitment
+
+    def _reconstruct(self, owner: str, raw_shares: list[bytes], ok: Callable[[bytes], bool]) -> bytes:
+        """Shamir-reconstruct ``owner``'s secret and check it; try other share subsets if one is corrupt."""
+        t = self._config.threshold
+        shares = [shamir.Share.from_bytes(r) for r in raw_shares]
+        if len(shares) < t:
+            raise UnmaskError(Phase.UNMASK, f"only {len(shares)} shares, need {t}", client_id=owner)
+        for subset in itertools.islice(itertools.combinations(shares, t), _MAX_RECONSTRUCTION_TRIES):
+            try:
+                secret = shamir.reconstruct(list(subset), t)
+            except shamir.ShamirError:
+                continue
+            if ok(secret):
+                return secret
+        raise UnmaskError(
+            Phase.UNMASK, "no subset of shares reconstructs a secret that checks", client_id=owner
+        )
+
+    # -- helpers -------------------------------------------------------------------------------
+    def _expect(self, phase: Phase, who: str | None) -> None:
+        if self._phase is phase:
+            return
+        if self._phase is Phase.ABORTED:
+            raise PhaseOrderError(phase, f"session aborted: {self.abort_reason}", client_id=who)
+        if _ORDER.index(self._phase) > _ORDER.index(phase):
+            raise LateMessageError(phase, f"phase closed (now {self._phase.value})", client_id=who)
+        raise PhaseOrderError(phase, f"not open yet (now {self._phase.value})", client_id=who)
+
+    def _require(self, have: int, need: int, phase: Phase, what: str) -> None:
+        if have < need:
+            self.abort(f"{phase.value}: only {have} {what}, need {need}")
+            raise BelowThresholdError(phase, f"only {have} {what}, need {need}; session aborted")
+
+    def _check_member(
+        self, who: str, members: Collection[str] | Mapping[str, object], phase: Phase, sid: bytes
+    ) -> None:
+        if sid != self._sid:
+            raise MalformedInputError(phase, "message belongs to another session", client_id=who)
+        if who not in members:
+            raise MalformedInputError(phase, "sender is not among this phase's participants", client_id=who)
+
+    @staticmethod
+    def _malformed(phase: Phase, who: str) -> Callable[[str], MalformedInputError]:
+        return lambda message: MalformedInputError(phase, message, client_id=who)

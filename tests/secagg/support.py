@@ -1,0 +1,112 @@
+"""Builders shared by the secure-aggregation tests: a consortium, sessions, exactly representable inputs."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.typing import NDArray
+
+from secfed.crypto.identity import Identity, TrustAnchor
+from secfed.pki.issue import CertificateAuthority, create_ca, issue_client
+from secfed.secagg.client import ClientSession
+from secfed.secagg.config import SessionConfig, default_colluding, required_threshold
+from secfed.secagg.server import ServerSession
+from secfed.secagg.spec import Segment, VectorSpec
+
+MODEL_HASH = hashlib.sha256(b"global model, round 0").digest()
+
+
+@dataclass
+class Consortium:
+    ca: CertificateAuthority
+    trust: TrustAnchor
+    identities: dict[str, Identity]
+
+    def ids(self, n: int) -> tuple[str, ...]:
+        return tuple(sorted(self.identities))[:n]
+
+
+def make_consortium(n: int = 30) -> Consortium:
+    ca = create_ca("test consortium CA")
+    identities = {f"c{i:02d}": issue_client(ca, f"c{i:02d}") for i in range(n)}
+    return Consortium(ca=ca, trust=TrustAnchor(ca.certificate), identities=identities)
+
+
+def small_spec(delta_len: int = 16, ring_bits: int = 32) -> VectorSpec:
+    return VectorSpec(
+        (Segment("delta", delta_len, clip=1.0, frac_bits=16), Segment("weight", 1, clip=8.0, frac_bits=8)),
+        ring_bits=ring_bits,  # type: ignore[arg-type]
+    )
+
+
+def make_config(
+    roster: tuple[str, ...],
+    spec: VectorSpec,
+    *,
+    round_: int = 1,
+    threshold: int | None = None,
+    model_hash: bytes = MODEL_HASH,
+    label: str = "fedavg",
+) -> SessionConfig:
+    n = len(roster)
+    colluding = default_colluding(n)
+    return SessionConfig(
+        round=round_,
+        roster=roster,
+        threshold=threshold if threshold is not None else required_threshold(n, colluding),
+        n_colluding=colluding,
+        min_cohort=3,
+        spec=spec,
+        model_hash=model_hash,
+        label=label,
+    )
+
+
+def representable_inputs(spec: VectorSpec, rng: np.random.Generator) -> dict[str, NDArray[np.float64]]:
+    """Inputs that are exact multiples of 2^-f inside the clip bound, so encoding is deterministic."""
+    out = {}
+    for seg in spec.segments:
+        bound = int(seg.clip * 2**seg.frac_bits)
+        out[seg.name] = rng.integers(-bound, bound + 1, seg.length).astype(np.float64) / 2**seg.frac_bits
+    return out
+
+
+@dataclass
+class Session:
+    config: SessionConfig
+    server: ServerSession
+    clients: dict[str, ClientSession]
+    inputs: dict[str, dict[str, NDArray[np.float64]]]
+
+    def expected_sum(self, contributors: tuple[str, ...]) -> dict[str, NDArray[np.float64]]:
+        names = [s.name for s in self.config.spec.segments]
+        return {n: np.sum([self.inputs[c][n] for c in contributors], axis=0) for n in names}
+
+
+def make_session(
+    consortium: Consortium,
+    n: int,
+    spec: VectorSpec | None = None,
+    *,
+    seed: int = 0,
+    threshold: int | None = None,
+    round_: int = 1,
+) -> Session:
+    spec = spec or small_spec()
+    roster = consortium.ids(n)
+    config = make_config(roster, spec, threshold=threshold, round_=round_)
+    rng = np.random.default_rng(seed)
+    inputs = {c: representable_inputs(spec, rng) for c in roster}
+    clients = {
+        c: ClientSession(
+            identity=consortium.identities[c],
+            trust=consortium.trust,
+            config=config,
+            model_hash=config.model_hash,
+            inputs=inputs[c],
+        )
+        for c in roster
+    }
+    return Session(config, ServerSession(config, trust=consortium.trust), clients, inputs)
