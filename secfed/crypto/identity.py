@@ -35,7 +35,7 @@ from datetime import UTC, datetime
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.x509.verification import PolicyBuilder, Store, VerificationError
 
 __all__ = [
@@ -142,7 +142,7 @@ def client_id_of(cert: x509.Certificate) -> str:
     return client_id
 
 
-def _public_bytes(key: ec.EllipticCurvePublicKey | ed25519.Ed25519PublicKey | object) -> bytes | None:
+def _public_bytes(key: object) -> bytes | None:
     if isinstance(key, ec.EllipticCurvePublicKey | ed25519.Ed25519PublicKey):
         return key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
     return None
@@ -308,15 +308,16 @@ class TrustAnchor:
             ca_key = ca_certificate.public_key()
         except (ValueError, UnsupportedAlgorithm) as exc:
             raise IdentityError("malformed", f"CA certificate {describe(ca_certificate)}: {exc}") from exc
-        if not isinstance(ca_key, ec.EllipticCurvePublicKey):
+        if not isinstance(ca_key, ec.EllipticCurvePublicKey | rsa.RSAPublicKey):
             # The WebPKI-profile verifier refuses Ed25519 issuers; say so once here
             # rather than as a confusing "foreign-ca" on every single peer.
             raise IdentityError(
                 "unsupported-key",
                 f"CA certificate {describe(ca_certificate)} has a {type(ca_key).__name__}; "
-                "the consortium CA must use an ECDSA key",
+                "the consortium CA must use an ECDSA (or RSA) key",
             )
         self._ca = ca_certificate
+        self._ca_key = ca_key
         self._crls = tuple(crls)
         self._store = Store([ca_certificate])
 
@@ -414,9 +415,7 @@ class TrustAnchor:
             self._check_crl(crl, when)
 
     def _check_crl(self, crl: x509.CertificateRevocationList, when: datetime) -> None:
-        ca_key = self._ca.public_key()
-        assert isinstance(ca_key, ec.EllipticCurvePublicKey)  # enforced in __init__
-        if crl.issuer != self._ca.subject or not crl.is_signature_valid(ca_key):
+        if crl.issuer != self._ca.subject or not crl.is_signature_valid(self._ca_key):
             raise IdentityError(
                 "bad-crl",
                 f"CRL issued by '{crl.issuer.rfc4514_string()}' is not signed by the consortium CA "

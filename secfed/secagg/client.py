@@ -207,7 +207,9 @@ class ClientSession:
             try:
                 secret = agree(self._cipher_keys.private, self._adverts[peer].pk_cipher)
             except AgreementError as exc:
-                raise InvalidAdvertError(Phase.ADVERTISE, f"unusable cipher key: {exc}", client_id=peer) from exc
+                raise InvalidAdvertError(
+                    Phase.ADVERTISE, f"unusable cipher key: {exc}", client_id=peer
+                ) from exc
             self._cipher_secrets[peer] = secret
             key = derive.share_key(secret, self._sid, self.client_id, peer)
             plaintext = derive.share_plaintext(

@@ -83,7 +83,13 @@ def test_provision_layout(provisioned: ProvisionResult) -> None:
         assert (out / "ca" / name).is_file()
     assert not [p for p in out.parent.iterdir() if p.name.startswith(".out.")], "staging dir left behind"
     for kit in (provisioned.server_kit, *provisioned.client_kits.values()):
-        assert sorted(p.name for p in kit.iterdir()) == ["ca.pem", "cert.pem", "crl.pem", "key.pem", "kit.toml"]
+        assert sorted(p.name for p in kit.iterdir()) == [
+            "ca.pem",
+            "cert.pem",
+            "crl.pem",
+            "key.pem",
+            "kit.toml",
+        ]
 
 
 def test_key_files_are_0600(provisioned: ProvisionResult) -> None:

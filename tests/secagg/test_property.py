@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from secfed.secagg.errors import BelowThresholdError, Phase
 from secfed.secagg.local import UPLOAD_PHASES, LocalRouter
-from secfed.secagg.spec import Segment, VectorSpec
+from secfed.secagg.spec import RingBits, Segment, VectorSpec
 from tests.secagg.support import Consortium, make_session
 
 DROP_CHOICES = (None, *UPLOAD_PHASES)
@@ -20,7 +20,7 @@ DROP_CHOICES = (None, *UPLOAD_PHASES)
 def scenarios(draw: st.DrawFn) -> tuple[int, VectorSpec, dict[int, Phase], int]:
     n = draw(st.integers(3, 30))
     lengths = draw(st.lists(st.integers(1, 40), min_size=1, max_size=3))
-    bits = draw(st.sampled_from([32, 64]))
+    bits: RingBits = draw(st.sampled_from([32, 64]))
     spec = VectorSpec(
         tuple(Segment(f"s{i}", length, clip=2.0, frac_bits=12) for i, length in enumerate(lengths)),
         ring_bits=bits,

@@ -12,10 +12,11 @@ from secfed.secagg import derive
 from secfed.secagg.errors import BelowThresholdError, LateMessageError, Phase
 from secfed.secagg.fixedpoint import decode, encode
 from secfed.secagg.local import UPLOAD_PHASES, LocalRouter
-from tests.secagg.support import Consortium, make_session, small_spec
+from secfed.secagg.messages import AggregateResult
+from tests.secagg.support import Consortium, Session, make_session, small_spec
 
 
-def assert_exact(session, result) -> None:  # type: ignore[no-untyped-def]
+def assert_exact(session: Session, result: AggregateResult) -> None:
     expected = session.expected_sum(result.contributors)
     for name, values in expected.items():
         np.testing.assert_array_equal(result.values[name], values)
@@ -139,9 +140,9 @@ def test_masked_vector_of_constant_input_is_uniform(consortium: Consortium) -> N
     """Chi-square over 64 buckets of the masked upload of an all-zero input (df=63)."""
     spec = small_spec(1 << 16)
     s = make_session(consortium, 3, spec)
-    for c in s.inputs.values():
-        c["delta"][:] = 0.0
-        c["weight"][:] = 0.0
+    for values in s.inputs.values():
+        values["delta"][:] = 0.0
+        values["weight"][:] = 0.0
     srv = s.server
     for c in s.clients.values():
         srv.receive_advert(c.advertise())

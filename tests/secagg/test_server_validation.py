@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
 
 import numpy as np
@@ -45,7 +46,7 @@ def _with_segment(m: MaskedInputUpload, name: str, arr: np.ndarray) -> MaskedInp
     return replace(m, segments=segs)
 
 
-BAD_UPLOADS = {
+BAD_UPLOADS: dict[str, Callable[[MaskedInputUpload], MaskedInputUpload]] = {
     "wrong length": lambda m: _with_segment(m, "delta", m.segments["delta"][:-1]),
     "wrong dtype": lambda m: _with_segment(m, "delta", m.segments["delta"].astype(np.uint64)),
     "float dtype": lambda m: _with_segment(m, "delta", m.segments["delta"].astype(np.float32)),

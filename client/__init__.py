@@ -1,0 +1,1 @@
+"""The institution-side gRPC runtime: built on ``secfed``, never on ``server``."""

@@ -1,0 +1,50 @@
+"""The ``secfed`` entry point: the demo main job and the secagg benchmark's JSON contract."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from secfed.cli import main
+
+
+def test_simulate_demo_reports_exact_sum(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["simulate"]) == 0
+    assert "decoded sum equals the plaintext sum: True" in capsys.readouterr().out
+
+
+def test_bench_secagg_json_keys(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "r.json"
+    code = main(
+        [
+            "bench",
+            "secagg",
+            "--clients",
+            "6",
+            "--dim",
+            "2000",
+            "--repeats",
+            "1",
+            "--compare",
+            "flower",
+            "--json",
+            "--out",
+            str(out),
+        ]
+    )
+    assert code == 0
+    result = json.loads(capsys.readouterr().out)
+    assert json.loads(out.read_text()) == result
+    for key in ("client_mask_s", "server_unmask_s", "upload_bytes"):
+        assert result["ours"][key] > 0
+    assert result["plaintext_bytes"] == 8000
+    assert result["flower"]["client_mask_s"] > 0
+    # key material is O(n): a handful of clients add at most a few KB on top of the vector
+    assert result["plaintext_bytes"] < result["ours"]["upload_bytes"] < result["plaintext_bytes"] + 8 * 1024
+
+
+def test_bench_rejects_bad_arguments(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["bench", "secagg", "--clients", "2", "--json"]) == 2
+    assert "--clients must be at least 3" in capsys.readouterr().err
