@@ -1,3 +1,5 @@
+"""Fixtures shared across test packages."""
+
 from __future__ import annotations
 
 import pytest

@@ -1,0 +1,294 @@
+"""The round coordinator: which clients take part, which SecAgg phase is open, and when it closes.
+
+Transport-agnostic and clock-injected: the gRPC servicer calls :meth:`Coordinator.poll` when a client
+asks what to do, :meth:`Coordinator.upload` when it sends a protocol message, and :meth:`Coordinator.tick`
+periodically. Clients *pull* instructions (institutions behind firewalls only dial out), and an
+instruction is re-sent unchanged until the client answers it, so a retried poll is harmless.
+
+A phase closes as soon as every expected client has answered, or when its deadline passes with at
+least the threshold answered; below threshold the attempt is aborted and the round restarted with a
+fresh session (fresh keys, new session id), up to ``max_attempts`` times.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from fractions import Fraction
+from typing import Any, Protocol
+
+import numpy as np
+
+from secfed import logs
+from secfed.crypto.identity import TrustAnchor
+from secfed.secagg.config import SessionConfig, required_threshold
+from secfed.secagg.errors import Phase, SecAggError
+from secfed.secagg.messages import (
+    AdvertBroadcast,
+    AdvertiseKeys,
+    AggregateResult,
+    ConsistencyRequest,
+    ConsistencySignature,
+    MaskedInputUpload,
+    ShareKeysRelay,
+    ShareKeysUpload,
+    UnmaskRequest,
+    UnmaskResponse,
+)
+from secfed.secagg.server import ServerSession
+from secfed.secagg.spec import VectorSpec
+
+log = logging.getLogger("secfed.server.coordinator")
+
+UploadMessage = AdvertiseKeys | ShareKeysUpload | MaskedInputUpload | ConsistencySignature | UnmaskResponse
+RelayMessage = AdvertBroadcast | ShareKeysRelay | ConsistencyRequest | UnmaskRequest
+
+
+class ServerTask(Protocol):
+    """What a federation computes: the vector each round sums, and how the sum updates the global model."""
+
+    name: str
+
+    def spec(self, model: np.ndarray) -> VectorSpec: ...
+
+    def task_config(self, round_: int) -> dict[str, Any]: ...
+
+    def apply(self, model: np.ndarray, result: AggregateResult) -> np.ndarray: ...
+
+
+@dataclass(frozen=True)
+class RoundPlan:
+    """How rounds are run. Every field has a default that works for a small federation."""
+
+    rounds: int = 3
+    participation: float = 1.0
+    min_cohort: int = 3
+    colluding_fraction: Fraction = Fraction(1, 3)
+    phase_timeout_s: float = 30.0
+    max_attempts: int = 3
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.rounds < 1:
+            raise ValueError("rounds must be >= 1")
+        if not 0 < self.participation <= 1:
+            raise ValueError("participation must be in (0, 1]")
+        if self.min_cohort < 3:
+            raise ValueError("min_cohort must be >= 3")
+        if self.phase_timeout_s <= 0 or self.max_attempts < 1:
+            raise ValueError("phase_timeout_s must be > 0 and max_attempts >= 1")
+
+
+@dataclass(frozen=True)
+class Wait:
+    retry_after_s: float
+
+
+@dataclass(frozen=True)
+class RoundStart:
+    config: SessionConfig
+    task: str
+    task_config: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Relay:
+    message: RelayMessage
+
+
+@dataclass(frozen=True)
+class Finished:
+    reason: str
+
+
+Instruction = Wait | RoundStart | Relay | Finished
+
+
+@dataclass
+class _Attempt:
+    round: int
+    number: int
+    session: ServerSession
+    deadline: float
+    outbox: dict[str, Instruction] = field(default_factory=dict)
+
+
+class Coordinator:
+    """Drives rounds over a roster of clients; see the module docstring for the contract."""
+
+    def __init__(
+        self,
+        *,
+        roster: Sequence[str],
+        plan: RoundPlan,
+        task: ServerTask,
+        initial_model: np.ndarray,
+        trust: TrustAnchor | None,
+        clock: Callable[[], float] = time.monotonic,
+        on_round: Callable[[int, AggregateResult, np.ndarray], None] | None = None,
+        first_round: int = 0,
+    ) -> None:
+        if len(set(roster)) != len(roster) or len(roster) < plan.min_cohort:
+            raise ValueError(f"roster must hold at least {plan.min_cohort} distinct clients")
+        self.roster = tuple(sorted(roster))
+        self.plan = plan
+        self.task = task
+        self.model = np.asarray(initial_model, dtype=np.float32)
+        self.trust = trust
+        self.clock = clock
+        self.on_round = on_round
+        self.round = first_round
+        self.results: list[AggregateResult] = []
+        self.aborted_attempts: list[tuple[int, int, str]] = []
+        self.finished_reason: str | None = None
+        self._attempt: _Attempt | None = None
+        self._start_attempt(1)
+
+    # -- public API used by the transport ------------------------------------------------------
+    def poll(self, client_id: str) -> Instruction:
+        """The instruction for ``client_id`` now: the pending one for this phase, or wait."""
+        self.tick()
+        if self.finished_reason is not None:
+            return Finished(self.finished_reason)
+        attempt = self._attempt
+        assert attempt is not None
+        return attempt.outbox.get(client_id, Wait(retry_after_s=min(1.0, self.plan.phase_timeout_s / 10)))
+
+    def upload(
+        self, client_id: str, message: UploadMessage, *, peer_chain: Sequence[bytes] | None = None
+    ) -> None:
+        """Hand a client's protocol message to the session; raises SecAggError if it is refused."""
+        attempt = self._attempt
+        if attempt is None or self.finished_reason is not None:
+            raise SecAggError(Phase.DONE, "the federation has finished", client_id=client_id)
+        sender = message.client_id if isinstance(message, AdvertiseKeys) else message.sender
+        if sender != client_id:
+            raise SecAggError(attempt.session.phase, f"message claims sender {sender!r}", client_id=client_id)
+        srv = attempt.session
+        if isinstance(message, AdvertiseKeys):
+            srv.receive_advert(message, peer_chain=peer_chain)
+        elif isinstance(message, ShareKeysUpload):
+            srv.receive_shares(message)
+        elif isinstance(message, MaskedInputUpload):
+            srv.receive_masked_input(message)
+        elif isinstance(message, ConsistencySignature):
+            srv.receive_consistency(message)
+        else:
+            srv.receive_unmask(message)
+        attempt.outbox.pop(client_id, None)
+        if srv.received() >= srv.expected():
+            self._advance()
+
+    def tick(self) -> None:
+        """Close the open phase if its deadline has passed."""
+        attempt = self._attempt
+        if attempt is None or self.finished_reason is not None:
+            return
+        if self.clock() >= attempt.deadline:
+            self._advance()
+
+    # -- internals ----------------------------------------------------------------------------
+    def _cohort(self, attempt: int) -> tuple[str, ...]:
+        # Cohort choice is public and must be reproducible, not secret: a seeded PRNG is right here.
+        rng = random.Random(f"{self.plan.seed}/{self.round}/{attempt}")  # noqa: S311
+        k = max(self.plan.min_cohort, round(self.plan.participation * len(self.roster)))
+        return tuple(sorted(rng.sample(self.roster, min(k, len(self.roster)))))
+
+    def _start_attempt(self, number: int) -> None:
+        if self.round >= self.plan.rounds:
+            self.finished_reason = f"completed {self.plan.rounds} rounds"
+            self._attempt = None
+            return
+        cohort = self._cohort(number)
+        n = len(cohort)
+        colluding = int(n * self.plan.colluding_fraction)
+        config = SessionConfig(
+            round=self.round,
+            roster=cohort,
+            threshold=max(required_threshold(n, colluding), self.plan.min_cohort),
+            n_colluding=colluding,
+            min_cohort=self.plan.min_cohort,
+            spec=self.task.spec(self.model),
+            model_hash=model_hash(self.model),
+            label=self.task.name,
+        )
+        session = ServerSession(config, trust=self.trust)
+        start = RoundStart(config=config, task=self.task.name, task_config=self.task.task_config(self.round))
+        self._attempt = _Attempt(
+            round=self.round,
+            number=number,
+            session=session,
+            deadline=self.clock() + self.plan.phase_timeout_s,
+            outbox=dict.fromkeys(cohort, start),
+        )
+        logs.event(
+            log, "attempt-start", round=self.round, attempt=number, cohort=n, threshold=config.threshold
+        )
+
+    def _advance(self) -> None:
+        attempt = self._attempt
+        assert attempt is not None
+        srv = attempt.session
+        try:
+            if srv.phase is Phase.ADVERTISE:
+                broadcast = srv.close_advertise()
+                self._send({a.client_id: Relay(broadcast) for a in broadcast.adverts}, attempt)
+            elif srv.phase is Phase.SHARE_KEYS:
+                self._send({cid: Relay(r) for cid, r in srv.close_share_keys().items()}, attempt)
+            elif srv.phase is Phase.MASKED_INPUT:
+                request = srv.close_masked_input()
+                self._send(dict.fromkeys(request.u3, Relay(request)), attempt)
+            elif srv.phase is Phase.CONSISTENCY:
+                unmask = srv.close_consistency()
+                self._send(dict.fromkeys(unmask.signatures, Relay(unmask)), attempt)
+            elif srv.phase is Phase.UNMASK:
+                self._finish_round(srv.finalize(), attempt)
+        except SecAggError as exc:  # below threshold, or a close that found the session unusable
+            self._abort_attempt(attempt, str(exc))
+
+    def _send(self, outbox: dict[str, Instruction], attempt: _Attempt) -> None:
+        attempt.outbox = outbox
+        attempt.deadline = self.clock() + self.plan.phase_timeout_s
+
+    def _finish_round(self, result: AggregateResult, attempt: _Attempt) -> None:
+        self.model = np.asarray(self.task.apply(self.model, result), dtype=np.float32)
+        self.results.append(result)
+        logs.event(
+            log,
+            "round-complete",
+            round=attempt.round,
+            attempt=attempt.number,
+            contributors=len(result.contributors),
+            dropped=len(result.dropped),
+        )
+        if self.on_round is not None:
+            self.on_round(attempt.round, result, self.model)
+        self.round += 1
+        self._start_attempt(1)
+
+    def _abort_attempt(self, attempt: _Attempt, reason: str) -> None:
+        if attempt.session.phase is not Phase.ABORTED:
+            attempt.session.abort(reason)
+        self.aborted_attempts.append((attempt.round, attempt.number, reason))
+        logs.event(
+            log,
+            "attempt-aborted",
+            logging.WARNING,
+            round=attempt.round,
+            attempt=attempt.number,
+            reason=reason,
+        )
+        if attempt.number >= self.plan.max_attempts:
+            self.finished_reason = f"round {attempt.round} failed {attempt.number} attempts: {reason}"
+            self._attempt = None
+            return
+        self._start_attempt(attempt.number + 1)
+
+
+def model_hash(model: np.ndarray) -> bytes:
+    """SHA-256 of the model vector as little-endian float32: what clients sign in their adverts."""
+    return hashlib.sha256(np.asarray(model, dtype="<f4").tobytes()).digest()
