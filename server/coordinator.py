@@ -19,12 +19,13 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
 from secfed import logs
 from secfed.crypto.identity import TrustAnchor
+from secfed.fl.tasks import ServerTask
 from secfed.secagg.config import SessionConfig, required_threshold
 from secfed.secagg.errors import Phase, SecAggError
 from secfed.secagg.messages import (
@@ -40,24 +41,11 @@ from secfed.secagg.messages import (
     UnmaskResponse,
 )
 from secfed.secagg.server import ServerSession
-from secfed.secagg.spec import VectorSpec
 
 log = logging.getLogger("secfed.server.coordinator")
 
 UploadMessage = AdvertiseKeys | ShareKeysUpload | MaskedInputUpload | ConsistencySignature | UnmaskResponse
 RelayMessage = AdvertBroadcast | ShareKeysRelay | ConsistencyRequest | UnmaskRequest
-
-
-class ServerTask(Protocol):
-    """What a federation computes: the vector each round sums, and how the sum updates the global model."""
-
-    name: str
-
-    def spec(self, model: np.ndarray) -> VectorSpec: ...
-
-    def task_config(self, round_: int) -> dict[str, Any]: ...
-
-    def apply(self, model: np.ndarray, result: AggregateResult) -> np.ndarray: ...
 
 
 @dataclass(frozen=True)
@@ -108,13 +96,42 @@ class Finished:
 Instruction = Wait | RoundStart | Relay | Finished
 
 
+@dataclass(frozen=True)
+class Pending:
+    """An instruction as handed to one client: numbered, so retries and replays are recognisable."""
+
+    instruction_id: int
+    instruction: Instruction
+    session_id: bytes
+    deadline: float
+
+
+class CoordinatorObserver:
+    """Hooks for persistence and logging; the default does nothing. Called with the coordinator's lock held."""
+
+    def attempt_started(self, round_: int, attempt: int) -> None:
+        """Before any client of the attempt is told to start: persist it so a crash is noticed."""
+
+    def session_opened(self, round_: int, attempt: int, session_id: bytes) -> None:
+        """The attempt's session id is fixed (after Advertise closed)."""
+
+    def attempt_aborted(self, round_: int, attempt: int, reason: str) -> None:
+        """The attempt failed; the round is retried with a fresh session or the run ends."""
+
+    def round_completed(
+        self, round_: int, result: AggregateResult, model: np.ndarray, started: float
+    ) -> None:
+        """The round's sum is known and applied; must persist before the next round starts."""
+
+
 @dataclass
 class _Attempt:
     round: int
     number: int
     session: ServerSession
     deadline: float
-    outbox: dict[str, Instruction] = field(default_factory=dict)
+    started: float
+    outbox: dict[str, Pending] = field(default_factory=dict)
 
 
 class Coordinator:
@@ -129,7 +146,7 @@ class Coordinator:
         initial_model: np.ndarray,
         trust: TrustAnchor | None,
         clock: Callable[[], float] = time.monotonic,
-        on_round: Callable[[int, AggregateResult, np.ndarray], None] | None = None,
+        observer: CoordinatorObserver | None = None,
         first_round: int = 0,
     ) -> None:
         if len(set(roster)) != len(roster) or len(roster) < plan.min_cohort:
@@ -140,7 +157,8 @@ class Coordinator:
         self.model = np.asarray(initial_model, dtype=np.float32)
         self.trust = trust
         self.clock = clock
-        self.on_round = on_round
+        self.observer = observer or CoordinatorObserver()
+        self._next_instruction = 1
         self.round = first_round
         self.results: list[AggregateResult] = []
         self.aborted_attempts: list[tuple[int, int, str]] = []
@@ -149,14 +167,26 @@ class Coordinator:
         self._start_attempt(1)
 
     # -- public API used by the transport ------------------------------------------------------
-    def poll(self, client_id: str) -> Instruction:
+    def poll(self, client_id: str) -> Pending:
         """The instruction for ``client_id`` now: the pending one for this phase, or wait."""
         self.tick()
         if self.finished_reason is not None:
-            return Finished(self.finished_reason)
+            return Pending(0, Finished(self.finished_reason), b"", self.clock())
         attempt = self._attempt
         assert attempt is not None
-        return attempt.outbox.get(client_id, Wait(retry_after_s=min(1.0, self.plan.phase_timeout_s / 10)))
+        pending = attempt.outbox.get(client_id)
+        if pending is not None:
+            return pending
+        wait = Wait(retry_after_s=min(1.0, self.plan.phase_timeout_s / 10))
+        return Pending(0, wait, attempt.session.session_id, attempt.deadline)
+
+    @property
+    def current_round(self) -> int:
+        return self.round
+
+    def in_cohort(self, client_id: str) -> bool:
+        attempt = self._attempt
+        return attempt is not None and client_id in attempt.session.config.roster
 
     def upload(
         self, client_id: str, message: UploadMessage, *, peer_chain: Sequence[bytes] | None = None
@@ -218,13 +248,10 @@ class Coordinator:
         )
         session = ServerSession(config, trust=self.trust)
         start = RoundStart(config=config, task=self.task.name, task_config=self.task.task_config(self.round))
-        self._attempt = _Attempt(
-            round=self.round,
-            number=number,
-            session=session,
-            deadline=self.clock() + self.plan.phase_timeout_s,
-            outbox=dict.fromkeys(cohort, start),
-        )
+        self.observer.attempt_started(self.round, number)
+        now = self.clock()
+        self._attempt = _Attempt(round=self.round, number=number, session=session, deadline=now, started=now)
+        self._send(dict.fromkeys(cohort, start), self._attempt)
         logs.event(
             log, "attempt-start", round=self.round, attempt=number, cohort=n, threshold=config.threshold
         )
@@ -236,6 +263,7 @@ class Coordinator:
         try:
             if srv.phase is Phase.ADVERTISE:
                 broadcast = srv.close_advertise()
+                self.observer.session_opened(attempt.round, attempt.number, srv.session_id)
                 self._send({a.client_id: Relay(broadcast) for a in broadcast.adverts}, attempt)
             elif srv.phase is Phase.SHARE_KEYS:
                 self._send({cid: Relay(r) for cid, r in srv.close_share_keys().items()}, attempt)
@@ -251,8 +279,12 @@ class Coordinator:
             self._abort_attempt(attempt, str(exc))
 
     def _send(self, outbox: dict[str, Instruction], attempt: _Attempt) -> None:
-        attempt.outbox = outbox
         attempt.deadline = self.clock() + self.plan.phase_timeout_s
+        sid = attempt.session.session_id
+        attempt.outbox = {}
+        for cid, ins in outbox.items():
+            attempt.outbox[cid] = Pending(self._next_instruction, ins, sid, attempt.deadline)
+            self._next_instruction += 1
 
     def _finish_round(self, result: AggregateResult, attempt: _Attempt) -> None:
         self.model = np.asarray(self.task.apply(self.model, result), dtype=np.float32)
@@ -265,8 +297,7 @@ class Coordinator:
             contributors=len(result.contributors),
             dropped=len(result.dropped),
         )
-        if self.on_round is not None:
-            self.on_round(attempt.round, result, self.model)
+        self.observer.round_completed(attempt.round, result, self.model, attempt.started)
         self.round += 1
         self._start_attempt(1)
 
@@ -274,6 +305,7 @@ class Coordinator:
         if attempt.session.phase is not Phase.ABORTED:
             attempt.session.abort(reason)
         self.aborted_attempts.append((attempt.round, attempt.number, reason))
+        self.observer.attempt_aborted(attempt.round, attempt.number, reason)
         logs.event(
             log,
             "attempt-aborted",

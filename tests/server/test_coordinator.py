@@ -17,7 +17,16 @@ from secfed.secagg.messages import (
     UnmaskRequest,
 )
 from secfed.secagg.spec import Segment, VectorSpec
-from server.coordinator import Coordinator, Finished, Relay, RoundPlan, RoundStart, Wait, model_hash
+from server.coordinator import (
+    Coordinator,
+    CoordinatorObserver,
+    Finished,
+    Relay,
+    RoundPlan,
+    RoundStart,
+    Wait,
+    model_hash,
+)
 from tests.secagg.support import Consortium
 
 DIM = 8
@@ -63,7 +72,7 @@ class FakeClient:
     rounds_started: list[int] = field(default_factory=list)
 
     def step(self) -> bool:
-        ins = self.coordinator.poll(self.cid)
+        ins = self.coordinator.poll(self.cid).instruction
         if isinstance(ins, Finished):
             return False
         if isinstance(ins, Wait):
@@ -108,6 +117,16 @@ def run(coordinator: Coordinator, clients: list[FakeClient], clock: Clock, max_s
     raise AssertionError("federation did not finish")
 
 
+class Recorder(CoordinatorObserver):
+    def __init__(self, results: list[tuple[int, AggregateResult]]) -> None:
+        self.results = results
+
+    def round_completed(
+        self, round_: int, result: AggregateResult, model: np.ndarray, started: float
+    ) -> None:
+        self.results.append((round_, result))
+
+
 def build(consortium: Consortium, n: int, plan: RoundPlan, hang: dict[str, int] | None = None):
     clock = Clock()
     results: list[tuple[int, AggregateResult]] = []
@@ -118,7 +137,7 @@ def build(consortium: Consortium, n: int, plan: RoundPlan, hang: dict[str, int] 
         initial_model=np.zeros(DIM),
         trust=consortium.trust,
         clock=clock,
-        on_round=lambda r, res, _m: results.append((r, res)),
+        observer=Recorder(results),
     )
     hang = hang or {}
     clients = [FakeClient(c, consortium, coord, hang_from_round=hang.get(c)) for c in consortium.ids(n)]
@@ -159,7 +178,7 @@ def test_too_many_hung_clients_abort_and_retry_with_fresh_session(consortium: Co
 
 def test_upload_under_another_identity_is_refused(consortium: Consortium) -> None:
     coord, clients, _clock, _ = build(consortium, 4, RoundPlan(rounds=1))
-    ins = coord.poll(clients[0].cid)
+    ins = coord.poll(clients[0].cid).instruction
     assert isinstance(ins, RoundStart)
     session = ClientSession(
         identity=consortium.identities[clients[0].cid],

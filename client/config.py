@@ -1,0 +1,52 @@
+"""An institution's client configuration file (``secfed client --config client.toml``).
+
+Relative paths are resolved against the configuration file's directory. See
+``client/client.example.toml`` for every option.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from secfed import tomlconfig
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Exponential back-off with jitter for transient transport failures (server restarting, network)."""
+
+    initial_backoff_s: float = 0.2
+    max_backoff_s: float = 10.0
+    give_up_after_s: float = 600.0
+
+
+@dataclass(frozen=True)
+class ClientConfig:
+    kit: Path
+    server: str | None = None
+    task: str = "toy-mean"
+    task_options: dict[str, Any] = field(default_factory=dict)
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+
+
+def load_client_config(path: Path) -> ClientConfig:
+    doc = tomlconfig.load(path)
+    cli = doc.table("client")
+    kit = path.parent / cli.get("kit", str, required=True)
+    server = cli.get("server", str, "") or None
+    cli.finish()
+    task = doc.table("task")
+    name = task.get("name", str, "toy-mean")
+    options = dict(task.get("options", dict, {}))
+    task.finish()
+    r = doc.table("retry")
+    retry = RetryPolicy(
+        initial_backoff_s=r.number("initial_backoff_s", float, RetryPolicy.initial_backoff_s, low=0.01),
+        max_backoff_s=r.number("max_backoff_s", float, RetryPolicy.max_backoff_s, low=0.01),
+        give_up_after_s=r.number("give_up_after_s", float, RetryPolicy.give_up_after_s, low=1.0),
+    )
+    r.finish()
+    doc.finish()
+    return ClientConfig(kit=kit, server=server, task=name, task_options=options, retry=retry)

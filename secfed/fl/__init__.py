@@ -1,0 +1,1 @@
+"""Federated-learning logic above secure aggregation: tasks, aggregation rules over decoded sums."""

@@ -1,0 +1,77 @@
+"""The two halves of a federated task, and the registry that names them.
+
+A task decides what one round sums (the vector spec), what each client computes from the global
+model (its private contribution), and how the server turns the decoded cohort sum into the next
+global model. The server half never sees a single client's contribution, only
+``AggregateResult.values``; the client half never sees anything but the global model and its data.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol
+
+import numpy as np
+from numpy.typing import NDArray
+
+from secfed.secagg.messages import AggregateResult
+from secfed.secagg.spec import VectorSpec
+
+Vector = NDArray[np.float32]
+
+
+class ServerTask(Protocol):
+    name: str
+
+    def spec(self, model: Vector) -> VectorSpec:
+        """The layout the round's SecAgg session sums (must not depend on any client)."""
+        ...
+
+    def task_config(self, round_: int) -> dict[str, Any]:
+        """Public per-round settings sent to every client with the round start (JSON-able)."""
+        ...
+
+    def apply(self, model: Vector, result: AggregateResult) -> Vector:
+        """The next global model from the current one and the decoded cohort sum."""
+        ...
+
+
+class ClientTask(Protocol):
+    name: str
+
+    def compute(
+        self, round_: int, model: Vector, task_config: Mapping[str, Any]
+    ) -> dict[str, NDArray[np.float64]]:
+        """This client's contribution, one array per spec segment (masked before it leaves)."""
+        ...
+
+
+ServerTaskFactory = Callable[[Mapping[str, Any]], ServerTask]
+ClientTaskFactory = Callable[[str, Mapping[str, Any]], ClientTask]
+
+_SERVER: dict[str, ServerTaskFactory] = {}
+_CLIENT: dict[str, ClientTaskFactory] = {}
+
+
+def register(name: str, server: ServerTaskFactory, client: ClientTaskFactory) -> None:
+    """Make a task available by name to ``secfed server`` / ``secfed client`` configs."""
+    _SERVER[name] = server
+    _CLIENT[name] = client
+
+
+def server_task(name: str, options: Mapping[str, Any]) -> ServerTask:
+    _load_builtins()
+    if name not in _SERVER:
+        raise ValueError(f"unknown task {name!r}; known tasks: {sorted(_SERVER)}")
+    return _SERVER[name](options)
+
+
+def client_task(name: str, client_id: str, options: Mapping[str, Any]) -> ClientTask:
+    _load_builtins()
+    if name not in _CLIENT:
+        raise ValueError(f"unknown task {name!r}; known tasks: {sorted(_CLIENT)}")
+    return _CLIENT[name](client_id, options)
+
+
+def _load_builtins() -> None:
+    from secfed.fl import toy  # noqa: F401  (registers itself)

@@ -1,0 +1,112 @@
+"""The numeric toy task: federated weighted-mean estimation, cheap enough for tests and load runs.
+
+Each client holds private samples drawn around a centre derived from its id (so clients differ, as
+institutions do). Per round it uploads ``[w * (local_mean - model), w]`` with ``w`` its sample count
+capped at ``max_weight`` (a bounded, integer weight, never a raw count), and the server moves the
+model by ``sum(w * delta) / sum(w)``: after one round the model is the weighted mean of the
+participating clients' means, which makes the secure result easy to check against plaintext.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from secfed.fl import tasks
+from secfed.secagg.messages import AggregateResult
+from secfed.secagg.spec import Segment, VectorSpec
+
+NAME = "toy-mean"
+
+
+@dataclass(frozen=True)
+class ToyOptions:
+    dim: int = 16
+    max_weight: int = 8
+    clip: float = 4.0
+    frac_bits: int = 16
+
+    @classmethod
+    def from_mapping(cls, options: Mapping[str, Any]) -> ToyOptions:
+        unknown = set(options) - {"dim", "max_weight", "clip", "frac_bits"}
+        if unknown:
+            raise ValueError(f"toy task: unknown option(s) {sorted(unknown)}")
+        opts = cls(**options)
+        if opts.dim < 1 or opts.max_weight < 1 or opts.clip <= 0:
+            raise ValueError("toy task: dim and max_weight must be >= 1 and clip > 0")
+        return opts
+
+
+def initial_model(dim: int) -> NDArray[np.float32]:
+    return np.zeros(dim, dtype=np.float32)
+
+
+def client_samples(client_id: str, dim: int) -> NDArray[np.float64]:
+    """The private data of a toy client: deterministic in its id, so runs are reproducible."""
+    seed = int.from_bytes(hashlib.sha256(client_id.encode()).digest()[:8], "big")
+    rng = np.random.default_rng(seed)
+    centre = rng.uniform(-1.0, 1.0, dim)
+    count = int(rng.integers(3, 12))
+    return centre + 0.1 * rng.standard_normal((count, dim))
+
+
+def contribution(
+    client_id: str, model: NDArray[np.float32], opts: ToyOptions
+) -> dict[str, NDArray[np.float64]]:
+    """The plaintext ``{x: w * delta, w: [w]}`` a client uploads (masked) for a given model."""
+    samples = client_samples(client_id, opts.dim)
+    weight = float(min(len(samples), opts.max_weight))
+    delta = samples.mean(axis=0) - model.astype(np.float64)
+    return {"x": weight * delta, "w": np.array([weight])}
+
+
+class ToyServer:
+    name = NAME
+
+    def __init__(self, options: Mapping[str, Any]) -> None:
+        self.opts = ToyOptions.from_mapping(options)
+
+    def spec(self, model: NDArray[np.float32]) -> VectorSpec:
+        return VectorSpec(
+            (
+                Segment(
+                    "x",
+                    self.opts.dim,
+                    clip=self.opts.max_weight * self.opts.clip,
+                    frac_bits=self.opts.frac_bits,
+                ),
+                Segment("w", 1, clip=float(self.opts.max_weight), frac_bits=0),
+            )
+        )
+
+    def task_config(self, round_: int) -> dict[str, Any]:
+        return {"dim": self.opts.dim, "max_weight": self.opts.max_weight}
+
+    def apply(self, model: NDArray[np.float32], result: AggregateResult) -> NDArray[np.float32]:
+        total_weight = float(result.values["w"][0])
+        if total_weight <= 0:
+            raise ValueError("toy task: the cohort's total weight is zero")
+        return (model + result.values["x"] / total_weight).astype(np.float32)
+
+
+class ToyClient:
+    name = NAME
+
+    def __init__(self, client_id: str, options: Mapping[str, Any]) -> None:
+        self.client_id = client_id
+        self.opts = ToyOptions.from_mapping(options)
+
+    def compute(
+        self, round_: int, model: NDArray[np.float32], task_config: Mapping[str, Any]
+    ) -> dict[str, NDArray[np.float64]]:
+        if model.shape != (self.opts.dim,):
+            raise ValueError(f"toy task: global model has shape {model.shape}, expected ({self.opts.dim},)")
+        return contribution(self.client_id, model, self.opts)
+
+
+tasks.register(NAME, ToyServer, ToyClient)

@@ -1,0 +1,96 @@
+"""The coordinator's configuration file (``secfed server --config server.toml``).
+
+Relative paths are resolved against the directory of the configuration file, so a deployment
+directory can be moved as a whole. See ``server/server.example.toml`` for every option.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+from secfed import tomlconfig
+from server.coordinator import RoundPlan
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Resource limits that keep one client (or a flood of them) from hurting the others."""
+
+    max_upload_bytes: int = 2 * 1024**3
+    chunk_bytes: int = 1024 * 1024
+    max_requests_per_s: float = 50.0
+    burst: int = 100
+    max_workers: int = 16
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    listen: str
+    kit: Path
+    state_db: Path
+    roster: tuple[str, ...]
+    federation_name: str = "secfed"
+    plan: RoundPlan = field(default_factory=RoundPlan)
+    task: str = "toy-mean"
+    task_options: dict[str, Any] = field(default_factory=dict)
+    limits: Limits = field(default_factory=Limits)
+
+
+def load_server_config(path: Path) -> ServerConfig:
+    doc = tomlconfig.load(path)
+    base = path.parent
+    srv = doc.table("server")
+    listen = srv.get("listen", str, "127.0.0.1:8443")
+    kit = base / srv.get("kit", str, required=True)
+    state_db = base / srv.get("state_db", str, "state.sqlite")
+    roster = srv.strings("roster", None)
+    if not roster:
+        raise srv.error("roster", "must list at least three client ids")
+    name = srv.get("federation_name", str, "secfed")
+    srv.finish()
+
+    rounds = doc.table("rounds")
+    colluding = rounds.number("colluding_fraction", float, 1 / 3, low=0.0, high=0.99)
+    try:
+        plan = RoundPlan(
+            rounds=rounds.number("rounds", int, 3, low=1),
+            participation=rounds.number("participation", float, 1.0, low=0.0, high=1.0),
+            min_cohort=rounds.number("min_cohort", int, 3, low=3),
+            colluding_fraction=Fraction(colluding).limit_denominator(1000),
+            phase_timeout_s=rounds.number("phase_timeout_s", float, 30.0, low=0.1),
+            max_attempts=rounds.number("max_attempts", int, 3, low=1),
+            seed=rounds.get("seed", int, 0),
+        )
+    except ValueError as exc:
+        raise tomlconfig.ConfigFileError(f"{path}: rounds: {exc}") from exc
+    rounds.finish()
+
+    task = doc.table("task")
+    task_name = task.get("name", str, "toy-mean")
+    task_options = dict(task.get("options", dict, {}))
+    task.finish()
+
+    lim = doc.table("limits")
+    limits = Limits(
+        max_upload_bytes=lim.number("max_upload_bytes", int, Limits.max_upload_bytes, low=1024),
+        chunk_bytes=lim.number("chunk_bytes", int, Limits.chunk_bytes, low=1024, high=64 * 1024 * 1024),
+        max_requests_per_s=lim.number("max_requests_per_s", float, Limits.max_requests_per_s, low=0.1),
+        burst=lim.number("burst", int, Limits.burst, low=1),
+        max_workers=lim.number("max_workers", int, Limits.max_workers, low=2, high=1024),
+    )
+    lim.finish()
+    doc.finish()
+    return ServerConfig(
+        listen=listen,
+        kit=kit,
+        state_db=state_db,
+        roster=tuple(roster),
+        federation_name=name,
+        plan=plan,
+        task=task_name,
+        task_options=task_options,
+        limits=limits,
+    )
