@@ -89,7 +89,7 @@ _GENESIS_CONTEXT = b"secfed/state/ledger/v1\x00"
 # Ledger kinds the store writes itself: integrity_check cross-checks them against the tables, so
 # append_event must not be able to forge them.
 _RESERVED_KINDS = frozenset(
-    {"created", "initial_model", "attempt_begun", "attempt_aborted", "round_completed"}
+    {"created", "initial_model", "attempt_begun", "attempt_aborted", "round_completed", "session_opened"}
 )
 
 _SCHEMA = """
@@ -532,6 +532,21 @@ class StateStore:
                 {"round": round_, "attempt": attempt, "session_ids": [s.hex() for s in ids]},
             )
         return attempt
+
+    def add_session_id(self, round: int, session_id: bytes) -> None:
+        """Register a session id of the open attempt once it is fixed (after Advertise); refuses reuse."""
+        round_ = _check_round_number(round, "round")
+        (sid,) = _session_ids([session_id])
+        with self._write() as conn:
+            open_ = self._open_attempt(conn)
+            if open_ is None or open_[0] != round_:
+                raise self._error(f"no open attempt of round {round_} to add a session id to")
+            if conn.execute("SELECT 1 FROM session_ids WHERE session_id = ?", (sid,)).fetchone():
+                raise self._error(f"session id already used: {sid.hex()}")
+            conn.execute(
+                "INSERT INTO session_ids (session_id, round, attempt) VALUES (?, ?, ?)", (sid, round_, open_[1])
+            )
+            self._append(conn, "session_opened", round_, {"attempt": open_[1], "session_id": sid.hex()})
 
     @staticmethod
     def _next_attempt(conn: sqlite3.Connection, round_: int) -> int:

@@ -496,3 +496,16 @@ def test_hash_chain_verifies_and_names_any_edited_entry(
         victim = data.draw(st.integers(1, len(ledger)))
         problems = tamper(path, "UPDATE ledger SET kind = kind || '!' WHERE seq = ?", (victim,))
         assert names_seq(problems, victim), problems
+
+
+def test_session_ids_added_to_open_attempt_and_reuse_refused(tmp_path: Path) -> None:
+    with StateStore(tmp_path / "s.sqlite") as store:
+        store.save_initial_model(np.zeros(4, dtype=np.float32))
+        store.begin_attempt(0, [])
+        store.add_session_id(0, b"\x01" * 32)
+        assert b"\x01" * 32 in store.used_session_ids()
+        with pytest.raises(StateError, match="already used"):
+            store.add_session_id(0, b"\x01" * 32)
+        with pytest.raises(StateError, match="no open attempt"):
+            store.add_session_id(1, b"\x02" * 32)
+        assert store.integrity_check() == []
