@@ -41,6 +41,7 @@ from secfed.secagg.messages import (
     UnmaskResponse,
 )
 from secfed.secagg.server import ServerSession
+from secfed.secagg.spec import VectorSpec
 
 log = logging.getLogger("secfed.server.coordinator")
 
@@ -118,6 +119,9 @@ class CoordinatorObserver:
     def attempt_aborted(self, round_: int, attempt: int, reason: str) -> None:
         """The attempt failed; the round is retried with a fresh session or the run ends."""
 
+    def client_refused(self, round_: int, client_id: str, reason: str) -> None:
+        """A client declined the round; it is recorded, never silent."""
+
     def round_completed(
         self, round_: int, result: AggregateResult, model: np.ndarray, started: float
     ) -> None:
@@ -132,6 +136,7 @@ class _Attempt:
     deadline: float
     started: float
     outbox: dict[str, Pending] = field(default_factory=dict)
+    refused: set[str] = field(default_factory=set)
 
 
 class Coordinator:
@@ -162,6 +167,7 @@ class Coordinator:
         self.round = first_round
         self.results: list[AggregateResult] = []
         self.aborted_attempts: list[tuple[int, int, str]] = []
+        self.refusals: list[tuple[int, str, str]] = []
         self.finished_reason: str | None = None
         self._attempt: _Attempt | None = None
         self._start_attempt(1)
@@ -179,6 +185,10 @@ class Coordinator:
             return pending
         wait = Wait(retry_after_s=min(1.0, self.plan.phase_timeout_s / 10))
         return Pending(0, wait, attempt.session.session_id, attempt.deadline)
+
+    def current_spec(self) -> VectorSpec | None:
+        """The vector spec of the open attempt (for validating uploads before they reach the session)."""
+        return self._attempt.session.config.spec if self._attempt is not None else None
 
     @property
     def current_round(self) -> int:
@@ -210,7 +220,22 @@ class Coordinator:
         else:
             srv.receive_unmask(message)
         attempt.outbox.pop(client_id, None)
-        if srv.received() >= srv.expected():
+        self._advance_if_complete(attempt)
+
+    def refuse(self, client_id: str, round_: int, reason: str) -> None:
+        """A client declines this round (e.g. its privacy budget is spent): stop waiting for it."""
+        attempt = self._attempt
+        if attempt is None or round_ != attempt.round or client_id not in attempt.session.config.roster:
+            raise SecAggError(Phase.CONFIGURE, f"nothing to refuse in round {round_}", client_id=client_id)
+        attempt.refused.add(client_id)
+        attempt.outbox.pop(client_id, None)
+        self.refusals.append((round_, client_id, reason))
+        self.observer.client_refused(round_, client_id, reason)
+        self._advance_if_complete(attempt)
+
+    def _advance_if_complete(self, attempt: _Attempt) -> None:
+        srv = attempt.session
+        if srv.received() | attempt.refused >= srv.expected():
             self._advance()
 
     def tick(self) -> None:

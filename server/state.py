@@ -472,6 +472,10 @@ class StateStore:
             self._append(conn, "initial_model", None, {"model_hash": digest.hex(), "dim": len(data) // 4})
         return digest
 
+    def has_initial_model(self) -> bool:
+        with self._read() as conn:
+            return conn.execute("SELECT 1 FROM models WHERE round = -1").fetchone() is not None
+
     def global_model(self) -> tuple[int, bytes, npt.NDArray[np.float32]]:
         """``(round, hash, vector)`` of the latest model: the last completed round's, else the initial one.
 
@@ -544,7 +548,8 @@ class StateStore:
             if conn.execute("SELECT 1 FROM session_ids WHERE session_id = ?", (sid,)).fetchone():
                 raise self._error(f"session id already used: {sid.hex()}")
             conn.execute(
-                "INSERT INTO session_ids (session_id, round, attempt) VALUES (?, ?, ?)", (sid, round_, open_[1])
+                "INSERT INTO session_ids (session_id, round, attempt) VALUES (?, ?, ?)",
+                (sid, round_, open_[1]),
             )
             self._append(conn, "session_opened", round_, {"attempt": open_[1], "session_id": sid.hex()})
 

@@ -23,6 +23,10 @@ Vector = NDArray[np.float32]
 class ServerTask(Protocol):
     name: str
 
+    def initial_model(self) -> Vector:
+        """The global model before round 0 (used once, when a run's state database is created)."""
+        ...
+
     def spec(self, model: Vector) -> VectorSpec:
         """The layout the round's SecAgg session sums (must not depend on any client)."""
         ...

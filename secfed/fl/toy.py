@@ -71,6 +71,9 @@ class ToyServer:
     def __init__(self, options: Mapping[str, Any]) -> None:
         self.opts = ToyOptions.from_mapping(options)
 
+    def initial_model(self) -> NDArray[np.float32]:
+        return initial_model(self.opts.dim)
+
     def spec(self, model: NDArray[np.float32]) -> VectorSpec:
         return VectorSpec(
             (

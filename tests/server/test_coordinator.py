@@ -37,6 +37,9 @@ class MeanTask:
 
     name = "mean"
 
+    def initial_model(self) -> np.ndarray:
+        return np.zeros(DIM, dtype=np.float32)
+
     def spec(self, model: np.ndarray) -> VectorSpec:
         return VectorSpec((Segment("x", DIM, clip=4.0, frac_bits=16), Segment("n", 1, clip=1.0, frac_bits=0)))
 
@@ -189,3 +192,17 @@ def test_upload_under_another_identity_is_refused(consortium: Consortium) -> Non
     )
     with pytest.raises(Exception, match="claims sender"):
         coord.upload(clients[1].cid, session.advertise())
+
+
+def test_refusing_client_is_not_waited_for(consortium: Consortium) -> None:
+    coord, clients, _clock, results = build(consortium, 6, RoundPlan(rounds=1, phase_timeout_s=1000))
+    refuser = clients[2]
+    assert isinstance(coord.poll(refuser.cid).instruction, RoundStart)
+    coord.refuse(refuser.cid, 0, "privacy budget spent")
+    others = [c for c in clients if c is not refuser]
+    for _ in range(20):  # the clock never moves: only completeness can close the phases
+        if not any([c.step() for c in others]):  # step every client each sweep
+            break
+    assert coord.finished_reason == "completed 1 rounds"
+    assert refuser.cid not in results[0][1].contributors
+    assert coord.refusals == [(0, refuser.cid, "privacy budget spent")]

@@ -1,0 +1,194 @@
+"""The coordinator process: state store, coordinator, gRPC server with mutual TLS, and its lifecycle.
+
+On start it resumes from the state database: the next round is the one after the last completed
+round, and an attempt that was interrupted by a crash is recorded as aborted and restarted with a
+fresh session (new keys, new session id), never continued. Each completed round is committed to the
+database before the next round starts, and appended to ``rounds.jsonl`` beside it for humans and the
+local harness.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import numpy as np
+
+from secfed import logs
+from secfed.fl.tasks import server_task
+from secfed.pki.kit import load_kit
+from secfed.proto.v1 import federation_pb2_grpc as pb_grpc
+from secfed.secagg.messages import AggregateResult
+from server.auth import PeerAuthenticator
+from server.config import ServerConfig
+from server.coordinator import Coordinator, CoordinatorObserver
+from server.service import FederationService
+from server.state import RoundRecord, StateStore, model_hash
+
+log = logging.getLogger("secfed.server")
+
+_GRPC_OVERHEAD = 64 * 1024
+
+
+class StoreObserver(CoordinatorObserver):
+    """Persists what the coordinator does, so a restarted server resumes exactly where it was."""
+
+    def __init__(self, store: StateStore, rounds_log: Path, config: ServerConfig) -> None:
+        self.store = store
+        self.rounds_log = rounds_log
+        self.config = config
+        self.session_ids: list[bytes] = []
+
+    def attempt_started(self, round_: int, attempt: int) -> None:
+        self.session_ids = []
+        self.store.begin_attempt(round_, [])
+
+    def session_opened(self, round_: int, attempt: int, session_id: bytes) -> None:
+        self.session_ids.append(session_id)
+        self.store.add_session_id(round_, session_id)
+
+    def attempt_aborted(self, round_: int, attempt: int, reason: str) -> None:
+        self.store.record_aborted_attempt(round_, reason, [])
+
+    def client_refused(self, round_: int, client_id: str, reason: str) -> None:
+        self.store.append_event("client_refused", round_, {"client": client_id, "reason": reason})
+
+    def round_completed(
+        self, round_: int, result: AggregateResult, model: np.ndarray, started: float
+    ) -> None:
+        finished = time.time()
+        summary = {
+            "session_ids": [s.hex() for s in self.session_ids],
+            "sums": {name: [len(v)] for name, v in result.values.items()},
+            "task": self.config.task,
+        }
+        record = RoundRecord(
+            round=round_,
+            status="completed",
+            contributors=result.contributors,
+            dropped=result.dropped,
+            model_hash=model_hash(model),
+            started_at=finished - (time.monotonic() - started),
+            finished_at=finished,
+            summary=summary,
+        )
+        self.store.complete_round(record, model)
+        line = {
+            "round": round_,
+            "contributors": list(result.contributors),
+            "dropped": list(result.dropped),
+            "model_hash": record.model_hash.hex(),
+            "sums": {name: values.tolist() for name, values in result.values.items()},
+            "model": np.asarray(model, dtype=np.float64).tolist() if model.size <= 4096 else None,
+            "seconds": record.finished_at - record.started_at,
+        }
+        with self.rounds_log.open("a", encoding="utf-8") as fh:
+            fh.write(json.dumps(line) + "\n")
+        logs.event(
+            log,
+            "round",
+            round=round_,
+            contributors=len(result.contributors),
+            dropped=len(result.dropped),
+            seconds=f"{line['seconds']:.2f}",
+        )
+
+
+@dataclass
+class FederationServer:
+    config: ServerConfig
+    port: int
+    coordinator: Coordinator
+    service: FederationService
+    grpc_server: grpc.Server
+    store: StateStore
+    stop_event: threading.Event
+
+    @classmethod
+    def start(cls, config: ServerConfig) -> FederationServer:
+        kit = load_kit(config.kit)
+        if kit.role != "server":
+            raise ValueError(f"{config.kit}: this kit is for a {kit.role}, not the server")
+        task = server_task(config.task, config.task_options)
+        config.state_db.parent.mkdir(parents=True, exist_ok=True)
+        store = StateStore(config.state_db)
+        if not store.has_initial_model():
+            store.save_initial_model(np.asarray(task.initial_model(), dtype=np.float32))
+        interrupted = store.interrupted_attempt()
+        if interrupted is not None:
+            store.record_aborted_attempt(interrupted[0], "server restarted mid-round", [])
+            logs.event(
+                log, "resume-interrupted", logging.WARNING, round=interrupted[0], attempt=interrupted[1]
+            )
+        _, _, model = store.global_model()
+        first_round = store.last_completed_round() + 1
+        lock = threading.Lock()
+        observer = StoreObserver(store, config.state_db.parent / "rounds.jsonl", config)
+        coordinator = Coordinator(
+            roster=config.roster,
+            plan=config.plan,
+            task=task,
+            initial_model=model,
+            trust=kit.trust,
+            observer=observer,
+            first_round=first_round,
+        )
+        service = FederationService(
+            coordinator,
+            lock,
+            PeerAuthenticator(kit, frozenset(config.roster)),
+            config.limits,
+            config.federation_name,
+        )
+        message_limit = config.limits.chunk_bytes + _GRPC_OVERHEAD
+        grpc_server = grpc.server(
+            ThreadPoolExecutor(max_workers=config.limits.max_workers, thread_name_prefix="secfed-rpc"),
+            options=[
+                ("grpc.max_receive_message_length", message_limit),
+                ("grpc.max_send_message_length", message_limit),
+                ("grpc.max_concurrent_streams", config.limits.max_workers * 4),
+            ],
+            maximum_concurrent_rpcs=config.limits.max_workers * 8,
+        )
+        pb_grpc.add_FederationServicer_to_server(service, grpc_server)  # type: ignore[no-untyped-call]
+        credentials = grpc.ssl_server_credentials(
+            [(kit.key_path.read_bytes(), kit.cert_path.read_bytes())],
+            root_certificates=kit.ca_path.read_bytes(),
+            require_client_auth=True,
+        )
+        port = grpc_server.add_secure_port(config.listen, credentials)
+        if port == 0:
+            raise OSError(f"cannot listen on {config.listen}")
+        grpc_server.start()
+        server = cls(config, port, coordinator, service, grpc_server, store, threading.Event())
+        threading.Thread(target=server._tick_loop, args=(lock,), name="secfed-tick", daemon=True).start()
+        logs.event(
+            log, "listening", address=config.listen, port=port, first_round=first_round, run=store.run_id
+        )
+        return server
+
+    def _tick_loop(self, lock: threading.Lock) -> None:
+        while not self.stop_event.wait(0.1):
+            with lock:
+                self.coordinator.tick()
+
+    def wait(self, linger_s: float = 10.0) -> str:
+        """Block until the federation finishes and every client has heard so (or ``linger_s`` passed)."""
+        while self.coordinator.finished_reason is None and not self.stop_event.is_set():
+            time.sleep(0.1)
+        deadline = time.monotonic() + linger_s
+        roster = set(self.config.roster)
+        while time.monotonic() < deadline and not roster <= self.service.finished_clients:
+            time.sleep(0.1)
+        return self.coordinator.finished_reason or "stopped"
+
+    def stop(self) -> None:
+        self.stop_event.set()
+        self.grpc_server.stop(grace=1.0).wait()
+        self.store.close()

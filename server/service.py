@@ -1,0 +1,183 @@
+"""The gRPC face of the coordinator: authenticate, rate-limit, convert, and hand over to the coordinator.
+
+Every handler identifies the caller from its TLS certificate (never from a field in the request),
+holds the coordinator lock only while it touches coordinator state, and turns every failure into a
+clear gRPC status or a structured ``UploadAck`` naming the phase: a malformed or hostile request can
+fail, never crash the server or corrupt a session.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Iterator
+
+import grpc
+
+from secfed import logs
+from secfed.proto.v1 import federation_pb2 as pb
+from secfed.proto.v1 import federation_pb2_grpc as pb_grpc
+from secfed.secagg.config import PROTOCOL_VERSION
+from secfed.secagg.errors import SecAggError
+from secfed.secagg.messages import AdvertBroadcast, ConsistencyRequest, ShareKeysRelay
+from secfed.wire import WireError, chunks, convert
+from server.auth import Peer, PeerAuthenticator, PeerRefused, RateLimiter
+from server.config import Limits
+from server.coordinator import Coordinator, Finished, Pending, Relay, RoundStart, Wait
+from server.state import model_bytes, model_hash
+
+log = logging.getLogger("secfed.server.service")
+
+
+class FederationService(pb_grpc.FederationServicer):
+    def __init__(
+        self,
+        coordinator: Coordinator,
+        lock: threading.Lock,
+        auth: PeerAuthenticator,
+        limits: Limits,
+        federation_name: str,
+    ) -> None:
+        self._coord = coordinator
+        self._lock = lock
+        self._auth = auth
+        self._limits = limits
+        self._name = federation_name
+        self._rate = RateLimiter(limits.max_requests_per_s, limits.burst)
+        self._model_cache: tuple[bytes, bytes] = (b"", b"")  # (hash, little-endian bytes)
+        self.finished_clients: set[str] = set()
+
+    # -- helpers -------------------------------------------------------------------------------
+    def _peer(self, context: grpc.ServicerContext, rpc: str) -> Peer:
+        try:
+            peer = self._auth.identify(context)
+        except PeerRefused as exc:
+            logs.event(log, "peer-refused", logging.WARNING, rpc=rpc, reason=exc.message)
+            context.abort(exc.code, exc.message)
+        if not self._rate.allow(peer.client_id):
+            context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED, f"client {peer.client_id!r}: rate limit exceeded"
+            )
+        return peer
+
+    def _current_model(self) -> tuple[bytes, bytes]:
+        """The global model's hash and bytes, serialised once per model rather than per request."""
+        model = self._coord.model
+        digest = model_hash(model)
+        if self._model_cache[0] != digest:
+            self._model_cache = (digest, model_bytes(model))
+        return self._model_cache
+
+    def _instruction(self, pending: Pending) -> pb.Instruction:
+        ins = pb.Instruction(
+            instruction_id=pending.instruction_id,
+            session_id=pending.session_id,
+            deadline_unix_ms=int((time.time() + max(0.0, pending.deadline - self._coord.clock())) * 1000),
+        )
+        step = pending.instruction
+        if isinstance(step, Wait):
+            ins.wait.retry_after_ms = int(step.retry_after_s * 1000)
+        elif isinstance(step, Finished):
+            ins.finished.reason = step.reason
+        elif isinstance(step, RoundStart):
+            digest, data = self._current_model()
+            rs = ins.round_start
+            rs.round = step.config.round
+            rs.task = step.task
+            rs.task_config = json.dumps(step.task_config, sort_keys=True).encode()
+            rs.session.CopyFrom(convert.session_config_to_proto(step.config))
+            rs.global_model.hash = digest
+            rs.global_model.size_bytes = len(data)
+            rs.global_model.dtype = pb.TENSOR_DTYPE_FLOAT32
+        else:
+            assert isinstance(step, Relay)
+            msg = step.message
+            if isinstance(msg, AdvertBroadcast):
+                ins.advert_broadcast.CopyFrom(convert.advert_broadcast_to_proto(msg))
+            elif isinstance(msg, ShareKeysRelay):
+                ins.share_keys_relay.CopyFrom(convert.share_keys_relay_to_proto(msg))
+            elif isinstance(msg, ConsistencyRequest):
+                ins.consistency_request.CopyFrom(convert.consistency_request_to_proto(msg))
+            else:
+                ins.unmask_request.CopyFrom(convert.unmask_request_to_proto(msg))
+        return ins
+
+    # -- RPCs ----------------------------------------------------------------------------------
+    def Join(self, request: pb.JoinRequest, context: grpc.ServicerContext) -> pb.JoinReply:
+        peer = self._peer(context, "Join")
+        if request.protocol_version and request.protocol_version != PROTOCOL_VERSION:
+            context.abort(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"protocol version {request.protocol_version} is not supported (server speaks {PROTOCOL_VERSION})",
+            )
+        logs.event(log, "join", client=peer.client_id, version=request.software_version)
+        return pb.JoinReply(
+            federation_name=self._name,
+            protocol_version=PROTOCOL_VERSION,
+            max_message_bytes=self._limits.max_upload_bytes,
+            chunk_bytes=self._limits.chunk_bytes,
+            poll_interval_ms=200,
+            client_id=peer.client_id,
+        )
+
+    def Poll(self, request: pb.PollRequest, context: grpc.ServicerContext) -> pb.Instruction:
+        peer = self._peer(context, "Poll")
+        with self._lock:
+            pending = self._coord.poll(peer.client_id)
+            if isinstance(pending.instruction, Finished):
+                self.finished_clients.add(peer.client_id)
+            return self._instruction(pending)
+
+    def Upload(
+        self, request_iterator: Iterator[pb.UploadChunk], context: grpc.ServicerContext
+    ) -> pb.UploadAck:
+        peer = self._peer(context, "Upload")
+        assembler = chunks.UploadAssembler(self._limits.max_upload_bytes)
+        try:
+            for chunk in request_iterator:
+                assembler.feed(chunk)
+            header, payload = assembler.finish()
+            with self._lock:
+                spec = self._coord.current_spec()
+            message = convert.envelope_from_bytes(header.kind, payload, spec=spec)
+        except WireError as exc:
+            logs.event(log, "upload-malformed", logging.WARNING, client=peer.client_id, error=str(exc))
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"malformed upload: {exc}")
+        try:
+            with self._lock:
+                if isinstance(message, convert.Refusal):
+                    self._coord.refuse(peer.client_id, message.round, message.reason)
+                else:
+                    self._coord.upload(peer.client_id, message, peer_chain=[peer.certificate_der])
+        except SecAggError as exc:
+            logs.event(log, "upload-refused", logging.WARNING, client=peer.client_id, error=str(exc))
+            return pb.UploadAck(
+                ok=False,
+                error_phase=convert.phase_to_proto(exc.phase),
+                error_message=str(exc),
+                error_type=type(exc).__name__,
+            )
+        return pb.UploadAck(ok=True)
+
+    def Download(
+        self, request: pb.DownloadRequest, context: grpc.ServicerContext
+    ) -> Iterator[pb.DownloadChunk]:
+        peer = self._peer(context, "Download")
+        with self._lock:
+            digest, data = self._current_model()
+        if request.model_hash != digest:
+            context.abort(
+                grpc.StatusCode.NOT_FOUND, f"client {peer.client_id!r}: that model is not the current one"
+            )
+        try:
+            yield from chunks.split_download(data, self._limits.chunk_bytes, request.offset, sha256=digest)
+        except WireError as exc:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+
+    def Heartbeat(self, request: pb.HeartbeatRequest, context: grpc.ServicerContext) -> pb.HeartbeatReply:
+        peer = self._peer(context, "Heartbeat")
+        with self._lock:
+            waiting = not isinstance(self._coord.poll(peer.client_id).instruction, Wait)
+        return pb.HeartbeatReply(server_time_unix_ms=int(time.time() * 1000), poll_now=waiting)
