@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from secfed import cli_certs, logs
 from secfed.bench import secagg as bench_secagg
@@ -17,6 +18,22 @@ def build_parser() -> argparse.ArgumentParser:
     simulate = sub.add_parser("simulate", help="run a complete local federation (the main job)")
     simulate.set_defaults(func=_simulate)
 
+    server = sub.add_parser("server", help="run the federation coordinator (mTLS gRPC)")
+    server.add_argument(
+        "--config", type=Path, required=True, help="server TOML (see server/server.example.toml)"
+    )
+    server.add_argument("--listen", help="override [server].listen, e.g. 127.0.0.1:0 for any free port")
+    server.add_argument("--port-file", type=Path, help="write the port actually bound to this file")
+    server.set_defaults(func=_server)
+
+    client = sub.add_parser("client", help="run an institution's client (mTLS gRPC)")
+    client.add_argument(
+        "--config", type=Path, required=True, help="client TOML (see client/client.example.toml)"
+    )
+    client.add_argument("--server", help="override the server address (host:port) of the config and kit")
+    client.add_argument("--fault", help="fault injection for tests: kill@ROUND:PHASE or hang@ROUND:PHASE")
+    client.set_defaults(func=_client)
+
     bench = sub.add_parser("bench", help="benchmarks that print or write JSON")
     bench_sub = bench.add_subparsers(dest="bench", required=True, metavar="BENCHMARK")
     bench_secagg.register(bench_sub)
@@ -29,6 +46,61 @@ def _simulate(args: argparse.Namespace) -> int:
     from secfed.demo import run_secagg_demo
 
     return 0 if run_secagg_demo() else 1
+
+
+def _server(args: argparse.Namespace) -> int:
+    # Lazy imports: ``secfed`` is the library; the CLI is the one place that composes it with the
+    # server and client packages, which never import each other.
+    import dataclasses
+    import signal
+
+    from server.config import load_server_config
+    from server.runtime import FederationServer
+
+    config = load_server_config(args.config)
+    if args.listen:
+        config = dataclasses.replace(config, listen=args.listen)
+    server = FederationServer.start(config)
+    if args.port_file is not None:
+        args.port_file.write_text(f"{server.port}\n")
+    signal.signal(signal.SIGTERM, lambda *_: server.stop_event.set())
+    try:
+        reason = server.wait()
+    finally:
+        server.stop()
+    print(f"secfed server: {reason}")
+    return 0 if reason.startswith("completed") else 1
+
+
+def _client(args: argparse.Namespace) -> int:
+    from client.config import load_client_config
+    from client.faults import Fault
+    from client.runtime import ClientRuntime, ClientStopped
+    from client.tls import ServerRefused
+    from secfed.fl.tasks import client_task
+    from secfed.pki.kit import load_kit
+
+    config = load_client_config(args.config)
+    kit = load_kit(config.kit)
+    address = args.server or config.server or kit.server_address
+    if not address:
+        raise ValueError(f"{args.config}: no server address (set [client].server or use --server)")
+    runtime = ClientRuntime(
+        kit,
+        client_task(config.task, kit.client_id, config.task_options),
+        address=address,
+        retry=config.retry,
+        fault=Fault.parse(args.fault) if args.fault else None,
+    )
+    try:
+        report = runtime.run()
+    except (ClientStopped, ServerRefused) as exc:
+        print(f"secfed client {kit.client_id}: stopped: {exc}", file=sys.stderr)
+        return 1
+    print(
+        f"secfed client {kit.client_id}: {report.finished_reason}; rounds completed {report.rounds_completed}"
+    )
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,258 @@
+"""An institution's client process: join, poll for instructions, take part in rounds, until told to stop.
+
+The client only ever dials out. Each instruction is handled by the SecAgg client state machine; the
+local task computes the contribution from the downloaded global model when a round starts. Transport
+failures are retried with exponential back-off and jitter (a restarting server is normal); a protocol
+violation by the server ends that session (its secrets are erased) and the client goes on polling.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import partial
+from typing import TypeVar
+
+import grpc
+import numpy as np
+
+from client.config import RetryPolicy
+from client.faults import Fault
+from client.tls import verify_server
+from secfed import logs
+from secfed.fl.tasks import ClientTask
+from secfed.pki.kit import Kit
+from secfed.proto.v1 import federation_pb2 as pb
+from secfed.proto.v1 import federation_pb2_grpc as pb_grpc
+from secfed.secagg.client import ClientSession
+from secfed.secagg.config import PROTOCOL_VERSION
+from secfed.secagg.errors import Phase, SecAggError
+from secfed.secagg.messages import AdvertBroadcast, ConsistencyRequest, ShareKeysRelay, UnmaskRequest
+from secfed.wire import WireError, chunks, convert
+
+log = logging.getLogger("secfed.client")
+T = TypeVar("T")
+
+_RETRYABLE = {
+    grpc.StatusCode.UNAVAILABLE,
+    grpc.StatusCode.DEADLINE_EXCEEDED,
+    grpc.StatusCode.RESOURCE_EXHAUSTED,
+    grpc.StatusCode.ABORTED,
+    grpc.StatusCode.INTERNAL,
+}
+_RPC_TIMEOUT_S = 60.0
+_MAX_MODEL_BYTES = 8 * 1024**3
+
+
+class ClientStopped(Exception):  # noqa: N818 - the run ended (refused, gave up): carries the reason
+    pass
+
+
+@dataclass
+class ClientReport:
+    client_id: str
+    finished_reason: str = ""
+    rounds_joined: list[int] = field(default_factory=list)
+    rounds_completed: list[int] = field(default_factory=list)
+    violations: list[str] = field(default_factory=list)
+
+
+class ClientRuntime:
+    def __init__(
+        self,
+        kit: Kit,
+        task: ClientTask,
+        *,
+        address: str,
+        retry: RetryPolicy | None = None,
+        fault: Fault | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        if kit.role != "client":
+            raise ValueError(f"{kit.root}: this kit is for a {kit.role}, not a client")
+        self.kit = kit
+        self.task = task
+        self.address = address
+        self.retry = retry or RetryPolicy()
+        self.fault = fault
+        self._sleep = sleep
+        self.report = ClientReport(kit.client_id)
+        self._session: ClientSession | None = None
+        self._session_round = -1
+        self._handled: set[int] = set()
+        self._model: tuple[bytes, np.ndarray] | None = None
+        self._chunk_bytes = 1024 * 1024
+
+    # -- transport -----------------------------------------------------------------------------
+    def _channel(self) -> grpc.Channel:
+        credentials = grpc.ssl_channel_credentials(
+            root_certificates=self.kit.ca_path.read_bytes(),
+            private_key=self.kit.key_path.read_bytes(),
+            certificate_chain=self.kit.cert_path.read_bytes(),
+        )
+        limit = 64 * 1024 * 1024
+        return grpc.secure_channel(
+            self.address,
+            credentials,
+            options=[("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", limit)],
+        )
+
+    def _call(self, what: str, fn: Callable[[], T]) -> T:
+        """Run one RPC, retrying transient failures with exponential back-off and full jitter."""
+        delay = self.retry.initial_backoff_s
+        give_up = time.monotonic() + self.retry.give_up_after_s
+        while True:
+            try:
+                return fn()
+            except grpc.RpcError as exc:
+                code = exc.code()
+                if code not in _RETRYABLE or time.monotonic() > give_up:
+                    raise ClientStopped(f"{what} failed: {code.name}: {exc.details()}") from exc
+                logs.event(log, "retry", logging.DEBUG, rpc=what, code=code.name, delay=f"{delay:.2f}")
+                self._sleep(delay * (0.5 + secrets.randbelow(1000) / 2000))
+                delay = min(delay * 2, self.retry.max_backoff_s)
+
+    # -- main loop -----------------------------------------------------------------------------
+    def run(self) -> ClientReport:
+        verify_server(self.kit, self.address)
+        with self._channel() as channel:
+            stub = pb_grpc.FederationStub(channel)  # type: ignore[no-untyped-call]
+            reply = self._call(
+                "Join",
+                lambda: stub.Join(
+                    pb.JoinRequest(software_version="secfed", protocol_version=PROTOCOL_VERSION),
+                    timeout=_RPC_TIMEOUT_S,
+                ),
+            )
+            if reply.client_id != self.kit.client_id:
+                raise ClientStopped(
+                    f"server identified us as {reply.client_id!r}, not {self.kit.client_id!r}"
+                )
+            self._chunk_bytes = reply.chunk_bytes or self._chunk_bytes
+            logs.event(log, "joined", client=self.kit.client_id, federation=reply.federation_name)
+            last = 0
+            while True:
+                request = pb.PollRequest(last_instruction_id=last)
+                ins = self._call("Poll", partial(stub.Poll, request, timeout=_RPC_TIMEOUT_S))
+                step = ins.WhichOneof("step")
+                if step == "finished":
+                    self.report.finished_reason = ins.finished.reason
+                    self._drop_session()
+                    logs.event(log, "finished", client=self.kit.client_id, reason=ins.finished.reason)
+                    return self.report
+                if step == "wait" or ins.instruction_id in self._handled:
+                    self._sleep(max(ins.wait.retry_after_ms, 50) / 1000 if step == "wait" else 0.05)
+                    continue
+                self._handled.add(ins.instruction_id)
+                last = ins.instruction_id
+                try:
+                    self._handle(stub, ins)
+                except (SecAggError, WireError) as exc:
+                    self.report.violations.append(str(exc))
+                    logs.event(
+                        log, "session-refused", logging.WARNING, client=self.kit.client_id, error=str(exc)
+                    )
+                    self._drop_session()
+
+    def _handle(self, stub: pb_grpc.FederationStub, ins: pb.Instruction) -> None:
+        step = ins.WhichOneof("step")
+        if step == "session_aborted":
+            self._drop_session()
+            return
+        if step == "round_start":
+            self._start_round(stub, ins)
+            return
+        relay = convert.relay_from_instruction(ins)
+        session = self._session
+        if relay is None or session is None:
+            return  # a relay for a session this process does not hold (e.g. after a restart): ignore
+        if isinstance(relay, AdvertBroadcast):
+            self._upload(stub, ins, Phase.SHARE_KEYS, lambda: session.on_advert_broadcast(relay))
+        elif isinstance(relay, ShareKeysRelay):
+            self._upload(stub, ins, Phase.MASKED_INPUT, lambda: session.on_share_relay(relay))
+        elif isinstance(relay, ConsistencyRequest):
+            self._upload(stub, ins, Phase.CONSISTENCY, lambda: session.on_consistency_request(relay))
+        elif isinstance(relay, UnmaskRequest):
+            self._upload(stub, ins, Phase.UNMASK, lambda: session.on_unmask_request(relay))
+            self.report.rounds_completed.append(self._session_round)
+
+    def _start_round(self, stub: pb_grpc.FederationStub, ins: pb.Instruction) -> None:
+        rs = ins.round_start
+        config = convert.session_config_from_proto(rs.session, max_total_length=_MAX_MODEL_BYTES // 4)
+        model = self._download(stub, rs.global_model)
+        task_config = json.loads(rs.task_config or b"{}")
+        inputs = self.task.compute(config.round, model, task_config)
+        self._drop_session()
+        self._session = ClientSession(
+            identity=self.kit.identity,
+            trust=self.kit.trust,
+            config=config,
+            model_hash=hashlib.sha256(model.astype("<f4").tobytes()).digest(),
+            inputs=inputs,
+        )
+        self._session_round = config.round
+        self.report.rounds_joined.append(config.round)
+        session = self._session
+        self._upload(stub, ins, Phase.ADVERTISE, session.advertise)
+
+    def _download(self, stub: pb_grpc.FederationStub, ref: pb.ModelRef) -> np.ndarray:
+        if self._model is not None and self._model[0] == ref.hash:
+            return self._model[1]
+        if ref.size_bytes > _MAX_MODEL_BYTES or ref.dtype != pb.TENSOR_DTYPE_FLOAT32:
+            raise WireError("global_model", f"unsupported model ({ref.size_bytes} bytes, dtype {ref.dtype})")
+        assembler = chunks.DownloadAssembler(_MAX_MODEL_BYTES, expected_sha256=ref.hash)
+
+        def fetch() -> memoryview:
+            offset = assembler.start_stream()
+            for chunk in stub.Download(
+                pb.DownloadRequest(model_hash=ref.hash, offset=offset), timeout=_RPC_TIMEOUT_S
+            ):
+                assembler.feed(chunk)
+            return assembler.finish()
+
+        data = self._call("Download", fetch)
+        model = np.frombuffer(data, dtype="<f4").astype(np.float32)
+        self._model = (bytes(ref.hash), model)
+        return model
+
+    def _upload(
+        self,
+        stub: pb_grpc.FederationStub,
+        ins: pb.Instruction,
+        phase: Phase,
+        make: Callable[[], convert.UploadMessage],
+    ) -> None:
+        message = make()
+        if self.fault is not None:
+            self.fault.maybe_trigger(self._session_round, phase)
+        kind, payload = convert.envelope_to_bytes(message)
+        sid = getattr(message, "session_id", b"")
+
+        def send() -> pb.UploadAck:
+            parts = chunks.split_upload(
+                kind, sid, self._session_round, payload, self._chunk_bytes, instruction_id=ins.instruction_id
+            )
+            ack: pb.UploadAck = stub.Upload(parts, timeout=_RPC_TIMEOUT_S)
+            return ack
+
+        ack = self._call(f"Upload[{phase.value}]", send)
+        if not ack.ok:
+            logs.event(
+                log,
+                "upload-refused",
+                logging.WARNING,
+                client=self.kit.client_id,
+                phase=phase.value,
+                error=ack.error_message,
+            )
+            self._drop_session()
+
+    def _drop_session(self) -> None:
+        if self._session is not None:
+            self._session.abandon()
+            self._session = None

@@ -1,0 +1,39 @@
+"""A whole federation over real mutual-TLS gRPC on 127.0.0.1: rounds, dropouts, hangs, refusals."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from client.faults import Fault
+from tests.federation.support import check_plaintext_sums, rounds_log, start_federation
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def test_three_clients_two_rounds_sum_equals_plaintext(tmp_path: Path) -> None:
+    fed = start_federation(tmp_path, 3)
+    for cid in ("inst00", "inst01", "inst02"):
+        fed.start_client(cid)
+    assert fed.finish() == "completed 2 rounds"
+    rounds = rounds_log(fed)
+    assert [r["round"] for r in rounds] == [0, 1]
+    assert all(r["contributors"] == ["inst00", "inst01", "inst02"] for r in rounds)
+    check_plaintext_sums(rounds)
+    for holder in fed.clients.values():
+        assert holder.error is None and holder.report is not None
+        assert holder.report.rounds_completed == [0, 1]
+        assert holder.report.finished_reason == "completed 2 rounds"
+
+
+def test_hung_client_hits_deadline_and_round_completes(tmp_path: Path) -> None:
+    fed = start_federation(tmp_path, 5, phase_timeout_s=2.0)
+    for i in range(5):
+        fed.start_client(f"inst{i:02d}", fault=Fault.parse("hang@1:masked-input") if i == 4 else None)
+    assert fed.finish(timeout_s=5) == "completed 2 rounds"
+    rounds = rounds_log(fed)
+    assert "inst04" in rounds[0]["contributors"]
+    assert "inst04" not in rounds[1]["contributors"] and len(rounds[1]["contributors"]) == 4
+    assert rounds[1]["dropped"] == ["inst04"]  # it had shared keys: its pair masks were removed
+    check_plaintext_sums(rounds)
