@@ -26,6 +26,7 @@ class RetryPolicy:
 class ClientConfig:
     kit: Path
     server: str | None = None
+    allow_insecure_plaintext: bool = False
     task: str = "toy-mean"
     task_options: dict[str, Any] = field(default_factory=dict)
     retry: RetryPolicy = field(default_factory=RetryPolicy)
@@ -36,6 +37,7 @@ def load_client_config(path: Path) -> ClientConfig:
     cli = doc.table("client")
     kit = path.parent / cli.get("kit", str, required=True)
     server = cli.get("server", str, "") or None
+    allow_plaintext = cli.get("allow_insecure_plaintext", bool, False)
     cli.finish()
     task = doc.table("task")
     name = task.get("name", str, "toy-mean")
@@ -49,4 +51,11 @@ def load_client_config(path: Path) -> ClientConfig:
     )
     r.finish()
     doc.finish()
-    return ClientConfig(kit=kit, server=server, task=name, task_options=options, retry=retry)
+    return ClientConfig(
+        kit=kit,
+        server=server,
+        allow_insecure_plaintext=allow_plaintext,
+        task=name,
+        task_options=options,
+        retry=retry,
+    )

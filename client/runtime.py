@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import grpc
 import numpy as np
@@ -25,6 +25,7 @@ from client.config import RetryPolicy
 from client.faults import Fault
 from client.tls import verify_server
 from secfed import logs
+from secfed.fl.plaintext import PlaintextInput
 from secfed.fl.tasks import ClientTask
 from secfed.pki.kit import Kit
 from secfed.proto.v1 import federation_pb2 as pb
@@ -71,6 +72,7 @@ class ClientRuntime:
         address: str,
         retry: RetryPolicy | None = None,
         fault: Fault | None = None,
+        allow_insecure_plaintext: bool = False,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         if kit.role != "client":
@@ -80,6 +82,7 @@ class ClientRuntime:
         self.address = address
         self.retry = retry or RetryPolicy()
         self.fault = fault
+        self.allow_insecure_plaintext = allow_insecure_plaintext
         self._sleep = sleep
         self.report = ClientReport(kit.client_id)
         self._session: ClientSession | None = None
@@ -186,8 +189,11 @@ class ClientRuntime:
         config = convert.session_config_from_proto(rs.session, max_total_length=_MAX_MODEL_BYTES // 4)
         model = self._download(stub, rs.global_model)
         task_config = json.loads(rs.task_config or b"{}")
-        inputs = self.task.compute(config.round, model, task_config)
         self._drop_session()
+        if rs.insecure_plaintext:
+            self._plaintext_round(stub, ins, config.round, model, task_config)
+            return
+        inputs = self.task.compute(config.round, model, task_config)
         self._session = ClientSession(
             identity=self.kit.identity,
             trust=self.kit.trust,
@@ -199,6 +205,32 @@ class ClientRuntime:
         self.report.rounds_joined.append(config.round)
         session = self._session
         self._upload(stub, ins, Phase.ADVERTISE, session.advertise)
+
+    def _plaintext_round(
+        self,
+        stub: pb_grpc.FederationStub,
+        ins: pb.Instruction,
+        round_: int,
+        model: np.ndarray,
+        task_config: Any,
+    ) -> None:
+        """The INSECURE baseline: refused unless this institution's configuration allows it."""
+        self._session_round = round_
+        if not self.allow_insecure_plaintext:
+            reason = "this client does not allow insecure plaintext aggregation"
+            logs.event(log, "plaintext-refused", logging.WARNING, client=self.kit.client_id, round=round_)
+            self._upload(stub, ins, Phase.MASKED_INPUT, lambda: convert.Refusal(round=round_, reason=reason))
+            return
+        inputs = self.task.compute(round_, model, task_config)
+        self.report.rounds_joined.append(round_)
+        segments = {name: np.asarray(v, dtype=np.float32) for name, v in inputs.items()}
+        self._upload(
+            stub,
+            ins,
+            Phase.MASKED_INPUT,
+            lambda: PlaintextInput(round=round_, sender=self.kit.client_id, segments=segments),
+        )
+        self.report.rounds_completed.append(round_)
 
     def _download(self, stub: pb_grpc.FederationStub, ref: pb.ModelRef) -> np.ndarray:
         if self._model is not None and self._model[0] == ref.hash:

@@ -91,6 +91,7 @@ def _client(args: argparse.Namespace) -> int:
         address=address,
         retry=config.retry,
         fault=Fault.parse(args.fault) if args.fault else None,
+        allow_insecure_plaintext=config.allow_insecure_plaintext,
     )
     try:
         report = runtime.run()

@@ -63,6 +63,7 @@ def load_server_config(path: Path) -> ServerConfig:
             phase_timeout_s=rounds.number("phase_timeout_s", float, 30.0, low=0.1),
             max_attempts=rounds.number("max_attempts", int, 3, low=1),
             seed=rounds.get("seed", int, 0),
+            secure=not rounds.get("insecure_plaintext", bool, False),
         )
     except ValueError as exc:
         raise tomlconfig.ConfigFileError(f"{path}: rounds: {exc}") from exc

@@ -25,6 +25,7 @@ import numpy as np
 
 from secfed import logs
 from secfed.crypto.identity import TrustAnchor
+from secfed.fl.plaintext import PlaintextInput, PlaintextSession
 from secfed.fl.tasks import ServerTask
 from secfed.secagg.config import SessionConfig, required_threshold
 from secfed.secagg.errors import Phase, SecAggError
@@ -45,7 +46,14 @@ from secfed.secagg.spec import VectorSpec
 
 log = logging.getLogger("secfed.server.coordinator")
 
-UploadMessage = AdvertiseKeys | ShareKeysUpload | MaskedInputUpload | ConsistencySignature | UnmaskResponse
+UploadMessage = (
+    AdvertiseKeys
+    | ShareKeysUpload
+    | MaskedInputUpload
+    | ConsistencySignature
+    | UnmaskResponse
+    | PlaintextInput
+)
 RelayMessage = AdvertBroadcast | ShareKeysRelay | ConsistencyRequest | UnmaskRequest
 
 
@@ -60,6 +68,8 @@ class RoundPlan:
     phase_timeout_s: float = 30.0
     max_attempts: int = 3
     seed: int = 0
+    # False = INSECURE plaintext aggregation (the server sees every contribution): benchmarks only.
+    secure: bool = True
 
     def __post_init__(self) -> None:
         if self.rounds < 1:
@@ -82,6 +92,7 @@ class RoundStart:
     config: SessionConfig
     task: str
     task_config: dict[str, Any]
+    secure: bool = True
 
 
 @dataclass(frozen=True)
@@ -123,7 +134,12 @@ class CoordinatorObserver:
         """A client declined the round; it is recorded, never silent."""
 
     def round_completed(
-        self, round_: int, result: AggregateResult, model: np.ndarray, started: float
+        self,
+        round_: int,
+        result: AggregateResult,
+        model: np.ndarray,
+        started: float,
+        phases: dict[str, float],
     ) -> None:
         """The round's sum is known and applied; must persist before the next round starts."""
 
@@ -132,9 +148,11 @@ class CoordinatorObserver:
 class _Attempt:
     round: int
     number: int
-    session: ServerSession
+    session: ServerSession | PlaintextSession
     deadline: float
     started: float
+    phase_started: float = 0.0
+    phase_seconds: dict[str, float] = field(default_factory=dict)
     outbox: dict[str, Pending] = field(default_factory=dict)
     refused: set[str] = field(default_factory=set)
 
@@ -168,6 +186,7 @@ class Coordinator:
         self.results: list[AggregateResult] = []
         self.aborted_attempts: list[tuple[int, int, str]] = []
         self.refusals: list[tuple[int, str, str]] = []
+        self.phase_seconds: list[dict[str, float]] = []  # per completed round: seconds each phase stayed open
         self.finished_reason: str | None = None
         self._attempt: _Attempt | None = None
         self._start_attempt(1)
@@ -209,7 +228,13 @@ class Coordinator:
         if sender != client_id:
             raise SecAggError(attempt.session.phase, f"message claims sender {sender!r}", client_id=client_id)
         srv = attempt.session
-        if isinstance(message, AdvertiseKeys):
+        if isinstance(srv, PlaintextSession) or isinstance(message, PlaintextInput):
+            if not (isinstance(srv, PlaintextSession) and isinstance(message, PlaintextInput)):
+                raise SecAggError(
+                    srv.phase, "upload does not match the round's aggregation mode", client_id=client_id
+                )
+            srv.receive(message)
+        elif isinstance(message, AdvertiseKeys):
             srv.receive_advert(message, peer_chain=peer_chain)
         elif isinstance(message, ShareKeysUpload):
             srv.receive_shares(message)
@@ -271,8 +296,15 @@ class Coordinator:
             model_hash=model_hash(self.model),
             label=self.task.name,
         )
-        session = ServerSession(config, trust=self.trust)
-        start = RoundStart(config=config, task=self.task.name, task_config=self.task.task_config(self.round))
+        session: ServerSession | PlaintextSession = (
+            ServerSession(config, trust=self.trust) if self.plan.secure else PlaintextSession(config)
+        )
+        start = RoundStart(
+            config=config,
+            task=self.task.name,
+            task_config=self.task.task_config(self.round),
+            secure=self.plan.secure,
+        )
         self.observer.attempt_started(self.round, number)
         now = self.clock()
         self._attempt = _Attempt(round=self.round, number=number, session=session, deadline=now, started=now)
@@ -285,8 +317,12 @@ class Coordinator:
         attempt = self._attempt
         assert attempt is not None
         srv = attempt.session
+        now = self.clock()
+        attempt.phase_seconds[srv.phase.value] = now - attempt.phase_started
         try:
-            if srv.phase is Phase.ADVERTISE:
+            if isinstance(srv, PlaintextSession):
+                self._finish_round(srv.finalize(), attempt)
+            elif srv.phase is Phase.ADVERTISE:
                 broadcast = srv.close_advertise()
                 self.observer.session_opened(attempt.round, attempt.number, srv.session_id)
                 self._send({a.client_id: Relay(broadcast) for a in broadcast.adverts}, attempt)
@@ -304,7 +340,8 @@ class Coordinator:
             self._abort_attempt(attempt, str(exc))
 
     def _send(self, outbox: dict[str, Instruction], attempt: _Attempt) -> None:
-        attempt.deadline = self.clock() + self.plan.phase_timeout_s
+        attempt.phase_started = self.clock()
+        attempt.deadline = attempt.phase_started + self.plan.phase_timeout_s
         sid = attempt.session.session_id
         attempt.outbox = {}
         for cid, ins in outbox.items():
@@ -314,6 +351,7 @@ class Coordinator:
     def _finish_round(self, result: AggregateResult, attempt: _Attempt) -> None:
         self.model = np.asarray(self.task.apply(self.model, result), dtype=np.float32)
         self.results.append(result)
+        self.phase_seconds.append(dict(attempt.phase_seconds))
         logs.event(
             log,
             "round-complete",
@@ -322,7 +360,9 @@ class Coordinator:
             contributors=len(result.contributors),
             dropped=len(result.dropped),
         )
-        self.observer.round_completed(attempt.round, result, self.model, attempt.started)
+        self.observer.round_completed(
+            attempt.round, result, self.model, attempt.started, dict(attempt.phase_seconds)
+        )
         self.round += 1
         self._start_attempt(1)
 

@@ -60,13 +60,20 @@ class StoreObserver(CoordinatorObserver):
         self.store.append_event("client_refused", round_, {"client": client_id, "reason": reason})
 
     def round_completed(
-        self, round_: int, result: AggregateResult, model: np.ndarray, started: float
+        self,
+        round_: int,
+        result: AggregateResult,
+        model: np.ndarray,
+        started: float,
+        phases: dict[str, float],
     ) -> None:
         finished = time.time()
         summary = {
             "session_ids": [s.hex() for s in self.session_ids],
             "sums": {name: [len(v)] for name, v in result.values.items()},
             "task": self.config.task,
+            "phase_seconds": phases,
+            "secure": self.config.plan.secure,
         }
         record = RoundRecord(
             round=round_,
@@ -87,6 +94,8 @@ class StoreObserver(CoordinatorObserver):
             "sums": {name: values.tolist() for name, values in result.values.items()},
             "model": np.asarray(model, dtype=np.float64).tolist() if model.size <= 4096 else None,
             "seconds": record.finished_at - record.started_at,
+            "phase_seconds": phases,
+            "secure": self.config.plan.secure,
         }
         with self.rounds_log.open("a", encoding="utf-8") as fh:
             fh.write(json.dumps(line) + "\n")

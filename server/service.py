@@ -91,6 +91,7 @@ class FederationService(pb_grpc.FederationServicer):
             rs.global_model.hash = digest
             rs.global_model.size_bytes = len(data)
             rs.global_model.dtype = pb.TENSOR_DTYPE_FLOAT32
+            rs.insecure_plaintext = not step.secure
         else:
             assert isinstance(step, Relay)
             msg = step.message

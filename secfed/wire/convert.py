@@ -25,6 +25,7 @@ import numpy as np
 from google.protobuf.message import DecodeError
 from numpy.typing import NDArray
 
+from secfed.fl.plaintext import PlaintextInput
 from secfed.proto.v1 import federation_pb2 as pb
 from secfed.secagg.config import SessionConfig
 from secfed.secagg.errors import Phase
@@ -99,7 +100,13 @@ class Refusal:
 
 
 UploadMessage = (
-    AdvertiseKeys | ShareKeysUpload | MaskedInputUpload | ConsistencySignature | UnmaskResponse | Refusal
+    AdvertiseKeys
+    | ShareKeysUpload
+    | MaskedInputUpload
+    | ConsistencySignature
+    | UnmaskResponse
+    | Refusal
+    | PlaintextInput
 )
 RelayMessage = AdvertBroadcast | ShareKeysRelay | ConsistencyRequest | UnmaskRequest
 
@@ -469,6 +476,28 @@ def refusal_from_proto(msg: pb.Refusal) -> Refusal:
     return Refusal(round=int(msg.round), reason=msg.reason)
 
 
+def plaintext_input_to_proto(m: PlaintextInput) -> pb.PlaintextInput:
+    return pb.PlaintextInput(
+        round=m.round,
+        sender=m.sender,
+        segments=[
+            pb.PlaintextSegment(name=name, data=np.asarray(v, dtype="<f4").tobytes())
+            for name, v in m.segments.items()
+        ],
+    )
+
+
+def plaintext_input_from_proto(msg: pb.PlaintextInput) -> PlaintextInput:
+    segments: dict[str, np.ndarray] = {}
+    for i, seg in enumerate(msg.segments):
+        if seg.name in segments:
+            raise WireError(f"segments[{i}].name", f"duplicate segment {seg.name!r}")
+        if len(seg.data) % 4:
+            raise WireError(f"segments[{seg.name}].data", "length is not a multiple of 4 (float32)")
+        segments[seg.name] = np.frombuffer(seg.data, dtype="<f4").astype(np.float32)
+    return PlaintextInput(round=int(msg.round), sender=msg.sender, segments=segments)
+
+
 # ---------------------------------------------------------------------------------------------------
 # Upload envelope
 # ---------------------------------------------------------------------------------------------------
@@ -481,6 +510,7 @@ _KIND_MEMBER: Final[dict[int, str]] = {
     int(pb.UPLOAD_KIND_CONSISTENCY_SIGNATURE): "consistency_signature",
     int(pb.UPLOAD_KIND_UNMASK_RESPONSE): "unmask_response",
     int(pb.UPLOAD_KIND_REFUSAL): "refusal",
+    int(pb.UPLOAD_KIND_PLAINTEXT_INPUT): "plaintext_input",
 }
 
 
@@ -496,6 +526,8 @@ def upload_kind(message: UploadMessage) -> pb.UploadKind:
         return pb.UPLOAD_KIND_CONSISTENCY_SIGNATURE
     if isinstance(message, UnmaskResponse):
         return pb.UPLOAD_KIND_UNMASK_RESPONSE
+    if isinstance(message, PlaintextInput):
+        return pb.UPLOAD_KIND_PLAINTEXT_INPUT
     return pb.UPLOAD_KIND_REFUSAL
 
 
@@ -511,6 +543,8 @@ def envelope_to_bytes(message: UploadMessage) -> tuple[pb.UploadKind, bytes]:
         env = pb.UploadEnvelope(consistency_signature=consistency_signature_to_proto(message))
     elif isinstance(message, UnmaskResponse):
         env = pb.UploadEnvelope(unmask_response=unmask_response_to_proto(message))
+    elif isinstance(message, PlaintextInput):
+        env = pb.UploadEnvelope(plaintext_input=plaintext_input_to_proto(message))
     else:
         env = pb.UploadEnvelope(refusal=refusal_to_proto(message))
     return upload_kind(message), env.SerializeToString()
@@ -548,6 +582,8 @@ def envelope_from_bytes(kind: int, data: Bytes, *, spec: VectorSpec | None = Non
             return consistency_signature_from_proto(env.consistency_signature)
         if held == "unmask_response":
             return unmask_response_from_proto(env.unmask_response)
+        if held == "plaintext_input":
+            return plaintext_input_from_proto(env.plaintext_input)
         return refusal_from_proto(env.refusal)
     except WireError as exc:
         raise WireError(f"{held}.{exc.field}", exc.detail) from exc

@@ -63,7 +63,9 @@ class Federation:
     def address(self) -> str:
         return f"127.0.0.1:{self.server.port}"
 
-    def start_client(self, cid: str, fault: Fault | None = None) -> ClientThread:
+    def start_client(
+        self, cid: str, fault: Fault | None = None, allow_plaintext: bool = False
+    ) -> ClientThread:
         kit = load_kit(self.pki / "clients" / cid)
         runtime = ClientRuntime(
             kit,
@@ -71,6 +73,7 @@ class Federation:
             address=self.address,
             retry=RetryPolicy(initial_backoff_s=0.05, max_backoff_s=0.5, give_up_after_s=30),
             fault=fault,
+            allow_insecure_plaintext=allow_plaintext,
         )
         holder = ClientThread(cid, threading.Thread(name=f"client-{cid}", daemon=True, target=lambda: None))
 

@@ -37,3 +37,18 @@ def test_hung_client_hits_deadline_and_round_completes(tmp_path: Path) -> None:
     assert "inst04" not in rounds[1]["contributors"] and len(rounds[1]["contributors"]) == 4
     assert rounds[1]["dropped"] == ["inst04"]  # it had shared keys: its pair masks were removed
     check_plaintext_sums(rounds)
+
+
+def test_insecure_plaintext_baseline_is_refused_unless_allowed(tmp_path: Path) -> None:
+    fed = start_federation(tmp_path, 4, rounds=1, secure=False)
+    for i in range(4):
+        fed.start_client(f"inst{i:02d}", allow_plaintext=i != 3)
+    assert fed.finish() == "completed 1 rounds"
+    (record,) = rounds_log(fed)
+    assert record["secure"] is False
+    assert record["contributors"] == ["inst00", "inst01", "inst02"]  # inst03 refused: its data never left
+    assert fed.server.coordinator.refusals == [
+        (0, "inst03", "this client does not allow insecure plaintext aggregation")
+    ]
+    check_plaintext_sums([record], frac_bits=18)  # float32 transport: values ~10 carry ~1e-6 rounding each
+    assert fed.clients["inst03"].report is not None and fed.clients["inst03"].report.rounds_completed == []

@@ -125,7 +125,12 @@ class Recorder(CoordinatorObserver):
         self.results = results
 
     def round_completed(
-        self, round_: int, result: AggregateResult, model: np.ndarray, started: float
+        self,
+        round_: int,
+        result: AggregateResult,
+        model: np.ndarray,
+        started: float,
+        phases: dict[str, float],
     ) -> None:
         self.results.append((round_, result))
 

@@ -42,6 +42,7 @@ class UploadKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     UPLOAD_KIND_CONSISTENCY_SIGNATURE: _ClassVar[UploadKind]
     UPLOAD_KIND_UNMASK_RESPONSE: _ClassVar[UploadKind]
     UPLOAD_KIND_REFUSAL: _ClassVar[UploadKind]
+    UPLOAD_KIND_PLAINTEXT_INPUT: _ClassVar[UploadKind]
 PHASE_UNSPECIFIED: Phase
 PHASE_CONFIGURE: Phase
 PHASE_ADVERTISE: Phase
@@ -66,6 +67,7 @@ UPLOAD_KIND_MASKED_INPUT: UploadKind
 UPLOAD_KIND_CONSISTENCY_SIGNATURE: UploadKind
 UPLOAD_KIND_UNMASK_RESPONSE: UploadKind
 UPLOAD_KIND_REFUSAL: UploadKind
+UPLOAD_KIND_PLAINTEXT_INPUT: UploadKind
 
 class JoinRequest(_message.Message):
     __slots__ = ("software_version", "capabilities", "protocol_version")
@@ -138,18 +140,20 @@ class Wait(_message.Message):
     def __init__(self, retry_after_ms: _Optional[int] = ...) -> None: ...
 
 class RoundStart(_message.Message):
-    __slots__ = ("round", "task", "task_config", "session", "global_model")
+    __slots__ = ("round", "task", "task_config", "session", "global_model", "insecure_plaintext")
     ROUND_FIELD_NUMBER: _ClassVar[int]
     TASK_FIELD_NUMBER: _ClassVar[int]
     TASK_CONFIG_FIELD_NUMBER: _ClassVar[int]
     SESSION_FIELD_NUMBER: _ClassVar[int]
     GLOBAL_MODEL_FIELD_NUMBER: _ClassVar[int]
+    INSECURE_PLAINTEXT_FIELD_NUMBER: _ClassVar[int]
     round: int
     task: str
     task_config: bytes
     session: SessionConfigMsg
     global_model: ModelRef
-    def __init__(self, round: _Optional[int] = ..., task: _Optional[str] = ..., task_config: _Optional[bytes] = ..., session: _Optional[_Union[SessionConfigMsg, _Mapping]] = ..., global_model: _Optional[_Union[ModelRef, _Mapping]] = ...) -> None: ...
+    insecure_plaintext: bool
+    def __init__(self, round: _Optional[int] = ..., task: _Optional[str] = ..., task_config: _Optional[bytes] = ..., session: _Optional[_Union[SessionConfigMsg, _Mapping]] = ..., global_model: _Optional[_Union[ModelRef, _Mapping]] = ..., insecure_plaintext: _Optional[bool] = ...) -> None: ...
 
 class ModelRef(_message.Message):
     __slots__ = ("hash", "size_bytes", "dtype")
@@ -202,20 +206,40 @@ class UploadChunk(_message.Message):
     def __init__(self, header: _Optional[_Union[UploadHeader, _Mapping]] = ..., data: _Optional[bytes] = ...) -> None: ...
 
 class UploadEnvelope(_message.Message):
-    __slots__ = ("advertise_keys", "share_keys", "masked_input", "consistency_signature", "unmask_response", "refusal")
+    __slots__ = ("advertise_keys", "share_keys", "masked_input", "consistency_signature", "unmask_response", "refusal", "plaintext_input")
     ADVERTISE_KEYS_FIELD_NUMBER: _ClassVar[int]
     SHARE_KEYS_FIELD_NUMBER: _ClassVar[int]
     MASKED_INPUT_FIELD_NUMBER: _ClassVar[int]
     CONSISTENCY_SIGNATURE_FIELD_NUMBER: _ClassVar[int]
     UNMASK_RESPONSE_FIELD_NUMBER: _ClassVar[int]
     REFUSAL_FIELD_NUMBER: _ClassVar[int]
+    PLAINTEXT_INPUT_FIELD_NUMBER: _ClassVar[int]
     advertise_keys: AdvertiseKeys
     share_keys: ShareKeysUpload
     masked_input: MaskedInputUpload
     consistency_signature: ConsistencySignature
     unmask_response: UnmaskResponse
     refusal: Refusal
-    def __init__(self, advertise_keys: _Optional[_Union[AdvertiseKeys, _Mapping]] = ..., share_keys: _Optional[_Union[ShareKeysUpload, _Mapping]] = ..., masked_input: _Optional[_Union[MaskedInputUpload, _Mapping]] = ..., consistency_signature: _Optional[_Union[ConsistencySignature, _Mapping]] = ..., unmask_response: _Optional[_Union[UnmaskResponse, _Mapping]] = ..., refusal: _Optional[_Union[Refusal, _Mapping]] = ...) -> None: ...
+    plaintext_input: PlaintextInput
+    def __init__(self, advertise_keys: _Optional[_Union[AdvertiseKeys, _Mapping]] = ..., share_keys: _Optional[_Union[ShareKeysUpload, _Mapping]] = ..., masked_input: _Optional[_Union[MaskedInputUpload, _Mapping]] = ..., consistency_signature: _Optional[_Union[ConsistencySignature, _Mapping]] = ..., unmask_response: _Optional[_Union[UnmaskResponse, _Mapping]] = ..., refusal: _Optional[_Union[Refusal, _Mapping]] = ..., plaintext_input: _Optional[_Union[PlaintextInput, _Mapping]] = ...) -> None: ...
+
+class PlaintextInput(_message.Message):
+    __slots__ = ("round", "sender", "segments")
+    ROUND_FIELD_NUMBER: _ClassVar[int]
+    SENDER_FIELD_NUMBER: _ClassVar[int]
+    SEGMENTS_FIELD_NUMBER: _ClassVar[int]
+    round: int
+    sender: str
+    segments: _containers.RepeatedCompositeFieldContainer[PlaintextSegment]
+    def __init__(self, round: _Optional[int] = ..., sender: _Optional[str] = ..., segments: _Optional[_Iterable[_Union[PlaintextSegment, _Mapping]]] = ...) -> None: ...
+
+class PlaintextSegment(_message.Message):
+    __slots__ = ("name", "data")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    data: bytes
+    def __init__(self, name: _Optional[str] = ..., data: _Optional[bytes] = ...) -> None: ...
 
 class Refusal(_message.Message):
     __slots__ = ("round", "reason")
