@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from secfed import cli_certs, logs
+from secfed.bench import round as bench_round
 from secfed.bench import secagg as bench_secagg
 
 
@@ -37,6 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench = sub.add_parser("bench", help="benchmarks that print or write JSON")
     bench_sub = bench.add_subparsers(dest="bench", required=True, metavar="BENCHMARK")
     bench_secagg.register(bench_sub)
+    bench_round.register(bench_sub)
 
     cli_certs.register(sub)
     return parser

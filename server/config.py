@@ -23,7 +23,10 @@ class Limits:
     chunk_bytes: int = 1024 * 1024
     max_requests_per_s: float = 50.0
     burst: int = 100
-    max_workers: int = 16
+    max_workers: int = 64
+    # A Poll with nothing to do is held this long, answered the moment an instruction appears:
+    # low latency between phases without clients polling in a tight loop.
+    long_poll_s: float = 5.0
 
 
 @dataclass(frozen=True)
@@ -80,7 +83,8 @@ def load_server_config(path: Path) -> ServerConfig:
         chunk_bytes=lim.number("chunk_bytes", int, Limits.chunk_bytes, low=1024, high=64 * 1024 * 1024),
         max_requests_per_s=lim.number("max_requests_per_s", float, Limits.max_requests_per_s, low=0.1),
         burst=lim.number("burst", int, Limits.burst, low=1),
-        max_workers=lim.number("max_workers", int, Limits.max_workers, low=2, high=1024),
+        max_workers=lim.number("max_workers", int, Limits.max_workers, low=8, high=1024),
+        long_poll_s=lim.number("long_poll_s", float, Limits.long_poll_s, low=0.0, high=30.0),
     )
     lim.finish()
     doc.finish()

@@ -202,7 +202,7 @@ class Coordinator:
         pending = attempt.outbox.get(client_id)
         if pending is not None:
             return pending
-        wait = Wait(retry_after_s=min(1.0, self.plan.phase_timeout_s / 10))
+        wait = Wait(retry_after_s=min(0.2, self.plan.phase_timeout_s / 10))
         return Pending(0, wait, attempt.session.session_id, attempt.deadline)
 
     def current_spec(self) -> VectorSpec | None:

@@ -186,6 +186,7 @@ class FederationServer:
         while not self.stop_event.wait(0.1):
             with lock:
                 self.coordinator.tick()
+                self.service.notify()
 
     def wait(self, linger_s: float = 10.0) -> str:
         """Block until the federation finishes and every client has heard so (or ``linger_s`` passed)."""

@@ -46,8 +46,17 @@ class FederationService(pb_grpc.FederationServicer):
         self._limits = limits
         self._name = federation_name
         self._rate = RateLimiter(limits.max_requests_per_s, limits.burst)
+        self._changed = threading.Condition(lock)
+        self._long_polls = 0
+        self._max_long_polls = limits.max_workers // 2
         self._model_cache: tuple[bytes, bytes] = (b"", b"")  # (hash, little-endian bytes)
         self.finished_clients: set[str] = set()
+        # Payload bytes moved, for benchmarks: uploads received, model bytes and instructions sent.
+        self.wire_bytes = {"upload": 0, "download": 0, "instructions": 0}
+
+    def notify(self) -> None:
+        """Wake held polls: coordinator state may have changed. Call with the lock held."""
+        self._changed.notify_all()
 
     # -- helpers -------------------------------------------------------------------------------
     def _peer(self, context: grpc.ServicerContext, rpc: str) -> Peer:
@@ -127,9 +136,22 @@ class FederationService(pb_grpc.FederationServicer):
         peer = self._peer(context, "Poll")
         with self._lock:
             pending = self._coord.poll(peer.client_id)
+            give_up = time.monotonic() + self._limits.long_poll_s
+            while isinstance(pending.instruction, Wait) and self._long_polls < self._max_long_polls:
+                remaining = give_up - time.monotonic()
+                if remaining <= 0 or not context.is_active():
+                    break
+                self._long_polls += 1
+                try:
+                    self._changed.wait(timeout=min(remaining, 0.5))
+                finally:
+                    self._long_polls -= 1
+                pending = self._coord.poll(peer.client_id)
             if isinstance(pending.instruction, Finished):
                 self.finished_clients.add(peer.client_id)
-            return self._instruction(pending)
+            instruction = self._instruction(pending)
+            self.wire_bytes["instructions"] += instruction.ByteSize()
+            return instruction
 
     def Upload(
         self, request_iterator: Iterator[pb.UploadChunk], context: grpc.ServicerContext
@@ -140,6 +162,7 @@ class FederationService(pb_grpc.FederationServicer):
             for chunk in request_iterator:
                 assembler.feed(chunk)
             header, payload = assembler.finish()
+            self.wire_bytes["upload"] += len(payload)
             with self._lock:
                 spec = self._coord.current_spec()
             message = convert.envelope_from_bytes(header.kind, payload, spec=spec)
@@ -152,6 +175,7 @@ class FederationService(pb_grpc.FederationServicer):
                     self._coord.refuse(peer.client_id, message.round, message.reason)
                 else:
                     self._coord.upload(peer.client_id, message, peer_chain=[peer.certificate_der])
+                self.notify()
         except SecAggError as exc:
             logs.event(log, "upload-refused", logging.WARNING, client=peer.client_id, error=str(exc))
             return pb.UploadAck(
@@ -172,6 +196,7 @@ class FederationService(pb_grpc.FederationServicer):
             context.abort(
                 grpc.StatusCode.NOT_FOUND, f"client {peer.client_id!r}: that model is not the current one"
             )
+        self.wire_bytes["download"] += len(data) - min(request.offset, len(data))
         try:
             yield from chunks.split_download(data, self._limits.chunk_bytes, request.offset, sha256=digest)
         except WireError as exc:

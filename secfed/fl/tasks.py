@@ -78,4 +78,4 @@ def client_task(name: str, client_id: str, options: Mapping[str, Any]) -> Client
 
 
 def _load_builtins() -> None:
-    from secfed.fl import toy  # noqa: F401  (registers itself)
+    from secfed.fl import benchtask, toy  # noqa: F401  (they register themselves)
