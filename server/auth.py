@@ -40,9 +40,14 @@ class PeerAuthenticator:
         self._lock = threading.Lock()
         self._crl_mtime = -1.0
         self._trust: TrustAnchor = kit.trust
-        self._reload_crl()
+        try:
+            self._reload_crl()
+        except PeerRefused as exc:
+            raise ValueError(f"cannot start: {exc.message}") from exc
 
     def _reload_crl(self) -> None:
+        """Pick up a changed ``crl.pem``. While it is unreadable (say, half copied) nobody is let in:
+        without a trustworthy CRL a revoked client could slip through. UNAVAILABLE makes clients retry."""
         try:
             mtime = self._kit.crl_path.stat().st_mtime
         except FileNotFoundError:
@@ -50,9 +55,16 @@ class PeerAuthenticator:
         if mtime == self._crl_mtime:
             return
         with self._lock:
-            self._trust = TrustAnchor.from_pem(
-                self._kit.ca_path.read_bytes(), [self._kit.crl_path.read_bytes()]
-            )
+            try:
+                trust = TrustAnchor.from_pem(
+                    self._kit.ca_path.read_bytes(), [self._kit.crl_path.read_bytes()]
+                )
+                trust.check_crls()
+            except (IdentityError, OSError, ValueError) as exc:
+                raise PeerRefused(
+                    grpc.StatusCode.UNAVAILABLE, f"the server's CRL ({self._kit.crl_path}) is unusable: {exc}"
+                ) from exc
+            self._trust = trust
             self._crl_mtime = mtime
 
     def identify(self, context: grpc.ServicerContext) -> Peer:

@@ -27,6 +27,10 @@ class Limits:
     # A Poll with nothing to do is held this long, answered the moment an instruction appears:
     # low latency between phases without clients polling in a tight loop.
     long_poll_s: float = 5.0
+    # Stalled or slow-loris uploads: each client may hold only a few upload streams at once, and a
+    # stream that sends no chunk for this long is cancelled.
+    max_uploads_per_client: int = 2
+    upload_idle_timeout_s: float = 60.0
 
 
 @dataclass(frozen=True)
@@ -85,6 +89,12 @@ def load_server_config(path: Path) -> ServerConfig:
         burst=lim.number("burst", int, Limits.burst, low=1),
         max_workers=lim.number("max_workers", int, Limits.max_workers, low=8, high=1024),
         long_poll_s=lim.number("long_poll_s", float, Limits.long_poll_s, low=0.0, high=30.0),
+        max_uploads_per_client=lim.number(
+            "max_uploads_per_client", int, Limits.max_uploads_per_client, low=1
+        ),
+        upload_idle_timeout_s=lim.number(
+            "upload_idle_timeout_s", float, Limits.upload_idle_timeout_s, low=1.0
+        ),
     )
     lim.finish()
     doc.finish()

@@ -12,7 +12,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import grpc
 
@@ -29,6 +29,29 @@ from server.coordinator import Coordinator, Finished, Pending, Relay, RoundStart
 from server.state import model_bytes, model_hash
 
 log = logging.getLogger("secfed.server.service")
+
+
+class _IdleWatchdog:
+    """Cancels an upload stream that goes quiet: a stalled client must not hold a worker for ever."""
+
+    def __init__(self, timeout_s: float, on_idle: Callable[[], None]) -> None:
+        self._timeout = timeout_s
+        self._on_idle = on_idle
+        self._last = time.monotonic()
+        self._stop = threading.Event()
+        threading.Thread(target=self._watch, name="secfed-upload-watchdog", daemon=True).start()
+
+    def kick(self) -> None:
+        self._last = time.monotonic()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _watch(self) -> None:
+        while not self._stop.wait(min(1.0, self._timeout / 4)):
+            if time.monotonic() - self._last > self._timeout:
+                self._on_idle()
+                return
 
 
 class FederationService(pb_grpc.FederationServicer):
@@ -49,6 +72,9 @@ class FederationService(pb_grpc.FederationServicer):
         self._changed = threading.Condition(lock)
         self._long_polls = 0
         self._max_long_polls = limits.max_workers // 2
+        self._uploads_lock = threading.Lock()
+        self._uploads: dict[str, int] = {}
+        self._max_uploads = max(1, min(limits.max_uploads_per_client, limits.max_workers // 4))
         self._model_cache: tuple[bytes, bytes] = (b"", b"")  # (hash, little-endian bytes)
         self.finished_clients: set[str] = set()
         # Payload bytes moved, for benchmarks: uploads received, model bytes and instructions sent.
@@ -157,9 +183,18 @@ class FederationService(pb_grpc.FederationServicer):
         self, request_iterator: Iterator[pb.UploadChunk], context: grpc.ServicerContext
     ) -> pb.UploadAck:
         peer = self._peer(context, "Upload")
+        with self._uploads_lock:
+            if self._uploads.get(peer.client_id, 0) >= self._max_uploads:
+                context.abort(
+                    grpc.StatusCode.RESOURCE_EXHAUSTED,
+                    f"client {peer.client_id!r}: at most {self._max_uploads} concurrent uploads",
+                )
+            self._uploads[peer.client_id] = self._uploads.get(peer.client_id, 0) + 1
         assembler = chunks.UploadAssembler(self._limits.max_upload_bytes)
+        watchdog = _IdleWatchdog(self._limits.upload_idle_timeout_s, context.cancel)
         try:
             for chunk in request_iterator:
+                watchdog.kick()
                 assembler.feed(chunk)
             header, payload = assembler.finish()
             self.wire_bytes["upload"] += len(payload)
@@ -169,6 +204,10 @@ class FederationService(pb_grpc.FederationServicer):
         except WireError as exc:
             logs.event(log, "upload-malformed", logging.WARNING, client=peer.client_id, error=str(exc))
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"malformed upload: {exc}")
+        finally:
+            watchdog.stop()
+            with self._uploads_lock:
+                self._uploads[peer.client_id] -= 1
         try:
             with self._lock:
                 if isinstance(message, convert.Refusal):
