@@ -9,6 +9,7 @@ from pathlib import Path
 from secfed import cli_certs, logs
 from secfed.bench import round as bench_round
 from secfed.bench import secagg as bench_secagg
+from secfed.harness import simulate as simulate_harness
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -16,7 +17,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    simulate = sub.add_parser("simulate", help="run a complete local federation (the main job)")
+    simulate = sub.add_parser(
+        "simulate", help="run a complete local federation, one process per participant (the main job)"
+    )
+    simulate_harness.add_arguments(simulate)
     simulate.set_defaults(func=_simulate)
 
     server = sub.add_parser("server", help="run the federation coordinator (mTLS gRPC)")
@@ -45,9 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _simulate(args: argparse.Namespace) -> int:
-    from secfed.demo import run_secagg_demo
-
-    return 0 if run_secagg_demo() else 1
+    # The harness runs the server and clients as child processes; it never imports them.
+    return simulate_harness.run_cli(args)
 
 
 def _server(args: argparse.Namespace) -> int:

@@ -26,6 +26,16 @@ class KeyValueFormatter(logging.Formatter):
         return " ".join(parts)
 
 
+class _CurrentStderrHandler(logging.Handler):
+    """Writes to whatever ``sys.stderr`` is *now* (test runners and daemons swap it out)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            sys.stderr.write(self.format(record) + "\n")
+        except (OSError, ValueError):
+            self.handleError(record)
+
+
 def _quote(value: object) -> str:
     text = str(value)
     return f'"{text}"' if (not text or any(c in text for c in ' "=\n')) else text
@@ -36,7 +46,7 @@ def configure(level: str = "INFO") -> None:
     root = logging.getLogger("secfed")
     root.setLevel(level.upper())
     if not any(isinstance(h.formatter, KeyValueFormatter) for h in root.handlers):
-        handler = logging.StreamHandler(sys.stderr)
+        handler = _CurrentStderrHandler()
         handler.setFormatter(KeyValueFormatter())
         root.addHandler(handler)
     root.propagate = False

@@ -152,6 +152,7 @@ class _Attempt:
     deadline: float
     started: float
     phase_started: float = 0.0
+    delivered: bool = False
     phase_seconds: dict[str, float] = field(default_factory=dict)
     outbox: dict[str, Pending] = field(default_factory=dict)
     refused: set[str] = field(default_factory=set)
@@ -181,7 +182,9 @@ class Coordinator:
         self.trust = trust
         self.clock = clock
         self.observer = observer or CoordinatorObserver()
-        self._next_instruction = 1
+        # Instruction ids must never repeat, also across server restarts (clients skip ids they have
+        # handled): start from the wall clock in microseconds, then count up.
+        self._next_instruction = time.time_ns() // 1000
         self.round = first_round
         self.results: list[AggregateResult] = []
         self.aborted_attempts: list[tuple[int, int, str]] = []
@@ -201,6 +204,12 @@ class Coordinator:
         assert attempt is not None
         pending = attempt.outbox.get(client_id)
         if pending is not None:
+            if not attempt.delivered:
+                # The first phase's deadline runs from the first client that hears of the round, not
+                # from server start-up: clients may still be starting (or reconnecting after a restart).
+                attempt.delivered = True
+                self._send({cid: p.instruction for cid, p in attempt.outbox.items()}, attempt)
+                pending = attempt.outbox[client_id]
             return pending
         wait = Wait(retry_after_s=min(0.2, self.plan.phase_timeout_s / 10))
         return Pending(0, wait, attempt.session.session_id, attempt.deadline)

@@ -194,7 +194,11 @@ class FederationServer:
             time.sleep(0.1)
         deadline = time.monotonic() + linger_s
         roster = set(self.config.roster)
-        while time.monotonic() < deadline and not roster <= self.service.finished_clients:
+        while (
+            time.monotonic() < deadline
+            and not roster <= self.service.finished_clients
+            and not self.stop_event.is_set()
+        ):
             time.sleep(0.1)
         return self.coordinator.finished_reason or "stopped"
 

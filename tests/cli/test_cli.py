@@ -1,4 +1,4 @@
-"""The ``secfed`` entry point: the demo main job and the secagg benchmark's JSON contract."""
+"""The ``secfed`` entry point: the main job and the secagg benchmark's JSON contract."""
 
 from __future__ import annotations
 
@@ -10,9 +10,14 @@ import pytest
 from secfed.cli import main
 
 
-def test_simulate_demo_reports_exact_sum(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["simulate"]) == 0
-    assert "decoded sum equals the plaintext sum: True" in capsys.readouterr().out
+def test_main_job_runs_the_default_federation(tmp_path: Path) -> None:
+    """``secfed simulate`` (the README's first command) with its default preset, into a given folder."""
+    out = tmp_path / "run"
+    assert main(["simulate", "--out", str(out)]) == 0
+    result = json.loads((out / "result.json").read_text())
+    assert result["ok"] and result["preset"] == "default"
+    assert result["rounds_completed"] == result["rounds"] == 3
+    assert result["plaintext_check"]["status"] == "ok" and result["integrity"]["ok"]
 
 
 def test_bench_secagg_json_keys(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
