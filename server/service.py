@@ -21,7 +21,6 @@ from secfed.proto.v1 import federation_pb2 as pb
 from secfed.proto.v1 import federation_pb2_grpc as pb_grpc
 from secfed.secagg.config import PROTOCOL_VERSION
 from secfed.secagg.errors import SecAggError
-from secfed.secagg.messages import AdvertBroadcast, ConsistencyRequest, ShareKeysRelay
 from secfed.wire import WireError, chunks, convert
 from server.auth import Peer, PeerAuthenticator, PeerRefused, RateLimiter
 from server.config import Limits
@@ -129,15 +128,7 @@ class FederationService(pb_grpc.FederationServicer):
             rs.insecure_plaintext = not step.secure
         else:
             assert isinstance(step, Relay)
-            msg = step.message
-            if isinstance(msg, AdvertBroadcast):
-                ins.advert_broadcast.CopyFrom(convert.advert_broadcast_to_proto(msg))
-            elif isinstance(msg, ShareKeysRelay):
-                ins.share_keys_relay.CopyFrom(convert.share_keys_relay_to_proto(msg))
-            elif isinstance(msg, ConsistencyRequest):
-                ins.consistency_request.CopyFrom(convert.consistency_request_to_proto(msg))
-            else:
-                ins.unmask_request.CopyFrom(convert.unmask_request_to_proto(msg))
+            convert.relay_into_instruction(ins, step.message)
         return ins
 
     # -- RPCs ----------------------------------------------------------------------------------
