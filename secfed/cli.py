@@ -39,6 +39,16 @@ def build_parser() -> argparse.ArgumentParser:
     client.add_argument("--fault", help="fault injection for tests: kill@ROUND:PHASE or hang@ROUND:PHASE")
     client.set_defaults(func=_client)
 
+    generate = sub.add_parser("generate", help="answer prompts with a base model plus a trained adapter")
+    generate.add_argument("prompts", nargs="+", help="one or more instructions")
+    generate.add_argument("--adapter", type=Path, help="peft adapter directory (e.g. RUN/state/adapter)")
+    generate.add_argument("--model", default=None, help="base model (default: SmolLM2-135M-Instruct)")
+    generate.add_argument(
+        "--style", choices=["chat", "alpaca"], default="chat", help="prompt format (default chat)"
+    )
+    generate.add_argument("--max-new-tokens", type=int, default=128)
+    generate.set_defaults(func=_generate)
+
     bench = sub.add_parser("bench", help="benchmarks that print or write JSON")
     bench_sub = bench.add_subparsers(dest="bench", required=True, metavar="BENCHMARK")
     bench_secagg.register(bench_sub)
@@ -106,6 +116,25 @@ def _client(args: argparse.Namespace) -> int:
     print(
         f"secfed client {kit.client_id}: {report.finished_reason}; rounds completed {report.rounds_completed}"
     )
+    return 0
+
+
+def _generate(args: argparse.Namespace) -> int:
+    from secfed.data.formats import Record
+    from secfed.data.prompts import build_prompt
+    from secfed.eval.generate import generate_answers
+    from secfed.model.loading import DEFAULT_MODEL, load_base_model
+    from secfed.model.lora import load_adapter
+
+    base = load_base_model(args.model or DEFAULT_MODEL)
+    model = base.model if args.adapter is None else load_adapter(base, args.adapter)
+    records = [Record(instruction=p, context="", response="", category="") for p in args.prompts]
+    prompts = [build_prompt(r, base.tokenizer, args.style) for r in records]
+    answers = generate_answers(
+        model, base.tokenizer, prompts, max_new_tokens=args.max_new_tokens, progress=False
+    )
+    for prompt, answer in zip(args.prompts, answers, strict=True):
+        print(f"> {prompt}\n{answer}\n")
     return 0
 
 

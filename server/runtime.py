@@ -192,6 +192,12 @@ class FederationServer:
         """Block until the federation finishes and every client has heard so (or ``linger_s`` passed)."""
         while self.coordinator.finished_reason is None and not self.stop_event.is_set():
             time.sleep(0.1)
+        if self.coordinator.finished_reason is not None and self.coordinator.finished_reason.startswith(
+            "completed"
+        ):
+            out = self.config.state_db.parent
+            self.coordinator.task.export(self.coordinator.model, out)
+            logs.event(log, "exported", directory=str(out), task=self.coordinator.task.name)
         deadline = time.monotonic() + linger_s
         roster = set(self.config.roster)
         while (

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -50,6 +51,9 @@ class BenchServer:
     def apply(self, model: NDArray[np.float32], result: AggregateResult) -> NDArray[np.float32]:
         mean: NDArray[np.float32] = (result.values["x"] / max(result.values["n"][0], 1.0)).astype(np.float32)
         return mean
+
+    def export(self, model: NDArray[np.float32], directory: Path) -> None:
+        np.save(directory / "model.npy", model)
 
 
 class BenchClient:

@@ -9,6 +9,7 @@ global model. The server half never sees a single client's contribution, only
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
@@ -37,6 +38,10 @@ class ServerTask(Protocol):
 
     def apply(self, model: Vector, result: AggregateResult) -> Vector:
         """The next global model from the current one and the decoded cohort sum."""
+        ...
+
+    def export(self, model: Vector, directory: Path) -> None:
+        """Write the final global model in the task's own format (e.g. a peft adapter directory)."""
         ...
 
 
@@ -78,4 +83,4 @@ def client_task(name: str, client_id: str, options: Mapping[str, Any]) -> Client
 
 
 def _load_builtins() -> None:
-    from secfed.fl import benchtask, toy  # noqa: F401  (they register themselves)
+    from secfed.fl import benchtask, fedit, toy  # noqa: F401  (they register themselves)

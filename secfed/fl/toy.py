@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -95,6 +96,9 @@ class ToyServer:
         if total_weight <= 0:
             raise ValueError("toy task: the cohort's total weight is zero")
         return (model + result.values["x"] / total_weight).astype(np.float32)
+
+    def export(self, model: NDArray[np.float32], directory: Path) -> None:
+        np.save(directory / "model.npy", model)
 
 
 class ToyClient:

@@ -155,6 +155,7 @@ def write_run(
     rounds: Mapping[str, Any],
     task: str,
     task_options: Mapping[str, Any],
+    client_options: Mapping[str, Mapping[str, Any]],
     retry: Mapping[str, Any],
 ) -> None:
     """Provision a fresh consortium and write the server's and every client's config file.
@@ -192,7 +193,7 @@ def write_run(
         doc = "\n".join(
             [
                 _table("client", {"kit": f"../pki/clients/{cid}"}),
-                _table("task", {"name": task, "options": dict(task_options)}),
+                _table("task", {"name": task, "options": dict(client_options[cid])}),
                 _table("retry", retry),
             ]
         )

@@ -26,9 +26,12 @@ def secfed_command(*args: str) -> list[str]:
     return [sys.executable, "-m", "secfed.cli", "--log-level", "INFO", *args]
 
 
-def child_env() -> dict[str, str]:
+def child_env(torch_threads: int | None = None) -> dict[str, str]:
     """The environment of a child: ours, unbuffered, with this checkout importable even if not installed."""
     env = dict(os.environ)
+    if torch_threads is not None:
+        for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+            env[var] = str(torch_threads)
     root = str(Path(secfed.__file__).resolve().parent.parent)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
     env["PYTHONUNBUFFERED"] = "1"
@@ -48,7 +51,15 @@ class ChildProcess:
     stopped_by: str | None = None  # "SIGTERM"/"SIGKILL" when the harness ended it, else None
 
     @classmethod
-    def start(cls, name: str, argv: list[str], log: Path, *, banner: str | None = None) -> ChildProcess:
+    def start(
+        cls,
+        name: str,
+        argv: list[str],
+        log: Path,
+        *,
+        banner: str | None = None,
+        torch_threads: int | None = None,
+    ) -> ChildProcess:
         """Start ``argv`` with stdout and stderr appended to ``log`` (a restart appends to the same file)."""
         log.parent.mkdir(parents=True, exist_ok=True)
         with log.open("ab") as fh:
@@ -56,7 +67,11 @@ class ChildProcess:
                 fh.write(f"# secfed simulate: {banner}\n".encode())
                 fh.flush()
             popen = subprocess.Popen(
-                argv, stdin=subprocess.DEVNULL, stdout=fh, stderr=subprocess.STDOUT, env=child_env()
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=fh,
+                stderr=subprocess.STDOUT,
+                env=child_env(torch_threads),
             )
         return cls(name, argv, log, popen)
 

@@ -114,6 +114,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--clients", type=int, help="number of client processes (overrides the preset)")
     parser.add_argument("--rounds", type=int, help="number of rounds (overrides the preset)")
     parser.add_argument(
+        "--model",
+        help="base model for presets that train one: a Hugging Face model directory or a locally cached id "
+        "(overrides the preset's model; every process uses the same)",
+    )
+    parser.add_argument(
         "--out", type=Path, help="run directory (default: runs/simulate-<timestamp> in the current directory)"
     )
     parser.add_argument(
@@ -160,6 +165,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def options_from_args(args: argparse.Namespace) -> SimulationOptions:
     """Validate the flags against the preset; every error names the flag and what is allowed."""
     preset = PRESETS[args.preset]
+    if args.model is not None:
+        if "model" not in preset.task_options:
+            raise ValueError(f"--model: preset {preset.name!r} trains no model")
+        preset = preset.with_model(args.model)
     clients = preset.clients if args.clients is None else args.clients
     rounds = preset.rounds if args.rounds is None else args.rounds
     phase_timeout = preset.phase_timeout_s if args.phase_timeout is None else args.phase_timeout
@@ -290,7 +299,13 @@ class _Run:
             "--port-file",
             str(self.layout.port_file),
         )
-        self.server = ChildProcess.start("server", argv, self.layout.log("server"), banner=banner)
+        self.server = ChildProcess.start(
+            "server",
+            argv,
+            self.layout.log("server"),
+            banner=banner,
+            torch_threads=self.opts.preset.torch_threads,
+        )
         self.server_runs.append(self.server)
 
     def wait_for_port(self) -> int | None:
@@ -383,7 +398,9 @@ class _Run:
             ]
             if cid in faults:
                 args += ["--fault", faults[cid].client_arg]
-            self.clients[cid] = ChildProcess.start(cid, secfed_command(*args), self.layout.log(cid))
+            self.clients[cid] = ChildProcess.start(
+                cid, secfed_command(*args), self.layout.log(cid), torch_threads=self.opts.preset.torch_threads
+            )
 
     def finish_clients(self) -> None:
         """Give clients a short grace to hear "finished", then end them; hung ones at once."""
@@ -512,6 +529,19 @@ def _small(values: Any, limit: int = 4096) -> Any:
     return values if isinstance(values, list) and len(values) <= limit else None
 
 
+def _evaluate(preset: Preset, opts: SimulationOptions, *, adapter_dir: Path | None) -> Any:
+    from secfed.harness.evaluation import evaluate_builtin
+
+    client_options = preset.options_for(0, len(opts.client_ids))
+    return evaluate_builtin(
+        str(preset.task_options["model"]),
+        client_options,
+        len(opts.client_ids),
+        adapter_dir=adapter_dir,
+        style=str(dict(preset.task_options.get("train", {})).get("style", "chat")),
+    )
+
+
 def run_simulation(opts: SimulationOptions) -> dict[str, Any]:
     """Run one simulation end to end and return the result (also written to ``OUT/result.json``)."""
     prepare_out_dir(opts.out, force=opts.force)
@@ -532,9 +562,16 @@ def run_simulation(opts: SimulationOptions) -> dict[str, Any]:
         },
         task=preset.task,
         task_options=preset.task_options,
+        client_options={
+            cid: preset.options_for(i, len(opts.client_ids)) for i, cid in enumerate(opts.client_ids)
+        },
         # Fast back-off: a restarted server is found within half a second; never outlive the run.
         retry={"initial_backoff_s": 0.05, "max_backoff_s": 0.5, "give_up_after_s": float(opts.deadline_s)},
     )
+    before = None
+    if preset.evaluate:
+        # Also converts and caches the base model once, before the child processes need it.
+        before = _evaluate(preset, opts, adapter_dir=None)
     run = _Run(opts, layout)
     try:
         run.run()
@@ -549,6 +586,18 @@ def run_simulation(opts: SimulationOptions) -> dict[str, Any]:
         records, opts.rounds, integrity.get("rounds") if integrity.get("opened") else None
     )
     plaintext = plaintext_check(preset.task, records, preset.task_options)
+    evaluation: dict[str, Any] | None = None
+    adapter_dir = layout.state_db.parent / "adapter"
+    if before is not None:
+        evaluation = {"before": before.to_json(), "after": None, "adapter": None}
+        if adapter_dir.is_dir():
+            from secfed.eval.report import format_table
+
+            after = _evaluate(preset, opts, adapter_dir=adapter_dir)
+            evaluation.update(
+                after=after.to_json(), adapter=str(adapter_dir), table=format_table(before, after)
+            )
+        (opts.out / "eval.json").write_text(json.dumps(evaluation, indent=2) + "\n", encoding="utf-8")
     clients, warnings = _client_outcomes(run)
     warnings = run.warnings + warnings
     final_server = run.server_runs[-1].summary() if run.server_runs else None
@@ -594,6 +643,7 @@ def run_simulation(opts: SimulationOptions) -> dict[str, Any]:
         "client_processes": clients,
         "integrity": integrity,
         "plaintext_check": plaintext,
+        "evaluation": evaluation,
         "problems": run.problems + round_problems,
         "warnings": warnings,
         "timeline": run.timeline,
@@ -637,6 +687,11 @@ def summary_lines(result: dict[str, Any]) -> list[str]:
             f"  server SIGKILLed {kill['when']} {kill['round']} at {kill['at_s']:.1f} s, "
             f"restarted: {kill['restarted']}"
         )
+    evaluation = result.get("evaluation")
+    if evaluation is not None and evaluation.get("table"):
+        lines.append("held-out built-in instructions, base model vs federated adapter:")
+        lines.extend("  " + row for row in evaluation["table"].splitlines())
+        lines.append(f"final adapter (PeftModel.from_pretrained loads it): {evaluation['adapter']}")
     status = result["plaintext_check"]["status"]
     if status == "not-applicable":
         lines.append("plaintext check: not applicable to this task")

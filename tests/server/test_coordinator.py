@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -45,6 +46,9 @@ class MeanTask:
 
     def task_config(self, round_: int) -> dict[str, Any]:
         return {"round": round_}
+
+    def export(self, model: np.ndarray, directory: Path) -> None:
+        np.save(directory / "model.npy", model)
 
     def apply(self, model: np.ndarray, result: AggregateResult) -> np.ndarray:
         return np.asarray(result.values["x"] / result.values["n"][0])

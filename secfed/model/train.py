@@ -1,0 +1,134 @@
+"""Local training of the LoRA adapter on one institution's instruction data.
+
+The loss is the mean token loss *per sequence*, then averaged over the batch, rather than the model's
+built-in ``labels=`` loss (which averages over every token of the batch, so one sample's weight
+depends on the other samples' lengths). Today that only changes the weighting slightly; with DP-SGD
+it is what keeps per-sample gradients independent, so the trainer uses it from the start.
+Seeded and reproducible: batch order comes from a generator seeded by (seed, round).
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from secfed.data.formats import Record
+from secfed.data.prompts import PromptStyle, TokenizedExample, collate, tokenize_example
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """Local optimisation of one round. ``local_steps`` counts optimizer steps (after accumulation)."""
+
+    local_steps: int = 10
+    batch_size: int = 4
+    grad_accum: int = 1
+    max_length: int = 256
+    lr: float = 3e-4
+    weight_decay: float = 0.0
+    style: PromptStyle = "chat"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.local_steps < 1 or self.batch_size < 1 or self.grad_accum < 1:
+            raise ValueError("local_steps, batch_size and grad_accum must be >= 1")
+        if not (self.lr > 0 and math.isfinite(self.lr)) or self.max_length < 16:
+            raise ValueError("lr must be > 0 and max_length >= 16")
+
+
+@dataclass(frozen=True)
+class TrainStats:
+    steps: int
+    sequences: int
+    tokens: int
+    seconds: float
+    first_loss: float
+    last_loss: float
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.tokens / self.seconds if self.seconds > 0 else 0.0
+
+
+def sequence_mean_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Per-sequence mean next-token loss over response tokens, shape ``(batch,)``."""
+    shift_logits = logits[:, :-1, :].float()
+    shift_labels = labels[:, 1:]
+    mask = shift_labels != -100
+    token_loss = torch.nn.functional.cross_entropy(
+        shift_logits.reshape(-1, shift_logits.size(-1)),
+        shift_labels.clamp(min=0).reshape(-1),
+        reduction="none",
+    ).view_as(shift_labels)
+    counts = mask.sum(dim=1).clamp(min=1)
+    return (token_loss * mask).sum(dim=1) / counts
+
+
+def train_local(
+    model: torch.nn.Module,
+    tokenizer: object,
+    records: Sequence[Record],
+    settings: TrainSettings,
+    *,
+    round_: int = 0,
+    progress: bool = True,
+    desc: str = "local training",
+) -> TrainStats:
+    """Run ``settings.local_steps`` AdamW steps on batches drawn from ``records`` (with replacement across epochs)."""
+    if not records:
+        raise ValueError("no training records")
+    examples: list[TokenizedExample] = [
+        tokenize_example(r, tokenizer, style=settings.style, max_length=settings.max_length) for r in records
+    ]
+    pad_id = int(getattr(tokenizer, "pad_token_id", 0) or 0)
+    device = next(p for p in model.parameters()).device
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    if not trainable:
+        raise ValueError("the model has no trainable parameters (apply LoRA first)")
+    optimizer = torch.optim.AdamW(trainable, lr=settings.lr, weight_decay=settings.weight_decay)
+    rng = np.random.default_rng([settings.seed, round_])
+    torch.manual_seed(settings.seed * 1_000_003 + round_)
+    order = rng.permutation(len(examples))
+    cursor = 0
+    losses: list[float] = []
+    sequences = tokens = 0
+    model.train()
+    started = time.perf_counter()
+    bar = tqdm(range(settings.local_steps), desc=desc, unit="step", disable=not progress, file=sys.stderr)
+    for _ in bar:
+        optimizer.zero_grad(set_to_none=True)
+        step_loss = 0.0
+        for _micro in range(settings.grad_accum):
+            idx = []
+            for _k in range(settings.batch_size):
+                if cursor == len(order):
+                    order, cursor = rng.permutation(len(examples)), 0
+                idx.append(int(order[cursor]))
+                cursor += 1
+            batch = collate([examples[i] for i in idx], pad_id)
+            batch = {k: v.to(device) for k, v in batch.items()}
+            out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+            loss = sequence_mean_loss(out.logits, batch["labels"]).mean() / settings.grad_accum
+            loss.backward()  # type: ignore[no-untyped-call]
+            step_loss += float(loss.detach())
+            sequences += len(idx)
+            tokens += int(batch["attention_mask"].sum())
+        optimizer.step()
+        losses.append(step_loss)
+        bar.set_postfix(loss=f"{step_loss:.3f}")
+    model.eval()
+    return TrainStats(
+        steps=settings.local_steps,
+        sequences=sequences,
+        tokens=tokens,
+        seconds=time.perf_counter() - started,
+        first_loss=losses[0],
+        last_loss=losses[-1],
+    )
