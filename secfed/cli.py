@@ -9,6 +9,7 @@ from pathlib import Path
 from secfed import cli_certs, logs
 from secfed.bench import round as bench_round
 from secfed.bench import secagg as bench_secagg
+from secfed.bench import train as bench_train
 from secfed.harness import simulate as simulate_harness
 
 
@@ -53,6 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench_sub = bench.add_subparsers(dest="bench", required=True, metavar="BENCHMARK")
     bench_secagg.register(bench_sub)
     bench_round.register(bench_sub)
+    bench_train.register(bench_sub)
 
     cli_certs.register(sub)
     return parser

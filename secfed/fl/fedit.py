@@ -14,6 +14,7 @@ round and a client with different weights refuses to take part rather than corru
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -197,6 +198,7 @@ class FeditClient:
         self._peft: Any = None
         self._lora: dict[str, Any] | None = None
         self.last_stats: Any = None
+        self.last_compute_s = 0.0
 
     def _ensure_model(self, task_config: Mapping[str, Any]) -> Any:
         from secfed.model.loading import load_base_model
@@ -223,6 +225,7 @@ class FeditClient:
         from secfed.model.lora import adapter_to_vector, vector_to_adapter
         from secfed.model.train import TrainSettings, train_local
 
+        started = time.perf_counter()
         peft = self._ensure_model(task_config)
         vector_to_adapter(peft, model)
         settings = TrainSettings(**{**task_config.get("train", {}), "seed": int(task_config.get("seed", 0))})
@@ -237,6 +240,7 @@ class FeditClient:
         self.last_stats = stats
         delta = adapter_to_vector(peft).astype(np.float64) - model.astype(np.float64)
         weight = float(min(len(self.records), int(task_config.get("max_weight", 16))))
+        self.last_compute_s = time.perf_counter() - started
         logs.event(
             log,
             "local-train",

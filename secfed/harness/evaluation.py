@@ -52,3 +52,36 @@ def evaluate_builtin(
         batch_size=8,
         progress=progress,
     )
+
+
+def evaluate_file(
+    model_source: str,
+    path: Path,
+    *,
+    adapter_dir: Path | None = None,
+    style: str = "chat",
+    max_new_tokens: int = 64,
+    max_records: int | None = None,
+    progress: bool = True,
+) -> EvalReport:
+    """Score on a Dolly/Alpaca JSON or JSONL file: Rouge-L against its responses, per category."""
+    from secfed.data.formats import load_records
+    from secfed.data.prompts import build_prompt
+    from secfed.eval.report import evaluate
+    from secfed.model.loading import load_base_model
+    from secfed.model.lora import load_adapter
+
+    records = load_records(path, max_records=max_records)
+    base = load_base_model(model_source)
+    model = base.model if adapter_dir is None else load_adapter(base, adapter_dir)
+    prompts = [build_prompt(r, base.tokenizer, style) for r in records]  # type: ignore[arg-type]
+    return evaluate(
+        model,
+        base.tokenizer,
+        prompts,
+        [r.response for r in records],
+        [r.category for r in records],
+        max_new_tokens=max_new_tokens,
+        batch_size=8,
+        progress=progress,
+    )

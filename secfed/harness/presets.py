@@ -36,6 +36,10 @@ class Preset:
     partition_data: bool = False
     # Evaluate the base model before and the exported adapter after the run on the built-in test set.
     evaluate: bool = False
+    # Evaluate on this JSON/JSONL file (Rouge-L) instead of the built-in test split.
+    eval_data: str | None = None
+    eval_max_new_tokens: int = 24
+    eval_max_records: int | None = None
     # Threads each child process may use for tensor work (None: the library default). Training presets
     # use 1: several processes already share this machine's few cores.
     torch_threads: int | None = None
@@ -52,6 +56,10 @@ class Preset:
     def options_for(self, index: int, n_clients: int) -> dict[str, Any]:
         options = dict(self.task_options if self.client_options is None else self.client_options)
         if self.partition_data:
+            options = {
+                k: v.replace("{client_index}", str(index)) if isinstance(v, str) else v
+                for k, v in options.items()
+            }
             options.update(client_index=index, n_clients=n_clients)
         return options
 

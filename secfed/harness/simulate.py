@@ -111,6 +111,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--preset", choices=sorted(PRESETS), default=DEFAULT_PRESET, help=f"what to run: {names}"
     )
+    parser.add_argument(
+        "--config",
+        type=Path,
+        help="a simulation described in TOML (e.g. examples/dolly.toml) instead of a preset",
+    )
     parser.add_argument("--clients", type=int, help="number of client processes (overrides the preset)")
     parser.add_argument("--rounds", type=int, help="number of rounds (overrides the preset)")
     parser.add_argument(
@@ -164,7 +169,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def options_from_args(args: argparse.Namespace) -> SimulationOptions:
     """Validate the flags against the preset; every error names the flag and what is allowed."""
-    preset = PRESETS[args.preset]
+    if args.config is not None:
+        from secfed.harness.simconfig import load_simulation
+
+        preset = load_simulation(args.config)
+    else:
+        preset = PRESETS[args.preset]
     if args.model is not None:
         if "model" not in preset.task_options:
             raise ValueError(f"--model: preset {preset.name!r} trains no model")
@@ -530,15 +540,26 @@ def _small(values: Any, limit: int = 4096) -> Any:
 
 
 def _evaluate(preset: Preset, opts: SimulationOptions, *, adapter_dir: Path | None) -> Any:
-    from secfed.harness.evaluation import evaluate_builtin
+    from secfed.harness.evaluation import evaluate_builtin, evaluate_file
 
-    client_options = preset.options_for(0, len(opts.client_ids))
+    style = str(dict(preset.task_options.get("train", {})).get("style", "chat"))
+    model = str(preset.task_options.get("model", "smollm2-135m-instruct"))
+    if preset.eval_data is not None:
+        return evaluate_file(
+            model,
+            Path(preset.eval_data),
+            adapter_dir=adapter_dir,
+            style=style,
+            max_new_tokens=preset.eval_max_new_tokens,
+            max_records=preset.eval_max_records,
+        )
     return evaluate_builtin(
-        str(preset.task_options["model"]),
-        client_options,
+        model,
+        preset.options_for(0, len(opts.client_ids)),
         len(opts.client_ids),
         adapter_dir=adapter_dir,
-        style=str(dict(preset.task_options.get("train", {})).get("style", "chat")),
+        style=style,
+        max_new_tokens=preset.eval_max_new_tokens,
     )
 
 
