@@ -90,7 +90,7 @@ PRESETS: Mapping[str, Preset] = MappingProxyType(
             name="default",
             description="4 institutions LoRA-tune SmolLM2-135M-Instruct on the built-in instruction data",
             clients=4,
-            rounds=3,
+            rounds=4,
             task="fedit-lora",
             task_options=MappingProxyType(
                 {

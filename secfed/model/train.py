@@ -25,9 +25,11 @@ from secfed.data.prompts import PromptStyle, TokenizedExample, collate, tokenize
 
 @dataclass(frozen=True)
 class TrainSettings:
-    """Local optimisation of one round. ``local_steps`` counts optimizer steps (after accumulation)."""
+    """Local optimisation of one round. ``local_steps`` counts optimizer steps (after accumulation);
+    setting ``epochs`` instead trains for that many passes over the local data (rounded up to steps)."""
 
     local_steps: int = 10
+    epochs: float | None = None
     batch_size: int = 4
     grad_accum: int = 1
     max_length: int = 256
@@ -41,6 +43,13 @@ class TrainSettings:
             raise ValueError("local_steps, batch_size and grad_accum must be >= 1")
         if not (self.lr > 0 and math.isfinite(self.lr)) or self.max_length < 16:
             raise ValueError("lr must be > 0 and max_length >= 16")
+        if self.epochs is not None and not self.epochs > 0:
+            raise ValueError("epochs must be > 0")
+
+    def steps_for(self, n_records: int) -> int:
+        if self.epochs is None:
+            return self.local_steps
+        return max(1, math.ceil(self.epochs * n_records / (self.batch_size * self.grad_accum)))
 
 
 @dataclass(frozen=True)
@@ -101,7 +110,8 @@ def train_local(
     sequences = tokens = 0
     model.train()
     started = time.perf_counter()
-    bar = tqdm(range(settings.local_steps), desc=desc, unit="step", disable=not progress, file=sys.stderr)
+    steps = settings.steps_for(len(examples))
+    bar = tqdm(range(steps), desc=desc, unit="step", disable=not progress, file=sys.stderr)
     for _ in bar:
         optimizer.zero_grad(set_to_none=True)
         step_loss = 0.0
@@ -125,7 +135,7 @@ def train_local(
         bar.set_postfix(loss=f"{step_loss:.3f}")
     model.eval()
     return TrainStats(
-        steps=settings.local_steps,
+        steps=steps,
         sequences=sequences,
         tokens=tokens,
         seconds=time.perf_counter() - started,
