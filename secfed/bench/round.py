@@ -23,7 +23,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from secfed.bench.stats import median
+from secfed.bench.stats import emit, median
 from secfed.pki.consortium import ClientSpec, Consortium, ServerSpec, provision
 
 
@@ -140,12 +140,7 @@ def _main(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     result = run_benchmark(args.clients, args.dim, args.repeats, progress=not args.json)
     result["bench_wall_s"] = time.perf_counter() - started
-    text = json.dumps(result, indent=2, sort_keys=True)
-    if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n")
-    if args.json:
-        print(text)
+    if emit(result, args.out, args.json):
         return 0
     print(
         f"round with {args.clients} clients, d={args.dim}, median of {args.repeats} per mode, over mTLS gRPC:"

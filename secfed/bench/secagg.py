@@ -10,7 +10,6 @@ are medians over clients first.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import sys
@@ -20,7 +19,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from secfed.bench.stats import median, median_of_dicts
+from secfed.bench.stats import emit, median, median_of_dicts
 from secfed.crypto.identity import TrustAnchor
 from secfed.pki.issue import create_ca, issue_client
 from secfed.secagg.client import ClientSession
@@ -135,12 +134,7 @@ def _main(args: argparse.Namespace) -> int:
     result = run_benchmark(
         args.clients, args.dim, args.dropout, args.repeats, args.compare == "flower", progress=not args.json
     )
-    text = json.dumps(result, indent=2, sort_keys=True)
-    if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n")
-    if args.json:
-        print(text)
+    if emit(result, args.out, args.json):
         return 0
     ours = result["ours"]
     print(

@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from secfed.bench.stats import emit
 from secfed.pki.consortium import ClientSpec, Consortium, ServerSpec, provision
 
 TRAIN: dict[str, Any] = {"local_steps": 4, "batch_size": 4, "max_length": 96, "lr": 1e-3, "style": "chat"}
@@ -165,12 +166,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 def _main(args: argparse.Namespace) -> int:
     result = run_benchmark(args.clients, args.model, args.isolated_steps)
-    text = json.dumps(result, indent=2, sort_keys=True)
-    if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n")
-    if args.json:
-        print(text)
+    if emit(result, args.out, args.json):
         return 0
     r = result["round"]
     print(f"training throughput (one client alone): {result['tokens_per_s']:.0f} tokens/s")

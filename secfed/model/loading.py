@@ -215,11 +215,28 @@ def _load_directory(
     # Any: transformers' own annotations for the auto classes and Module methods are incomplete.
     model: Any
     tokenizer: Any
+    from transformers.utils import logging as hf_logging
+
+    previous = hf_logging.get_verbosity()
+    # transformers 5 reports a tied lm_head as "MISSING ... newly initialized"; it is tied right after
+    # (checked below), so the report would only alarm users.
+    hf_logging.set_verbosity_error()  # type: ignore[no-untyped-call]
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(directory), local_files_only=True)
         model = AutoModelForCausalLM.from_pretrained(str(directory), local_files_only=True, dtype=dtype)
     except (OSError, ValueError, KeyError, RuntimeError) as exc:
         raise ModelLoadError(f"could not load model {label!r} from {directory}: {exc}") from exc
+    finally:
+        hf_logging.set_verbosity(previous)
+    out_emb, in_emb = model.get_output_embeddings(), model.get_input_embeddings()
+    if (
+        getattr(model.config, "tie_word_embeddings", False)
+        and out_emb is not None
+        and out_emb.weight is not in_emb.weight
+    ):
+        raise ModelLoadError(
+            f"model {label!r} from {directory}: lm_head is not tied to the embeddings as its config says"
+        )
     model.to(device)
     model.eval()
     if tokenizer.pad_token is None:
