@@ -14,6 +14,7 @@ round and a client with different weights refuses to take part rather than corru
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -32,6 +33,9 @@ if TYPE_CHECKING:
     from secfed.data.formats import Record
 
 NAME = "fedit-lora"
+# transformers' model loading switches process-wide state (default dtype, meta-device init), so when
+# several clients share a process (benchmarks, tests) they load one at a time.
+_LOAD_LOCK = threading.Lock()
 log = logging.getLogger("secfed.fl.fedit")
 
 #: 2^-32 resolution in a 64-bit ring: exact enough for LoRA deltas, and room for ~10^5 contributors.
@@ -204,20 +208,21 @@ class FeditClient:
         from secfed.model.loading import load_base_model
         from secfed.model.lora import apply_lora
 
-        if self._base is None:
-            self._base = load_base_model(self.model_source, device=self.device)
-        if task_config.get("base_hash") != self._base.base_hash:
-            raise ValueError(
-                f"{NAME} client {self.client_id}: the server's base model ({task_config.get('base_hash')}) is not "
-                f"this institution's ({self._base.base_hash}); refusing to train on a different model"
-            )
-        lora = dict(task_config.get("lora", {}))
-        if self._peft is None:
-            self._peft = apply_lora(self._base.model, _lora_settings(lora))
-            self._lora = lora
-        elif lora != self._lora:
-            raise ValueError(f"{NAME} client {self.client_id}: LoRA settings changed between rounds")
-        return self._peft
+        with _LOAD_LOCK:
+            if self._base is None:
+                self._base = load_base_model(self.model_source, device=self.device)
+            if task_config.get("base_hash") != self._base.base_hash:
+                raise ValueError(
+                    f"{NAME} client {self.client_id}: the server's base model ({task_config.get('base_hash')}) "
+                    f"is not this institution's ({self._base.base_hash}); refusing to train on a different model"
+                )
+            lora = dict(task_config.get("lora", {}))
+            if self._peft is None:
+                self._peft = apply_lora(self._base.model, _lora_settings(lora))
+                self._lora = lora
+            elif lora != self._lora:
+                raise ValueError(f"{NAME} client {self.client_id}: LoRA settings changed between rounds")
+            return self._peft
 
     def compute(
         self, round_: int, model: NDArray[np.float32], task_config: Mapping[str, Any]
