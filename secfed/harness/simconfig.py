@@ -3,7 +3,7 @@
 This is how the main job runs on real data (Dolly-15k as split for 10 clients, or an institution's
 own files) without code changes. Paths are relative to the file. A client option whose value contains
 ``{client_index}`` is filled in per client, so ``data = "dolly/client_{client_index}.json"`` gives
-every institution its own file. See ``examples/dolly.toml``.
+every institution its own file. See ``examples/fedit-shared-10.toml``.
 """
 
 from __future__ import annotations

@@ -114,7 +114,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--config",
         type=Path,
-        help="a simulation described in TOML (e.g. examples/dolly.toml) instead of a preset",
+        help="a simulation described in TOML (e.g. examples/fedit-shared-10.toml) instead of a preset",
     )
     parser.add_argument("--clients", type=int, help="number of client processes (overrides the preset)")
     parser.add_argument("--rounds", type=int, help="number of rounds (overrides the preset)")

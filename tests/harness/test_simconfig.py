@@ -15,7 +15,7 @@ DOLLY = ROOT.parent / "shared" / "data" / "dolly15k-shepherd10"
 
 def test_dolly_example_gives_each_client_its_own_file() -> None:
     assert DOLLY.is_dir(), f"the shared Dolly split is missing at {DOLLY}"
-    preset = load_simulation(ROOT / "examples" / "dolly.toml")
+    preset = load_simulation(ROOT / "examples" / "fedit-shared-10.toml")
     assert (preset.clients, preset.rounds, preset.task) == (10, 2, "fedit-lora")
     for i in (0, 9):
         options = preset.options_for(i, preset.clients)
