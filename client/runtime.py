@@ -61,6 +61,7 @@ class ClientReport:
     rounds_joined: list[int] = field(default_factory=list)
     rounds_completed: list[int] = field(default_factory=list)
     violations: list[str] = field(default_factory=list)
+    refusals: list[tuple[int, str]] = field(default_factory=list)
 
 
 class ClientRuntime:
@@ -193,7 +194,13 @@ class ClientRuntime:
         if rs.insecure_plaintext:
             self._plaintext_round(stub, ins, config.round, model, task_config)
             return
-        inputs = self.task.compute(config.round, model, task_config)
+        try:
+            inputs = self.task.compute(config.round, model, task_config)
+        except ValueError as exc:
+            # The local task declines (a different base model, unusable data...): say so, so the round
+            # goes on without us instead of waiting for the phase deadline.
+            self._refuse(stub, ins, config.round, str(exc))
+            return
         self._session = ClientSession(
             identity=self.kit.identity,
             trust=self.kit.trust,
@@ -217,9 +224,7 @@ class ClientRuntime:
         """The INSECURE baseline: refused unless this institution's configuration allows it."""
         self._session_round = round_
         if not self.allow_insecure_plaintext:
-            reason = "this client does not allow insecure plaintext aggregation"
-            logs.event(log, "plaintext-refused", logging.WARNING, client=self.kit.client_id, round=round_)
-            self._upload(stub, ins, Phase.MASKED_INPUT, lambda: convert.Refusal(round=round_, reason=reason))
+            self._refuse(stub, ins, round_, "this client does not allow insecure plaintext aggregation")
             return
         inputs = self.task.compute(round_, model, task_config)
         self.report.rounds_joined.append(round_)
@@ -231,6 +236,14 @@ class ClientRuntime:
             lambda: PlaintextInput(round=round_, sender=self.kit.client_id, segments=segments),
         )
         self.report.rounds_completed.append(round_)
+
+    def _refuse(self, stub: pb_grpc.FederationStub, ins: pb.Instruction, round_: int, reason: str) -> None:
+        self._session_round = round_
+        self.report.refusals.append((round_, reason))
+        logs.event(
+            log, "round-refused", logging.WARNING, client=self.kit.client_id, round=round_, reason=reason
+        )
+        self._upload(stub, ins, Phase.ADVERTISE, lambda: convert.Refusal(round=round_, reason=reason))
 
     def _download(self, stub: pb_grpc.FederationStub, ref: pb.ModelRef) -> np.ndarray:
         if self._model is not None and self._model[0] == ref.hash:
