@@ -218,14 +218,6 @@ class Coordinator:
         """The vector spec of the open attempt (for validating uploads before they reach the session)."""
         return self._attempt.session.config.spec if self._attempt is not None else None
 
-    @property
-    def current_round(self) -> int:
-        return self.round
-
-    def in_cohort(self, client_id: str) -> bool:
-        attempt = self._attempt
-        return attempt is not None and client_id in attempt.session.config.roster
-
     def upload(
         self, client_id: str, message: UploadMessage, *, peer_chain: Sequence[bytes] | None = None
     ) -> None:

@@ -24,7 +24,7 @@ from typing import Any
 from tqdm import tqdm
 
 from secfed.bench.stats import emit, median
-from secfed.pki.consortium import ClientSpec, Consortium, ServerSpec, provision
+from secfed.pki.consortium import loopback_consortium, provision
 
 
 def _one_round(pki: Path, workdir: Path, clients: int, dim: int, secure: bool) -> dict[str, Any]:
@@ -85,13 +85,7 @@ def run_benchmark(clients: int, dim: int, repeats: int, progress: bool = True) -
     runs: dict[str, list[dict[str, Any]]] = {"secure": [], "plaintext": []}
     with tempfile.TemporaryDirectory(prefix="secfed-bench-round-") as tmp:
         root = Path(tmp)
-        consortium = Consortium(
-            name="bench",
-            server=ServerSpec(
-                host="127.0.0.1", port=1, dns_names=("localhost",), ip_addresses=("127.0.0.1",)
-            ),
-            clients=tuple(ClientSpec(f"inst{i:03d}") for i in range(clients)),
-        )
+        consortium = loopback_consortium("bench", [f"inst{i:03d}" for i in range(clients)])
         pki = provision(consortium, root / "pki").out
         order = [mode for _ in range(repeats) for mode in ("plaintext", "secure")]
         for i, mode in enumerate(tqdm(order, desc="round bench", disable=not progress, file=sys.stderr)):

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from secfed.bench.stats import emit
-from secfed.pki.consortium import ClientSpec, Consortium, ServerSpec, provision
+from secfed.pki.consortium import loopback_consortium, provision
 
 TRAIN: dict[str, Any] = {"local_steps": 4, "batch_size": 4, "max_length": 96, "lr": 1e-3, "style": "chat"}
 DATA = {
@@ -63,12 +63,7 @@ def _round(model: str, clients: int, workdir: Path) -> dict[str, Any]:
     from server.runtime import FederationServer
 
     roster = tuple(f"inst{i:02d}" for i in range(clients))
-    consortium = Consortium(
-        name="bench-train",
-        server=ServerSpec(host="127.0.0.1", port=1, dns_names=("localhost",), ip_addresses=("127.0.0.1",)),
-        clients=tuple(ClientSpec(c) for c in roster),
-    )
-    pki = provision(consortium, workdir / "pki").out
+    pki = provision(loopback_consortium("bench-train", roster), workdir / "pki").out
     config = ServerConfig(
         listen="127.0.0.1:0",
         kit=pki / "server",

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from secfed.pki.consortium import ClientSpec, Consortium, ServerSpec, provision
+from secfed.pki.consortium import loopback_consortium, provision
 
 __all__ = ["HARNESS_ENTRIES", "RunLayout", "client_ids", "prepare_out_dir", "toml_value", "write_run"]
 
@@ -164,12 +164,7 @@ def write_run(
     dials loopback; the port in the kits is a placeholder, since the server binds any free port and
     the harness passes the real one to each client with ``--server``.
     """
-    consortium = Consortium(
-        name=name,
-        server=ServerSpec(host=_HOST, port=1, dns_names=(), ip_addresses=(_HOST,)),
-        clients=tuple(ClientSpec(cid) for cid in clients),
-    )
-    provision(consortium, layout.pki)
+    provision(loopback_consortium(name, clients), layout.pki)
     header = "# Written by `secfed simulate`; paths are relative to this file.\n\n"
     server_doc = "\n".join(
         [

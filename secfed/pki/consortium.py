@@ -257,6 +257,18 @@ def _is_nonempty_dir(path: Path) -> bool:
     return path.is_dir() and any(path.iterdir())
 
 
+def loopback_consortium(name: str, client_ids: Sequence[str]) -> Consortium:
+    """A throwaway consortium whose coordinator is 127.0.0.1 (harness, tests, benchmarks).
+
+    The port is a placeholder: local servers bind any free port and clients are told the real one.
+    """
+    return Consortium(
+        name=name,
+        server=ServerSpec(host="127.0.0.1", port=1, dns_names=("localhost",), ip_addresses=("127.0.0.1",)),
+        clients=tuple(ClientSpec(cid) for cid in client_ids),
+    )
+
+
 def provision(consortium: Consortium, out: Path | str, *, force: bool = False) -> ProvisionResult:
     """Create ``out/ca``, ``out/server`` and ``out/clients/<id>`` for ``consortium``.
 

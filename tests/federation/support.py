@@ -15,7 +15,7 @@ from client.faults import Fault
 from client.runtime import ClientReport, ClientRuntime
 from secfed.fl import toy
 from secfed.fl.tasks import client_task
-from secfed.pki.consortium import ClientSpec, Consortium, ServerSpec, provision
+from secfed.pki.consortium import loopback_consortium, provision
 from secfed.pki.kit import load_kit
 from server.config import ServerConfig
 from server.coordinator import RoundPlan
@@ -25,11 +25,7 @@ TOY = {"dim": 8}
 
 
 def provision_kits(root: Path, n_clients: int) -> Path:
-    consortium = Consortium(
-        name="test federation",
-        server=ServerSpec(host="127.0.0.1", port=1, dns_names=("localhost",), ip_addresses=("127.0.0.1",)),
-        clients=tuple(ClientSpec(f"inst{i:02d}") for i in range(n_clients)),
-    )
+    consortium = loopback_consortium("test federation", [f"inst{i:02d}" for i in range(n_clients)])
     return provision(consortium, root / "pki").out
 
 
