@@ -710,7 +710,7 @@ def summary_lines(result: dict[str, Any]) -> list[str]:
         )
     evaluation = result.get("evaluation")
     if evaluation is not None and evaluation.get("table"):
-        lines.append("held-out built-in instructions, base model vs federated adapter:")
+        lines.append("held-out instructions, base model vs federated adapter:")
         lines.extend("  " + row for row in evaluation["table"].splitlines())
         lines.append(f"final adapter (PeftModel.from_pretrained loads it): {evaluation['adapter']}")
     status = result["plaintext_check"]["status"]
