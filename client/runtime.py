@@ -8,7 +8,6 @@ violation by the server ends that session (its secrets are erased) and the clien
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import secrets
@@ -27,6 +26,7 @@ from client.tls import verify_server
 from secfed import logs
 from secfed.fl.plaintext import PlaintextInput
 from secfed.fl.tasks import ClientTask
+from secfed.fl.vectors import model_hash
 from secfed.pki.kit import Kit
 from secfed.proto.v1 import federation_pb2 as pb
 from secfed.proto.v1 import federation_pb2_grpc as pb_grpc
@@ -205,7 +205,7 @@ class ClientRuntime:
             identity=self.kit.identity,
             trust=self.kit.trust,
             config=config,
-            model_hash=hashlib.sha256(model.astype("<f4").tobytes()).digest(),
+            model_hash=model_hash(model),
             inputs=inputs,
         )
         self._session_round = config.round

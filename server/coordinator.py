@@ -12,7 +12,6 @@ fresh session (fresh keys, new session id), up to ``max_attempts`` times.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import random
 import time
@@ -27,6 +26,7 @@ from secfed import logs
 from secfed.crypto.identity import TrustAnchor
 from secfed.fl.plaintext import PlaintextInput, PlaintextSession
 from secfed.fl.tasks import ServerTask
+from secfed.fl.vectors import model_hash
 from secfed.secagg.config import SessionConfig, required_threshold
 from secfed.secagg.errors import Phase, SecAggError
 from secfed.secagg.messages import (
@@ -350,7 +350,8 @@ class Coordinator:
             self._next_instruction += 1
 
     def _finish_round(self, result: AggregateResult, attempt: _Attempt) -> None:
-        self.model = np.asarray(self.task.apply(self.model, result), dtype=np.float32)
+        # Always a fresh array: the service caches the served model by object identity.
+        self.model = np.array(self.task.apply(self.model, result), dtype=np.float32)
         self.results.append(result)
         self.phase_seconds.append(dict(attempt.phase_seconds))
         logs.event(
@@ -385,8 +386,3 @@ class Coordinator:
             self._attempt = None
             return
         self._start_attempt(attempt.number + 1)
-
-
-def model_hash(model: np.ndarray) -> bytes:
-    """SHA-256 of the model vector as little-endian float32: what clients sign in their adverts."""
-    return hashlib.sha256(np.asarray(model, dtype="<f4").tobytes()).digest()

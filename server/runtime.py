@@ -22,6 +22,7 @@ import numpy as np
 
 from secfed import logs
 from secfed.fl.tasks import server_task
+from secfed.fl.vectors import model_hash
 from secfed.pki.kit import load_kit
 from secfed.proto.v1 import federation_pb2_grpc as pb_grpc
 from secfed.secagg.messages import AggregateResult
@@ -29,7 +30,7 @@ from server.auth import PeerAuthenticator
 from server.config import ServerConfig
 from server.coordinator import Coordinator, CoordinatorObserver
 from server.service import FederationService
-from server.state import RoundRecord, StateStore, model_hash
+from server.state import RoundRecord, StateStore
 
 log = logging.getLogger("secfed.server")
 

@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator
 import grpc
 
 from secfed import logs
+from secfed.fl.vectors import model_bytes, model_hash
 from secfed.proto.v1 import federation_pb2 as pb
 from secfed.proto.v1 import federation_pb2_grpc as pb_grpc
 from secfed.secagg.config import PROTOCOL_VERSION
@@ -25,7 +26,6 @@ from secfed.wire import WireError, chunks, convert
 from server.auth import Peer, PeerAuthenticator, PeerRefused, RateLimiter
 from server.config import Limits
 from server.coordinator import Coordinator, Finished, Pending, Relay, RoundStart, Wait
-from server.state import model_bytes, model_hash
 
 log = logging.getLogger("secfed.server.service")
 
@@ -74,7 +74,9 @@ class FederationService(pb_grpc.FederationServicer):
         self._uploads_lock = threading.Lock()
         self._uploads: dict[str, int] = {}
         self._max_uploads = max(1, min(limits.max_uploads_per_client, limits.max_workers // 4))
-        self._model_cache: tuple[bytes, bytes] = (b"", b"")  # (hash, little-endian bytes)
+        # (model object, hash, little-endian bytes): the coordinator replaces its model array each round,
+        # so identity tells whether the cached serialisation is still current without rehashing.
+        self._model_cache: tuple[object, bytes, bytes] = (None, b"", b"")
         self.finished_clients: set[str] = set()
         # Payload bytes moved, for benchmarks: uploads received, model bytes and instructions sent.
         self.wire_bytes = {"upload": 0, "download": 0, "instructions": 0}
@@ -99,10 +101,9 @@ class FederationService(pb_grpc.FederationServicer):
     def _current_model(self) -> tuple[bytes, bytes]:
         """The global model's hash and bytes, serialised once per model rather than per request."""
         model = self._coord.model
-        digest = model_hash(model)
-        if self._model_cache[0] != digest:
-            self._model_cache = (digest, model_bytes(model))
-        return self._model_cache
+        if self._model_cache[0] is not model:
+            self._model_cache = (model, model_hash(model), model_bytes(model))
+        return self._model_cache[1], self._model_cache[2]
 
     def _instruction(self, pending: Pending) -> pb.Instruction:
         ins = pb.Instruction(

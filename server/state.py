@@ -69,6 +69,8 @@ from typing import Any, Literal, Self
 import numpy as np
 import numpy.typing as npt
 
+from secfed.fl.vectors import model_bytes, model_hash
+
 __all__ = [
     "APPLICATION_ID",
     "INITIAL_ROUND",
@@ -164,29 +166,6 @@ class RoundRecord:
     started_at: float
     finished_at: float
     summary: dict[str, Any]
-
-
-def _as_model(vector: npt.ArrayLike) -> npt.NDArray[np.float32]:
-    """The vector as contiguous little-endian float32, refusing anything that would need rounding.
-
-    Silently casting a float64 model would store (and hash) a different model from the caller's.
-    """
-    arr = np.asarray(vector)
-    if arr.dtype.kind != "f" or arr.dtype.itemsize != 4:
-        raise ValueError(f"a model vector must be float32, got dtype {arr.dtype}")
-    if arr.ndim != 1 or arr.size == 0:
-        raise ValueError(f"a model vector must be 1-D and non-empty, got shape {arr.shape}")
-    return np.ascontiguousarray(arr, dtype="<f4")
-
-
-def model_bytes(vector: npt.ArrayLike) -> bytes:
-    """The stored form of a model: raw little-endian float32, independent of the host's byte order."""
-    return _as_model(vector).tobytes()
-
-
-def model_hash(vector: npt.ArrayLike) -> bytes:
-    """SHA-256 of :func:`model_bytes`: what ``RoundRecord.model_hash`` must hold for that model."""
-    return hashlib.sha256(model_bytes(vector)).digest()
 
 
 def _canonical(obj: Any) -> str:

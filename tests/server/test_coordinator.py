@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from secfed.fl.vectors import model_hash
 from secfed.secagg.client import ClientSession
 from secfed.secagg.messages import (
     AdvertBroadcast,
@@ -26,7 +27,6 @@ from server.coordinator import (
     RoundPlan,
     RoundStart,
     Wait,
-    model_hash,
 )
 from tests.secagg.support import Consortium
 
