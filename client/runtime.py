@@ -64,6 +64,12 @@ class ClientReport:
     refusals: list[tuple[int, str]] = field(default_factory=list)
 
 
+def _note_round(rounds: list[int], round_: int) -> None:
+    """A round of several stages (several sessions) counts once."""
+    if not rounds or rounds[-1] != round_:
+        rounds.append(round_)
+
+
 class ClientRuntime:
     def __init__(
         self,
@@ -183,7 +189,7 @@ class ClientRuntime:
             self._upload(stub, ins, Phase.CONSISTENCY, lambda: session.on_consistency_request(relay))
         elif isinstance(relay, UnmaskRequest):
             self._upload(stub, ins, Phase.UNMASK, lambda: session.on_unmask_request(relay))
-            self.report.rounds_completed.append(self._session_round)
+            _note_round(self.report.rounds_completed, self._session_round)
 
     def _start_round(self, stub: pb_grpc.FederationStub, ins: pb.Instruction) -> None:
         rs = ins.round_start
@@ -209,7 +215,7 @@ class ClientRuntime:
             inputs=inputs,
         )
         self._session_round = config.round
-        self.report.rounds_joined.append(config.round)
+        _note_round(self.report.rounds_joined, config.round)
         session = self._session
         self._upload(stub, ins, Phase.ADVERTISE, session.advertise)
 
@@ -227,7 +233,7 @@ class ClientRuntime:
             self._refuse(stub, ins, round_, "this client does not allow insecure plaintext aggregation")
             return
         inputs = self.task.compute(round_, model, task_config)
-        self.report.rounds_joined.append(round_)
+        _note_round(self.report.rounds_joined, round_)
         segments = {name: np.asarray(v, dtype=np.float32) for name, v in inputs.items()}
         self._upload(
             stub,
@@ -235,7 +241,7 @@ class ClientRuntime:
             Phase.MASKED_INPUT,
             lambda: PlaintextInput(round=round_, sender=self.kit.client_id, segments=segments),
         )
-        self.report.rounds_completed.append(round_)
+        _note_round(self.report.rounds_completed, round_)
 
     def _refuse(self, stub: pb_grpc.FederationStub, ins: pb.Instruction, round_: int, reason: str) -> None:
         self._session_round = round_

@@ -8,6 +8,11 @@ instruction is re-sent unchanged until the client answers it, so a retried poll 
 A phase closes as soon as every expected client has answered, or when its deadline passes with at
 least the threshold answered; below threshold the attempt is aborted and the round restarted with a
 fresh session (fresh keys, new session id), up to ``max_attempts`` times.
+
+A round may have several *stages* (``secfed.fl.tasks.StagePlan``), each a complete SecAgg session
+over the same sampled cohort: FedHDS sums coreset statistics before it sums the adapter update. A
+later stage runs over the clients that contributed to the previous one; if any stage fails, the
+whole attempt is aborted and the round restarts from its first stage with a fresh cohort sample.
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ import numpy as np
 from secfed import logs
 from secfed.crypto.identity import TrustAnchor
 from secfed.fl.plaintext import PlaintextInput, PlaintextSession
-from secfed.fl.tasks import ServerTask
+from secfed.fl.tasks import ServerTask, StagePlan, StageResult, next_stage
 from secfed.fl.vectors import model_hash
 from secfed.secagg.config import SessionConfig, required_threshold
 from secfed.secagg.errors import Phase, SecAggError
@@ -140,8 +145,12 @@ class CoordinatorObserver:
         model: np.ndarray,
         started: float,
         phases: dict[str, float],
+        stages: Sequence[StageResult],
     ) -> None:
-        """The round's sum is known and applied; must persist before the next round starts."""
+        """The round's sum is known and applied; must persist before the next round starts.
+
+        ``phases`` are the seconds each phase stayed open, summed over the round's stages; ``stages``
+        holds every stage's cohort sum (all the server learned in the round)."""
 
 
 @dataclass
@@ -151,8 +160,10 @@ class _Attempt:
     session: ServerSession | PlaintextSession
     deadline: float
     started: float
+    stage: str
     phase_started: float = 0.0
     delivered: bool = False
+    done: list[StageResult] = field(default_factory=list)
     phase_seconds: dict[str, float] = field(default_factory=dict)
     outbox: dict[str, Pending] = field(default_factory=dict)
     refused: set[str] = field(default_factory=set)
@@ -186,7 +197,8 @@ class Coordinator:
         # handled): start from the wall clock in microseconds, then count up.
         self._next_instruction = time.time_ns() // 1000
         self.round = first_round
-        self.results: list[AggregateResult] = []
+        self.results: list[AggregateResult] = []  # per completed round: its last stage's sum
+        self.stage_results: list[list[StageResult]] = []  # per completed round: every stage's sum
         self.aborted_attempts: list[tuple[int, int, str]] = []
         self.refusals: list[tuple[int, str, str]] = []
         self.phase_seconds: list[dict[str, float]] = []  # per completed round: seconds each phase stayed open
@@ -285,17 +297,47 @@ class Coordinator:
             self._attempt = None
             return
         cohort = self._cohort(number)
-        n = len(cohort)
+        self.observer.attempt_started(self.round, number)
+        try:
+            plan = next_stage(self.task, self.round, self.model, [])
+            if plan is None:
+                raise ValueError("the task planned no stage for the round")
+        except ValueError as exc:  # a task that cannot plan a round cannot run at all: stop, loudly
+            reason = f"round {self.round}: task {self.task.name} could not plan the round: {exc}"
+            self.observer.attempt_aborted(self.round, number, reason)
+            self.finished_reason = reason
+            self._attempt = None
+            return
+        session, start = self._open_stage(plan, cohort)
+        now = self.clock()
+        self._attempt = _Attempt(
+            round=self.round, number=number, session=session, deadline=now, started=now, stage=plan.name
+        )
+        self._send(dict.fromkeys(cohort, start), self._attempt)
+        logs.event(
+            log,
+            "attempt-start",
+            round=self.round,
+            attempt=number,
+            cohort=len(cohort),
+            threshold=session.config.threshold,
+            stage=plan.name,
+        )
+
+    def _open_stage(
+        self, plan: StagePlan, roster: tuple[str, ...]
+    ) -> tuple[ServerSession | PlaintextSession, RoundStart]:
+        n = len(roster)
         colluding = int(n * self.plan.colluding_fraction)
         config = SessionConfig(
             round=self.round,
-            roster=cohort,
+            roster=roster,
             threshold=max(required_threshold(n, colluding), self.plan.min_cohort),
             n_colluding=colluding,
             min_cohort=self.plan.min_cohort,
-            spec=self.task.spec(self.model),
+            spec=plan.spec,
             model_hash=model_hash(self.model),
-            label=self.task.name,
+            label=f"{self.task.name}.{plan.name}",
         )
         session: ServerSession | PlaintextSession = (
             ServerSession(config, trust=self.trust) if self.plan.secure else PlaintextSession(config)
@@ -303,26 +345,41 @@ class Coordinator:
         start = RoundStart(
             config=config,
             task=self.task.name,
-            task_config=self.task.task_config(self.round),
+            task_config={**plan.config, "stage": plan.name},
             secure=self.plan.secure,
         )
-        self.observer.attempt_started(self.round, number)
-        now = self.clock()
-        self._attempt = _Attempt(round=self.round, number=number, session=session, deadline=now, started=now)
-        self._send(dict.fromkeys(cohort, start), self._attempt)
-        logs.event(
-            log, "attempt-start", round=self.round, attempt=number, cohort=n, threshold=config.threshold
-        )
+        return session, start
+
+    def _stage_done(self, result: AggregateResult, attempt: _Attempt) -> None:
+        """Record a stage's sum; open the round's next stage over its contributors, or finish the round."""
+        attempt.done.append(StageResult(attempt.stage, result))
+        plan = next_stage(self.task, attempt.round, self.model, attempt.done)
+        if plan is None:
+            self._finish_round(result, attempt)
+            return
+        # Later stages run over the clients that contributed to the previous one: a client that
+        # dropped or declined mid-round is not waited for again.
+        roster = tuple(sorted(result.contributors))
+        if len(roster) < self.plan.min_cohort:
+            raise SecAggError(
+                Phase.CONFIGURE, f"stage {plan.name}: {len(roster)} contributors left, below min_cohort"
+            )
+        attempt.session, start = self._open_stage(plan, roster)
+        attempt.stage = plan.name
+        attempt.refused = set()
+        self._send(dict.fromkeys(roster, start), attempt)
+        logs.event(log, "stage-start", round=attempt.round, attempt=attempt.number, stage=plan.name)
 
     def _advance(self) -> None:
         attempt = self._attempt
         assert attempt is not None
         srv = attempt.session
         now = self.clock()
-        attempt.phase_seconds[srv.phase.value] = now - attempt.phase_started
+        phase = srv.phase.value
+        attempt.phase_seconds[phase] = attempt.phase_seconds.get(phase, 0.0) + now - attempt.phase_started
         try:
             if isinstance(srv, PlaintextSession):
-                self._finish_round(srv.finalize(), attempt)
+                self._stage_done(srv.finalize(), attempt)
             elif srv.phase is Phase.ADVERTISE:
                 broadcast = srv.close_advertise()
                 self.observer.session_opened(attempt.round, attempt.number, srv.session_id)
@@ -336,9 +393,11 @@ class Coordinator:
                 unmask = srv.close_consistency()
                 self._send(dict.fromkeys(unmask.signatures, Relay(unmask)), attempt)
             elif srv.phase is Phase.UNMASK:
-                self._finish_round(srv.finalize(), attempt)
+                self._stage_done(srv.finalize(), attempt)
         except SecAggError as exc:  # below threshold, or a close that found the session unusable
             self._abort_attempt(attempt, str(exc))
+        except ValueError as exc:  # the task rejected a stage's sums (e.g. inconsistent statistics)
+            self._abort_attempt(attempt, f"stage {attempt.stage}: {exc}")
 
     def _send(self, outbox: dict[str, Instruction], attempt: _Attempt) -> None:
         attempt.phase_started = self.clock()
@@ -362,8 +421,9 @@ class Coordinator:
             contributors=len(result.contributors),
             dropped=len(result.dropped),
         )
+        self.stage_results.append(list(attempt.done))
         self.observer.round_completed(
-            attempt.round, result, self.model, attempt.started, dict(attempt.phase_seconds)
+            attempt.round, result, self.model, attempt.started, dict(attempt.phase_seconds), attempt.done
         )
         self.round += 1
         self._start_attempt(1)

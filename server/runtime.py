@@ -13,6 +13,7 @@ import json
 import logging
 import threading
 import time
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +22,7 @@ import grpc
 import numpy as np
 
 from secfed import logs
-from secfed.fl.tasks import server_task
+from secfed.fl.tasks import StageResult, server_task
 from secfed.fl.vectors import model_hash
 from secfed.pki.kit import load_kit
 from secfed.proto.v1 import federation_pb2_grpc as pb_grpc
@@ -67,11 +68,14 @@ class StoreObserver(CoordinatorObserver):
         model: np.ndarray,
         started: float,
         phases: dict[str, float],
+        stages: Sequence[StageResult],
     ) -> None:
         finished = time.time()
         summary = {
             "session_ids": [s.hex() for s in self.session_ids],
             "sums": {name: [len(v)] for name, v in result.values.items()},
+            # What the server learned this round: each stage's cohort sums, by shape.
+            "stages": {st.name: {k: [len(v)] for k, v in st.result.values.items()} for st in stages},
             "task": self.config.task,
             "phase_seconds": phases,
             "secure": self.config.plan.secure,

@@ -8,7 +8,8 @@ global model. The server half never sees a single client's contribution, only
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -45,13 +46,61 @@ class ServerTask(Protocol):
         ...
 
 
+@dataclass(frozen=True)
+class StagePlan:
+    """One secure-aggregation session of a round: its name, what it sums, and its public broadcast.
+
+    A round is a sequence of stages, each a complete SecAgg session over the same cohort (less those
+    who dropped). Single-stage tasks (FedIT) have one stage, ``"update"``; FedHDS sums statistics
+    for coreset selection in earlier stages and the adapter update in the last one. ``config`` is
+    public: every cohort member receives it, with ``"stage"`` set to ``name``.
+    """
+
+    name: str
+    spec: VectorSpec
+    config: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class StageResult:
+    name: str
+    result: AggregateResult
+
+
+class StagedServerTask(ServerTask, Protocol):
+    """A task whose round has several stages; the server learns each stage's cohort sum only."""
+
+    def next_stage(self, round_: int, model: Vector, done: Sequence[StageResult]) -> StagePlan | None:
+        """The next stage given the sums of the stages done so far this round (empty: a new attempt
+        starts, so forget any state of an earlier attempt), or None when the round is complete and
+        :meth:`ServerTask.apply` receives the last stage's result."""
+        ...
+
+
+UPDATE_STAGE = "update"
+
+
+def next_stage(task: ServerTask, round_: int, model: Vector, done: Sequence[StageResult]) -> StagePlan | None:
+    """The coordinator's view of any task as staged; a plain task has the single stage ``"update"``."""
+    staged = getattr(task, "next_stage", None)
+    if staged is not None:
+        plan: StagePlan | None = staged(round_, model, done)
+        return plan
+    if done:
+        return None
+    return StagePlan(UPDATE_STAGE, task.spec(model), task.task_config(round_))
+
+
 class ClientTask(Protocol):
     name: str
 
     def compute(
         self, round_: int, model: Vector, task_config: Mapping[str, Any]
     ) -> dict[str, NDArray[np.float64]]:
-        """This client's contribution, one array per spec segment (masked before it leaves)."""
+        """This client's contribution, one array per spec segment (masked before it leaves).
+
+        Called once per stage of the round; ``task_config["stage"]`` names it. Raising ValueError
+        declines the stage (the client tells the server, which goes on without it)."""
         ...
 
 

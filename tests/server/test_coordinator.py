@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -9,6 +10,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from secfed.fl.tasks import StagePlan, StageResult
 from secfed.fl.vectors import model_hash
 from secfed.secagg.client import ClientSession
 from secfed.secagg.messages import (
@@ -58,6 +60,39 @@ def contribution(cid: str, round_: int) -> np.ndarray:
     return np.full(DIM, (int(cid[1:]) + round_) / 64.0)
 
 
+class TwoStageTask(MeanTask):
+    """Stage "count" sums ones (the cohort size); stage "update" sums contributions scaled by the
+    public factor 1/count that the server broadcast, so the new model is the cohort mean."""
+
+    name = "two-stage"
+
+    def __init__(self, fail_at: str | None = None) -> None:
+        self.fail_at = fail_at
+        self.calls: list[tuple[int, tuple[str, ...]]] = []
+
+    def next_stage(self, round_: int, model: np.ndarray, done: Sequence[StageResult]) -> StagePlan | None:
+        self.calls.append((round_, tuple(d.name for d in done)))
+        if self.fail_at is not None and [d.name for d in done] == [self.fail_at]:
+            raise ValueError("inconsistent statistics")
+        if not done:
+            return StagePlan("count", VectorSpec((Segment("n", 1, clip=1.0, frac_bits=0),)), {})
+        if len(done) == 1:
+            count = float(done[0].result.values["n"][0])
+            return StagePlan("update", self.spec(model), {"factor": 1.0 / count})
+        return None
+
+    def apply(self, model: np.ndarray, result: AggregateResult) -> np.ndarray:
+        return np.asarray(result.values["x"])
+
+
+def stage_inputs(cid: str, ins: RoundStart) -> dict[str, Any]:
+    stage = ins.task_config["stage"]
+    if stage == "count":
+        return {"n": [1.0]}
+    factor = float(ins.task_config.get("factor", 1.0))
+    return {"x": contribution(cid, ins.config.round) * factor, "n": [1.0]}
+
+
 @dataclass
 class Clock:
     now: float = 0.0
@@ -75,11 +110,14 @@ class FakeClient:
     coordinator: Coordinator
     hang_from_round: int | None = None
     session: ClientSession | None = None
-    digest: bytes = b""
+    last_start: int = -1
     rounds_started: list[int] = field(default_factory=list)
+    stages_seen: list[tuple[int, str]] = field(default_factory=list)
+    hang_at_stage: str | None = None
 
     def step(self) -> bool:
-        ins = self.coordinator.poll(self.cid).instruction
+        pending = self.coordinator.poll(self.cid)
+        ins = pending.instruction
         if isinstance(ins, Finished):
             return False
         if isinstance(ins, Wait):
@@ -87,18 +125,25 @@ class FakeClient:
         if isinstance(ins, RoundStart):
             if self.hang_from_round is not None and ins.config.round >= self.hang_from_round:
                 return True
-            if ins.config.digest() == self.digest:
+            if pending.instruction_id == self.last_start:  # re-sent until answered: already handled
                 return True
+            if self.hang_at_stage is not None:
+                if (ins.config.round, ins.task_config["stage"]) not in self.stages_seen:
+                    self.stages_seen.append((ins.config.round, ins.task_config["stage"]))
+                if ins.task_config["stage"] == self.hang_at_stage:
+                    return True
             if self.session is not None:
                 self.session.abandon()
-            self.digest = ins.config.digest()
+            self.last_start = pending.instruction_id
             self.rounds_started.append(ins.config.round)
+            if self.hang_at_stage is None:
+                self.stages_seen.append((ins.config.round, ins.task_config["stage"]))
             self.session = ClientSession(
                 identity=self.consortium.identities[self.cid],
                 trust=self.consortium.trust,
                 config=ins.config,
                 model_hash=model_hash(self.coordinator.model),
-                inputs={"x": contribution(self.cid, ins.config.round), "n": [1.0]},
+                inputs=stage_inputs(self.cid, ins),
             )
             self.coordinator.upload(self.cid, self.session.advertise())
             return True
@@ -135,17 +180,24 @@ class Recorder(CoordinatorObserver):
         model: np.ndarray,
         started: float,
         phases: dict[str, float],
+        stages: Sequence[StageResult],
     ) -> None:
         self.results.append((round_, result))
 
 
-def build(consortium: Consortium, n: int, plan: RoundPlan, hang: dict[str, int] | None = None):
+def build(
+    consortium: Consortium,
+    n: int,
+    plan: RoundPlan,
+    hang: dict[str, int] | None = None,
+    task: MeanTask | None = None,
+):
     clock = Clock()
     results: list[tuple[int, AggregateResult]] = []
     coord = Coordinator(
         roster=consortium.ids(n),
         plan=plan,
-        task=MeanTask(),
+        task=task or MeanTask(),
         initial_model=np.zeros(DIM),
         trust=consortium.trust,
         clock=clock,
@@ -215,3 +267,48 @@ def test_refusing_client_is_not_waited_for(consortium: Consortium) -> None:
     assert coord.finished_reason == "completed 1 rounds"
     assert refuser.cid not in results[0][1].contributors
     assert coord.refusals == [(0, refuser.cid, "privacy budget spent")]
+
+
+def test_two_stage_round_sums_each_stage_and_applies_the_last(consortium: Consortium) -> None:
+    task = TwoStageTask()
+    coord, clients, clock, _ = build(consortium, 5, RoundPlan(rounds=2, phase_timeout_s=10), task=task)
+    run(coord, clients, clock)
+    assert coord.finished_reason == "completed 2 rounds"
+    for r, stages in enumerate(coord.stage_results):
+        assert [s.name for s in stages] == ["count", "update"]
+        assert stages[0].result.values["n"][0] == 5
+        mean = np.mean([contribution(c.cid, r) for c in clients], axis=0)
+        np.testing.assert_allclose(stages[1].result.values["x"], mean, atol=1e-4)
+        # each stage is its own session: fresh keys, fresh session id
+        assert stages[0].result.session_id != stages[1].result.session_id
+    assert all(c.stages_seen == [(0, "count"), (0, "update"), (1, "count"), (1, "update")] for c in clients)
+    np.testing.assert_allclose(
+        coord.model, np.mean([contribution(c.cid, 1) for c in clients], axis=0), atol=1e-4
+    )
+
+
+def test_client_that_drops_in_a_stage_is_not_asked_again_that_round(consortium: Consortium) -> None:
+    task = TwoStageTask()
+    coord, clients, clock, _results = build(consortium, 6, RoundPlan(rounds=1, phase_timeout_s=5), task=task)
+    dropper = clients[4]
+    dropper.hang_at_stage = "count"
+    run(coord, clients, clock)
+    assert coord.finished_reason == "completed 1 rounds"
+    count, update = coord.stage_results[0]
+    assert count.result.values["n"][0] == 5 and dropper.cid not in count.result.contributors
+    assert dropper.cid not in update.result.contributors + update.result.dropped
+    assert dropper.stages_seen == [(0, "count")]
+    mean = np.mean([contribution(c.cid, 0) for c in clients if c is not dropper], axis=0)
+    np.testing.assert_allclose(coord.model, mean, atol=1e-4)
+
+
+def test_task_rejecting_a_stage_sum_aborts_the_attempt(consortium: Consortium) -> None:
+    task = TwoStageTask(fail_at="count")
+    coord, clients, clock, _results = build(
+        consortium, 4, RoundPlan(rounds=1, phase_timeout_s=5, max_attempts=2), task=task
+    )
+    run(coord, clients, clock)
+    assert [(r, a) for r, a, _ in coord.aborted_attempts] == [(0, 1), (0, 2)]
+    assert all("stage count: inconsistent statistics" in reason for _, _, reason in coord.aborted_attempts)
+    # every attempt restarts the round from its first stage (the task is told: done is empty)
+    assert [done for _, done in task.calls].count(()) == 2
