@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from secfed import tomlconfig
+from secfed.dp.policy import DEFAULT_DELTA, PrivacyPolicy
 
 
 @dataclass(frozen=True)
@@ -30,6 +31,7 @@ class ClientConfig:
     task: str = "toy-mean"
     task_options: dict[str, Any] = field(default_factory=dict)
     retry: RetryPolicy = field(default_factory=RetryPolicy)
+    privacy: PrivacyPolicy = field(default_factory=lambda: PrivacyPolicy(Path("privacy-ledger.jsonl")))
 
 
 def load_client_config(path: Path) -> ClientConfig:
@@ -50,6 +52,18 @@ def load_client_config(path: Path) -> ClientConfig:
         give_up_after_s=r.number("give_up_after_s", float, RetryPolicy.give_up_after_s, low=1.0),
     )
     r.finish()
+    priv = doc.table("privacy")
+    budget = priv.number("budget_epsilon", float, 0.0, low=0.0)
+    try:
+        privacy = PrivacyPolicy(
+            ledger=path.parent / priv.get("ledger", str, "privacy-ledger.jsonl"),
+            delta=priv.number("delta", float, DEFAULT_DELTA, low=0.0, high=1.0),
+            budget_epsilon=budget or None,
+            require_dp=priv.get("require_dp", bool, False),
+        )
+    except ValueError as exc:
+        raise tomlconfig.ConfigFileError(f"{path}: {exc}") from exc
+    priv.finish()
     doc.finish()
     return ClientConfig(
         kit=kit,
@@ -58,4 +72,5 @@ def load_client_config(path: Path) -> ClientConfig:
         task=name,
         task_options=options,
         retry=retry,
+        privacy=privacy,
     )

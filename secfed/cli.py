@@ -104,7 +104,7 @@ def _client(args: argparse.Namespace) -> int:
         raise ValueError(f"{args.config}: no server address (set [client].server or use --server)")
     runtime = ClientRuntime(
         kit,
-        client_task(config.task, kit.client_id, config.task_options),
+        client_task(config.task, kit.client_id, config.task_options, privacy=config.privacy),
         address=address,
         retry=config.retry,
         fault=Fault.parse(args.fault) if args.fault else None,

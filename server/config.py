@@ -80,6 +80,10 @@ def load_server_config(path: Path) -> ServerConfig:
     task_name = task.get("name", str, "toy-mean")
     task_options = dict(task.get("options", dict, {}))
     task.finish()
+    dp = task_options.get("dp")
+    if isinstance(dp, dict) and "target_epsilon" in dp and "rounds" not in dp:
+        # A target epsilon is spread over the federation's planned rounds unless said otherwise.
+        task_options["dp"] = {**dp, "rounds": plan.rounds}
 
     lim = doc.table("limits")
     limits = Limits(

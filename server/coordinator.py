@@ -352,7 +352,7 @@ class Coordinator:
 
     def _stage_done(self, result: AggregateResult, attempt: _Attempt) -> None:
         """Record a stage's sum; open the round's next stage over its contributors, or finish the round."""
-        attempt.done.append(StageResult(attempt.stage, result))
+        attempt.done.append(StageResult(attempt.stage, result, attempt.session.config))
         plan = next_stage(self.task, attempt.round, self.model, attempt.done)
         if plan is None:
             self._finish_round(result, attempt)

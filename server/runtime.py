@@ -75,7 +75,7 @@ class StoreObserver(CoordinatorObserver):
             "session_ids": [s.hex() for s in self.session_ids],
             "sums": {name: [len(v)] for name, v in result.values.items()},
             # What the server learned this round: each stage's cohort sums, by shape.
-            "stages": {st.name: {k: [len(v)] for k, v in st.result.values.items()} for st in stages},
+            "stages": {st.name: st.audit_facts() for st in stages},
             "task": self.config.task,
             "phase_seconds": phases,
             "secure": self.config.plan.secure,

@@ -16,6 +16,8 @@ from typing import Any, Protocol
 import numpy as np
 from numpy.typing import NDArray
 
+from secfed.dp.policy import PrivacyPolicy
+from secfed.secagg.config import SessionConfig
 from secfed.secagg.messages import AggregateResult
 from secfed.secagg.spec import VectorSpec
 
@@ -63,8 +65,33 @@ class StagePlan:
 
 @dataclass(frozen=True)
 class StageResult:
+    """A completed stage: its cohort sum and the session that produced it (for the audit trail)."""
+
     name: str
     result: AggregateResult
+    config: SessionConfig | None = None
+
+    def audit_facts(self) -> dict[str, Any]:
+        """What the server learned in this stage and under which SecAgg parameters (JSON-able)."""
+        facts: dict[str, Any] = {
+            "sums": {k: list(v.shape) for k, v in self.result.values.items()},
+            "contributors": len(self.result.contributors),
+            "dropped": len(self.result.dropped),
+        }
+        if self.config is not None:
+            c = self.config
+            facts.update(
+                n=len(c.roster),
+                threshold=c.threshold,
+                colluding=c.n_colluding,
+                min_cohort=c.min_cohort,
+                ring_bits=c.spec.ring_bits,
+                segments={
+                    s.name: {"length": s.length, "clip": s.clip, "frac_bits": s.frac_bits}
+                    for s in c.spec.segments
+                },
+            )
+        return facts
 
 
 class StagedServerTask(ServerTask, Protocol):
@@ -109,12 +136,20 @@ ClientTaskFactory = Callable[[str, Mapping[str, Any]], ClientTask]
 
 _SERVER: dict[str, ServerTaskFactory] = {}
 _CLIENT: dict[str, ClientTaskFactory] = {}
+_PRIVACY_AWARE: set[str] = set()
 
 
-def register(name: str, server: ServerTaskFactory, client: ClientTaskFactory) -> None:
-    """Make a task available by name to ``secfed server`` / ``secfed client`` configs."""
+def register(
+    name: str, server: ServerTaskFactory, client: ClientTaskFactory, *, privacy_aware: bool = False
+) -> None:
+    """Make a task available by name to ``secfed server`` / ``secfed client`` configs.
+
+    A ``privacy_aware`` task trains on records and enforces the institution's privacy policy: its
+    client half receives the policy as the ``"privacy"`` option (see :func:`client_task`)."""
     _SERVER[name] = server
     _CLIENT[name] = client
+    if privacy_aware:
+        _PRIVACY_AWARE.add(name)
 
 
 def server_task(name: str, options: Mapping[str, Any]) -> ServerTask:
@@ -124,10 +159,15 @@ def server_task(name: str, options: Mapping[str, Any]) -> ServerTask:
     return _SERVER[name](options)
 
 
-def client_task(name: str, client_id: str, options: Mapping[str, Any]) -> ClientTask:
+def client_task(
+    name: str, client_id: str, options: Mapping[str, Any], privacy: PrivacyPolicy | None = None
+) -> ClientTask:
+    """The client half of a task; ``privacy`` (the institution's policy) goes to tasks that train."""
     _load_builtins()
     if name not in _CLIENT:
         raise ValueError(f"unknown task {name!r}; known tasks: {sorted(_CLIENT)}")
+    if privacy is not None and name in _PRIVACY_AWARE:
+        options = {**options, "privacy": privacy.to_mapping()}
     return _CLIENT[name](client_id, options)
 
 

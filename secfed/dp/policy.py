@@ -1,0 +1,107 @@
+"""Who decides what about differential privacy: the consortium sets the mechanism, each institution its budget.
+
+``DpOptions`` is the mechanism the federation agrees on (the server's ``[task.options.dp]``, sent to
+every client with each round): an explicit noise multiplier, or a target epsilon at delta over the
+planned rounds from which each institution calibrates its own noise multiplier (the sampling rate
+depends on its own number of records, so the same target needs different noise at different sizes).
+
+``PrivacyPolicy`` belongs to the institution alone (its client configuration's ``[privacy]``): where
+its privacy ledger lives, its delta, its epsilon budget, and whether it trains at all without DP.
+The server cannot change it; the client enforces it before every round.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+DEFAULT_DELTA = 1e-5
+
+
+def _check_delta(delta: float, where: str) -> None:
+    if not (0 < delta < 1 and math.isfinite(delta)):
+        raise ValueError(f"{where}delta must be in (0, 1), got {delta}")
+
+
+@dataclass(frozen=True)
+class DpOptions:
+    """DP-SGD mechanism settings for every institution (exactly one of noise_multiplier / target_epsilon)."""
+
+    noise_multiplier: float | None = None
+    target_epsilon: float | None = None
+    delta: float = DEFAULT_DELTA
+    rounds: int | None = None  # rounds the target is spread over; the server fills in its plan's rounds
+    max_grad_norm: float = 1.0
+    expected_batch_size: int = 8
+    max_physical_batch: int = 4
+
+    def __post_init__(self) -> None:
+        where = "dp options: "
+        if (self.noise_multiplier is None) == (self.target_epsilon is None):
+            raise ValueError(f"{where}set exactly one of noise_multiplier and target_epsilon")
+        if self.noise_multiplier is not None and not (
+            self.noise_multiplier > 0 and math.isfinite(self.noise_multiplier)
+        ):
+            raise ValueError(f"{where}noise_multiplier must be > 0, got {self.noise_multiplier}")
+        if self.target_epsilon is not None:
+            if not (self.target_epsilon > 0 and math.isfinite(self.target_epsilon)):
+                raise ValueError(f"{where}target_epsilon must be > 0, got {self.target_epsilon}")
+            if self.rounds is None or self.rounds < 1:
+                raise ValueError(f"{where}target_epsilon needs rounds >= 1 (the rounds it is spread over)")
+        _check_delta(self.delta, where)
+        if not (self.max_grad_norm > 0 and math.isfinite(self.max_grad_norm)):
+            raise ValueError(f"{where}max_grad_norm must be > 0, got {self.max_grad_norm}")
+        if self.expected_batch_size < 1 or self.max_physical_batch < 1:
+            raise ValueError(f"{where}expected_batch_size and max_physical_batch must be >= 1")
+
+    @classmethod
+    def from_mapping(cls, raw: Mapping[str, Any]) -> DpOptions:
+        known = set(cls.__dataclass_fields__)
+        unknown = set(raw) - known
+        if unknown:
+            raise ValueError(f"dp options: unknown key(s) {sorted(unknown)}; known: {sorted(known)}")
+        return cls(**raw)
+
+    def to_mapping(self) -> dict[str, Any]:
+        return {k: v for k, v in asdict(self).items() if v is not None}
+
+
+@dataclass(frozen=True)
+class PrivacyPolicy:
+    """An institution's own privacy rules, enforced by its client before every round."""
+
+    ledger: Path
+    delta: float = DEFAULT_DELTA
+    budget_epsilon: float | None = None
+    require_dp: bool = False
+
+    def __post_init__(self) -> None:
+        _check_delta(self.delta, "privacy: ")
+        if self.budget_epsilon is not None and not (
+            self.budget_epsilon > 0 and math.isfinite(self.budget_epsilon)
+        ):
+            raise ValueError(f"privacy: budget_epsilon must be > 0, got {self.budget_epsilon}")
+
+    def to_mapping(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"ledger": str(self.ledger), "delta": self.delta, "require_dp": self.require_dp}
+        if self.budget_epsilon is not None:
+            out["budget_epsilon"] = self.budget_epsilon
+        return out
+
+    @classmethod
+    def from_mapping(cls, raw: Mapping[str, Any]) -> PrivacyPolicy:
+        known = set(cls.__dataclass_fields__)
+        unknown = set(raw) - known
+        if unknown:
+            raise ValueError(f"privacy: unknown key(s) {sorted(unknown)}; known: {sorted(known)}")
+        if "ledger" not in raw:
+            raise ValueError("privacy: ledger is required")
+        return cls(
+            ledger=Path(raw["ledger"]),
+            delta=float(raw.get("delta", DEFAULT_DELTA)),
+            budget_epsilon=None if raw.get("budget_epsilon") is None else float(raw["budget_epsilon"]),
+            require_dp=bool(raw.get("require_dp", False)),
+        )
