@@ -28,6 +28,7 @@ class ClientConfig:
     kit: Path
     server: str | None = None
     allow_insecure_plaintext: bool = False
+    audit_ledger: Path = Path("audit-ledger.jsonl")
     task: str = "toy-mean"
     task_options: dict[str, Any] = field(default_factory=dict)
     retry: RetryPolicy = field(default_factory=RetryPolicy)
@@ -40,6 +41,7 @@ def load_client_config(path: Path) -> ClientConfig:
     kit = path.parent / cli.get("kit", str, required=True)
     server = cli.get("server", str, "") or None
     allow_plaintext = cli.get("allow_insecure_plaintext", bool, False)
+    audit_ledger = path.parent / cli.get("audit_ledger", str, "audit-ledger.jsonl")
     cli.finish()
     task = doc.table("task")
     name = task.get("name", str, "toy-mean")
@@ -69,6 +71,7 @@ def load_client_config(path: Path) -> ClientConfig:
         kit=kit,
         server=server,
         allow_insecure_plaintext=allow_plaintext,
+        audit_ledger=audit_ledger,
         task=name,
         task_options=options,
         retry=retry,

@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
+from pathlib import Path
 from typing import Any, TypeVar
 
 import grpc
@@ -24,6 +25,7 @@ from client.config import RetryPolicy
 from client.faults import Fault
 from client.tls import verify_server
 from secfed import logs
+from secfed.chain import HashChain
 from secfed.fl.plaintext import PlaintextInput
 from secfed.fl.tasks import ClientTask
 from secfed.fl.vectors import model_hash
@@ -31,7 +33,7 @@ from secfed.pki.kit import Kit
 from secfed.proto.v1 import federation_pb2 as pb
 from secfed.proto.v1 import federation_pb2_grpc as pb_grpc
 from secfed.secagg.client import ClientSession
-from secfed.secagg.config import PROTOCOL_VERSION
+from secfed.secagg.config import PROTOCOL_VERSION, SessionConfig
 from secfed.secagg.errors import Phase, SecAggError
 from secfed.secagg.messages import AdvertBroadcast, ConsistencyRequest, ShareKeysRelay, UnmaskRequest
 from secfed.wire import WireError, chunks, convert
@@ -80,6 +82,7 @@ class ClientRuntime:
         retry: RetryPolicy | None = None,
         fault: Fault | None = None,
         allow_insecure_plaintext: bool = False,
+        audit_ledger: Path | None = None,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         if kit.role != "client":
@@ -97,6 +100,10 @@ class ClientRuntime:
         self._handled: set[int] = set()
         self._model: tuple[bytes, np.ndarray] | None = None
         self._chunk_bytes = 1024 * 1024
+        # The institution's own record of every session it took part in, refused or saw violated:
+        # what it revealed (cohort sums under which parameters), independent of the server's word.
+        self._audit = HashChain(audit_ledger) if audit_ledger is not None else None
+        self._session_config: SessionConfig | None = None
 
     # -- transport -----------------------------------------------------------------------------
     def _channel(self) -> grpc.Channel:
@@ -164,6 +171,7 @@ class ClientRuntime:
                     self._handle(stub, ins)
                 except (SecAggError, WireError) as exc:
                     self.report.violations.append(str(exc))
+                    self._ledger("session-refused", round=self._session_round, error=str(exc))
                     logs.event(
                         log, "session-refused", logging.WARNING, client=self.kit.client_id, error=str(exc)
                     )
@@ -190,6 +198,7 @@ class ClientRuntime:
         elif isinstance(relay, UnmaskRequest):
             self._upload(stub, ins, Phase.UNMASK, lambda: session.on_unmask_request(relay))
             _note_round(self.report.rounds_completed, self._session_round)
+            self._record_session(session)
 
     def _start_round(self, stub: pb_grpc.FederationStub, ins: pb.Instruction) -> None:
         rs = ins.round_start
@@ -215,6 +224,7 @@ class ClientRuntime:
             inputs=inputs,
         )
         self._session_round = config.round
+        self._session_config = config
         _note_round(self.report.rounds_joined, config.round)
         session = self._session
         self._upload(stub, ins, Phase.ADVERTISE, session.advertise)
@@ -246,10 +256,35 @@ class ClientRuntime:
     def _refuse(self, stub: pb_grpc.FederationStub, ins: pb.Instruction, round_: int, reason: str) -> None:
         self._session_round = round_
         self.report.refusals.append((round_, reason))
+        self._ledger("round-refused", round=round_, reason=reason)
         logs.event(
             log, "round-refused", logging.WARNING, client=self.kit.client_id, round=round_, reason=reason
         )
         self._upload(stub, ins, Phase.ADVERTISE, lambda: convert.Refusal(round=round_, reason=reason))
+
+    def _ledger(self, kind: str, **body: Any) -> None:
+        if self._audit is not None:
+            self._audit.append(kind, body)
+
+    def _record_session(self, session: ClientSession) -> None:
+        """After our unmask response: the session's public parameters and what encoding clipped."""
+        config = self._session_config
+        if config is None:
+            return
+        report = session.encode_report
+        self._ledger(
+            "session",
+            round=config.round,
+            label=config.label,
+            session_id=session.session_id.hex(),
+            n=len(config.roster),
+            threshold=config.threshold,
+            colluding=config.n_colluding,
+            min_cohort=config.min_cohort,
+            ring_bits=config.spec.ring_bits,
+            segments={s.name: {"length": s.length, "frac_bits": s.frac_bits} for s in config.spec.segments},
+            clipped_fraction=report.clipped_fraction if report is not None else None,
+        )
 
     def _download(self, stub: pb_grpc.FederationStub, ref: pb.ModelRef) -> np.ndarray:
         if self._model is not None and self._model[0] == ref.hash:

@@ -109,6 +109,7 @@ def _client(args: argparse.Namespace) -> int:
         retry=config.retry,
         fault=Fault.parse(args.fault) if args.fault else None,
         allow_insecure_plaintext=config.allow_insecure_plaintext,
+        audit_ledger=config.audit_ledger,
     )
     try:
         report = runtime.run()

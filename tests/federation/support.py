@@ -59,6 +59,9 @@ class Federation:
     def address(self) -> str:
         return f"127.0.0.1:{self.server.port}"
 
+    def audit_ledger(self, cid: str) -> Path:
+        return self.pki.parent / "ledgers" / f"{cid}.jsonl"
+
     def start_client(
         self, cid: str, fault: Fault | None = None, allow_plaintext: bool = False
     ) -> ClientThread:
@@ -70,6 +73,7 @@ class Federation:
             retry=RetryPolicy(initial_backoff_s=0.05, max_backoff_s=0.5, give_up_after_s=30),
             fault=fault,
             allow_insecure_plaintext=allow_plaintext,
+            audit_ledger=self.audit_ledger(cid),
         )
         holder = ClientThread(cid, threading.Thread(name=f"client-{cid}", daemon=True, target=lambda: None))
 

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from client.faults import Fault
-from tests.federation.support import check_plaintext_sums, rounds_log, start_federation
+from secfed.chain import HashChain
+from server.state import StateStore
+from tests.federation.support import Federation, check_plaintext_sums, rounds_log, start_federation
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -25,6 +28,30 @@ def test_three_clients_two_rounds_sum_equals_plaintext(tmp_path: Path) -> None:
         assert holder.error is None and holder.report is not None
         assert holder.report.rounds_completed == [0, 1]
         assert holder.report.finished_reason == "completed 2 rounds"
+
+
+def test_each_client_ledgers_the_sessions_it_took_part_in(tmp_path: Path) -> None:
+    fed = start_federation(tmp_path, 4)
+    for i in range(4):
+        fed.start_client(f"inst{i:02d}")
+    assert fed.finish() == "completed 2 rounds"
+    server_sessions = {e["payload"]["session_id"] for e in _server_events(fed, "session_opened")}
+    for cid in fed.clients:
+        chain = HashChain(fed.audit_ledger(cid))
+        chain.verify()
+        sessions = [e.body for e in chain.entries() if e.kind == "session"]
+        assert [s["round"] for s in sessions] == [0, 1]
+        assert all(s["n"] == 4 and s["threshold"] == 3 and s["ring_bits"] == 32 for s in sessions)
+        assert all(s["label"] == "toy-mean.update" and s["clipped_fraction"] == 0.0 for s in sessions)
+        assert {s["session_id"] for s in sessions} <= server_sessions
+
+
+def _server_events(fed: Federation, kind: str) -> list[dict[str, Any]]:
+    store = StateStore(fed.server.config.state_db)
+    try:
+        return [e for e in store.ledger() if e["kind"] == kind]
+    finally:
+        store.close()
 
 
 def test_hung_client_hits_deadline_and_round_completes(tmp_path: Path) -> None:
