@@ -13,7 +13,9 @@ round and a client with different weights refuses to take part rather than corru
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import secrets
 import threading
 import time
 from collections.abc import Mapping
@@ -31,6 +33,8 @@ from secfed.secagg.spec import Segment, VectorSpec
 
 if TYPE_CHECKING:
     from secfed.data.formats import Record
+    from secfed.dp.institution import InstitutionPrivacy
+    from secfed.model.train import TrainSettings, TrainStats
 
 NAME = "fedit-lora"
 # transformers' model loading switches process-wide state (default dtype, meta-device init), so when
@@ -53,6 +57,7 @@ class FeditOptions:
     clip: float = 1.0
     seed: int = 0
     device: str = "auto"
+    dp: dict[str, Any] | None = None  # DP-SGD mechanism for every institution (secfed.dp.policy.DpOptions)
 
     @classmethod
     def from_mapping(cls, options: Mapping[str, Any]) -> FeditOptions:
@@ -72,6 +77,13 @@ class FeditOptions:
             raise ValueError(f"{NAME} task: unknown lora option(s) {sorted(set(opts.lora) - lora_fields)}")
         if set(opts.train) - train_fields:
             raise ValueError(f"{NAME} task: unknown train option(s) {sorted(set(opts.train) - train_fields)}")
+        if opts.dp is not None:
+            from secfed.dp.policy import DpOptions
+
+            try:
+                DpOptions.from_mapping(opts.dp)
+            except ValueError as exc:
+                raise ValueError(f"{NAME} task: {exc}") from exc
         return opts
 
 
@@ -123,6 +135,7 @@ class FeditServer:
             "train": dict(self.opts.train),
             "max_weight": self.opts.max_weight,
             "seed": self.opts.seed,
+            "dp": dict(self.opts.dp) if self.opts.dp is not None else None,
         }
 
     def apply(self, model: NDArray[np.float32], result: AggregateResult) -> NDArray[np.float32]:
@@ -189,7 +202,7 @@ class FeditClient:
     name = NAME
 
     def __init__(self, client_id: str, options: Mapping[str, Any]) -> None:
-        known = set(ClientDataOptions.__dataclass_fields__) | {"model", "device"}
+        known = set(ClientDataOptions.__dataclass_fields__) | {"model", "device", "privacy"}
         unknown = set(options) - known
         if unknown:
             raise ValueError(f"{NAME} client {client_id}: unknown option(s) {sorted(unknown)}")
@@ -198,6 +211,11 @@ class FeditClient:
         self.device = str(options.get("device", "auto"))
         data_opts = {k: v for k, v in options.items() if k in ClientDataOptions.__dataclass_fields__}
         self.records = client_records(client_id, ClientDataOptions(**data_opts))
+        from secfed.dp.institution import InstitutionPrivacy
+        from secfed.dp.policy import PrivacyPolicy
+
+        policy = PrivacyPolicy.from_mapping(options["privacy"]) if "privacy" in options else None
+        self.privacy = InstitutionPrivacy(client_id, policy)
         self._base: Any = None
         self._peft: Any = None
         self._lora: dict[str, Any] | None = None
@@ -228,23 +246,28 @@ class FeditClient:
         self, round_: int, model: NDArray[np.float32], task_config: Mapping[str, Any]
     ) -> dict[str, NDArray[np.float64]]:
         from secfed.model.lora import adapter_to_vector, vector_to_adapter
-        from secfed.model.train import TrainSettings, train_local
+        from secfed.model.train import TrainSettings
 
         started = time.perf_counter()
         peft = self._ensure_model(task_config)
         vector_to_adapter(peft, model)
         settings = TrainSettings(**{**task_config.get("train", {}), "seed": int(task_config.get("seed", 0))})
-        stats = train_local(
+        stats, dp_trained = train_round(
+            self.privacy,
             peft,
             self._base.tokenizer,
             self.records,
             settings,
-            round_=round_,
-            desc=f"{self.client_id} round {round_}",
+            task_config,
+            round_,
+            self.client_id,
         )
         self.last_stats = stats
         delta = adapter_to_vector(peft).astype(np.float64) - model.astype(np.float64)
-        weight = float(min(len(self.records), int(task_config.get("max_weight", 16))))
+        max_weight = int(task_config.get("max_weight", 16))
+        # Under DP the weight must not depend on the data (a record count is a release DP-SGD does
+        # not cover), so every DP round uses the public cap; otherwise FedAvg weights by data size.
+        weight = float(max_weight if dp_trained else min(len(self.records), max_weight))
         self.last_compute_s = time.perf_counter() - started
         logs.event(
             log,
@@ -260,4 +283,40 @@ class FeditClient:
         return {"delta": weight * delta, "weight": np.array([weight])}
 
 
-tasks.register(NAME, FeditServer, FeditClient)
+def train_round(
+    privacy: InstitutionPrivacy,
+    peft: Any,
+    tokenizer: Any,
+    records: list[Record],
+    settings: TrainSettings,
+    task_config: Mapping[str, Any],
+    round_: int,
+    client_id: str,
+) -> tuple[TrainStats, bool]:
+    """Train one round, with DP-SGD when the federation asks for it and the budget allows.
+
+    Returns the training stats and whether DP-SGD was used. Raises ValueError (a
+    ``PrivacyRefusal``) when the institution's policy declines the round; it is already ledgered.
+    """
+    from secfed.dp.policy import DpOptions
+    from secfed.dp.sgd import train_local_dp
+    from secfed.model.train import train_local
+
+    raw = task_config.get("dp")
+    dp_options = DpOptions.from_mapping(raw) if raw else None
+    steps = settings.steps_for(len(records))
+    dp = privacy.plan_round(round_, dp_options, len(records), steps)
+    desc = f"{client_id} round {round_}"
+    if dp is None:
+        return train_local(peft, tokenizer, records, settings, round_=round_, desc=desc), False
+    # Poisson sampling amplifies privacy only if nobody else knows which records were drawn: the
+    # batch seed is the institution's own secret, never the server's public seed.
+    secret = dataclasses.replace(
+        settings, seed=secrets.randbits(43)
+    )  # trainers fold it into a 63-bit torch seed
+    stats, event = train_local_dp(peft, tokenizer, records, secret, dp, round_=round_, desc=f"{desc} (DP)")
+    privacy.record(round_, event)
+    return stats, True
+
+
+tasks.register(NAME, FeditServer, FeditClient, privacy_aware=True)

@@ -12,6 +12,9 @@ import pytest
 
 from client.config import RetryPolicy
 from client.runtime import ClientRuntime
+from secfed.dp.accounting import DpEvent, epsilon_pld
+from secfed.dp.ledger import PrivacyLedger
+from secfed.dp.sgd import DpSettings
 from secfed.fl.fedit import DELTA_FRAC_BITS, FeditClient
 from secfed.model.tiny import tiny_llama
 from secfed.pki.kit import load_kit
@@ -44,7 +47,13 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _federate(
-    tmp_path: Path, server_model: Path, client_models: list[Path], rounds: int
+    tmp_path: Path,
+    server_model: Path,
+    client_models: list[Path],
+    rounds: int,
+    *,
+    dp: dict[str, Any] | None = None,
+    privacy: dict[int, dict[str, Any]] | None = None,
 ) -> tuple[
     FederationServer, list[np.ndarray], list[Any], dict[tuple[str, int], dict[str, np.ndarray]], list[Any]
 ]:
@@ -53,6 +62,8 @@ def _federate(
     pki = provision_kits(tmp_path, n)
     roster = tuple(f"inst{i:02d}" for i in range(n))
     train = {"local_steps": 2, "batch_size": 2, "max_length": 64, "lr": 5e-3, "style": "chat"}
+    if dp is not None:
+        train["local_steps"] = 3
     config = ServerConfig(
         listen="127.0.0.1:0",
         kit=pki / "server",
@@ -60,7 +71,7 @@ def _federate(
         roster=roster,
         plan=RoundPlan(rounds=rounds, phase_timeout_s=120.0),
         task="fedit-lora",
-        task_options={"model": str(server_model), "train": train, "max_weight": 8},
+        task_options={"model": str(server_model), "train": train, "max_weight": 8, "dp": dp},
     )
     server = FederationServer.start(config)
     initial = [server.coordinator.model.copy()]
@@ -78,6 +89,7 @@ def _federate(
                 "n_clients": n,
                 "train_per_category": 3,
                 "test_per_category": 1,
+                **({"privacy": privacy[i]} if privacy and i in privacy else {}),
             },
         )
         task.contributions = contributions
@@ -143,3 +155,50 @@ def test_institution_with_another_base_model_refuses_and_the_round_goes_on(
     assert "not this institution's" in server.coordinator.refusals[0][2]
     refused = next(r for r in reports if r.client_id == "inst03")
     assert refused.rounds_completed == [] and refused.refusals
+
+
+def test_budget_guard_refuses_the_round_that_would_overshoot_and_the_federation_goes_on(
+    tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    dp = {"noise_multiplier": 1.0, "max_grad_norm": 1.0, "expected_batch_size": 2, "max_physical_batch": 2}
+    steps = 3
+    probe = FeditClient("inst03", _data_options(3, 4))
+    rate = DpSettings(1.0, 1.0, 2).sample_rate(len(probe.records))
+    one, two = (epsilon_pld([DpEvent(1.0, rate, steps)] * k, 1e-5) for k in (1, 2))
+    budget = (one + two) / 2  # round 0 fits, round 1 would overshoot
+    ledgers = {i: tmp_path / f"privacy-{i}.jsonl" for i in range(4)}
+    privacy = {
+        i: {"ledger": str(ledgers[i]), "delta": 1e-5, "budget_epsilon": budget if i == 3 else 100.0}
+        for i in range(4)
+    }
+    server, _, results, contributions, _reports = _federate(
+        tmp_path, tiny_model_dir, [tiny_model_dir] * 4, 3, dp=dp, privacy=privacy
+    )
+    assert "inst03" in results[0].contributors
+    assert all(r.contributors == ("inst00", "inst01", "inst02") for r in results[1:])
+    refusals = [(r, c) for r, c, _ in server.coordinator.refusals]
+    assert refusals == [(1, "inst03"), (2, "inst03")]
+    assert all("above its privacy budget" in reason for _, _, reason in server.coordinator.refusals)
+    # DP rounds weigh every institution by the public cap, not by its (private) record count
+    assert all(float(c["weight"][0]) == 8.0 for c in contributions.values())
+
+    limited = PrivacyLedger(ledgers[3], institution="inst03", delta=1e-5, budget_epsilon=budget)
+    assert limited.rounds_trained() == [0]
+    assert [e.body["round"] for e in limited.refusals()] == [1, 2]
+    assert limited.spent().pld == pytest.approx(one, rel=1e-9)  # only the round it trained counts
+    for i in range(3):
+        ledger = PrivacyLedger(ledgers[i], institution=f"inst{i:02d}", delta=1e-5, budget_epsilon=100.0)
+        assert ledger.rounds_trained() == [0, 1, 2]
+        assert [e.sample_rate for e in ledger.events()] == [
+            DpSettings(1.0, 1.0, 2).sample_rate(len(FeditClient(f"inst{i:02d}", _data_options(i, 4)).records))
+        ] * 3
+
+
+def _data_options(i: int, n: int) -> dict[str, Any]:
+    return {
+        "data": "builtin",
+        "client_index": i,
+        "n_clients": n,
+        "train_per_category": 3,
+        "test_per_category": 1,
+    }

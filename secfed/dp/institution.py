@@ -1,0 +1,117 @@
+"""The institution's side of DP in a federated round: calibrate, check the budget, train, ledger.
+
+A training task (FedIT, FedHDS) asks :meth:`InstitutionPrivacy.plan_round` before it trains. With
+the consortium's DP options and the institution's own record count it fixes the noise multiplier
+(explicit, or calibrated to the target epsilon over the planned rounds), asks the budget guard
+whether that round still fits the institution's budget, and either returns the DP settings to train
+with or raises :class:`PrivacyRefusal` (already written to the ledger) so the client tells the
+server it sits this round out. After training, :meth:`record` writes what was actually released.
+
+Rounds the institution did not train in (refused, not sampled, dropped before training) cost it
+nothing: only ``dp-round`` entries enter the composition.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import replace
+from typing import TYPE_CHECKING
+
+from secfed import logs
+from secfed.dp.accounting import DpEvent, calibrate_noise
+from secfed.dp.guard import BudgetGuard
+from secfed.dp.ledger import PrivacyLedger
+from secfed.dp.policy import DpOptions, PrivacyPolicy
+
+if TYPE_CHECKING:
+    from secfed.dp.sgd import DpRoundEvent, DpSettings
+
+log = logging.getLogger("secfed.dp")
+
+
+class PrivacyRefusal(ValueError):  # noqa: N818 - a decision, reported to the server as a refusal
+    """This institution declines the round under its privacy policy; the reason is a plain sentence."""
+
+
+class InstitutionPrivacy:
+    def __init__(self, institution: str, policy: PrivacyPolicy | None) -> None:
+        self.institution = institution
+        self.policy = policy
+        self.ledger = (
+            PrivacyLedger(
+                policy.ledger,
+                institution=institution,
+                delta=policy.delta,
+                budget_epsilon=policy.budget_epsilon,
+            )
+            if policy is not None
+            else None
+        )
+
+    def plan_round(self, round_: int, dp: DpOptions | None, n_records: int, steps: int) -> DpSettings | None:
+        """The DP settings to train ``round_`` with (None: the federation trains without DP)."""
+        from secfed.dp.sgd import DpSettings
+
+        if dp is None:
+            if self.policy is not None and self.policy.require_dp:
+                reason = (
+                    f"Institution {self.institution!r} refuses round {round_}: its policy requires DP-SGD "
+                    "and the federation asked for training without it."
+                )
+                if self.ledger is not None:
+                    self.ledger.record_refusal(round_, reason, float("inf"))
+                raise PrivacyRefusal(reason)
+            return None
+        settings = DpSettings(
+            noise_multiplier=dp.noise_multiplier or 1.0,
+            max_grad_norm=dp.max_grad_norm,
+            expected_batch_size=dp.expected_batch_size,
+            max_physical_batch=dp.max_physical_batch,
+        )
+        rate = settings.sample_rate(n_records)
+        if dp.noise_multiplier is not None:
+            sigma = dp.noise_multiplier
+        else:
+            assert dp.target_epsilon is not None and dp.rounds is not None  # DpOptions validated it
+            sigma = calibrate_noise(dp.target_epsilon, dp.delta, rate, steps, dp.rounds)
+        planned = DpEvent(sigma, rate, steps, round_)
+        if self.ledger is not None:
+            decision = BudgetGuard(self.ledger).check(planned)
+            logs.event(
+                log,
+                "privacy-check",
+                institution=self.institution,
+                round=round_,
+                allowed=decision.allowed,
+                epsilon_now=f"{decision.epsilon_now:.3f}",
+                epsilon_after=f"{decision.epsilon_after:.3f}",
+            )
+            if not decision.allowed:
+                raise PrivacyRefusal(decision.reason)
+        return replace(settings, noise_multiplier=sigma)
+
+    def record(self, round_: int, event: DpRoundEvent) -> None:
+        """Ledger what was released; without a ledger (in-process tests) only log it."""
+        if self.ledger is not None:
+            self.ledger.record_release(round_, event)
+            spent = self.ledger.spent()
+            logs.event(
+                log,
+                "privacy-spent",
+                institution=self.institution,
+                round=round_,
+                epsilon=f"{spent.pld:.3f}",
+                epsilon_rdp=f"{spent.rdp:.3f}",
+                delta=self.ledger.delta,
+            )
+        else:
+            logs.event(
+                log,
+                "dp-round-unledgered",
+                logging.WARNING,
+                institution=self.institution,
+                round=round_,
+                noise_multiplier=event.noise_multiplier,
+                sample_rate=event.sample_rate,
+                steps=event.steps,
+            )
