@@ -161,6 +161,7 @@ class _Attempt:
     deadline: float
     started: float
     stage: str
+    broadcast: dict[str, Any]
     phase_started: float = 0.0
     delivered: bool = False
     done: list[StageResult] = field(default_factory=list)
@@ -311,7 +312,13 @@ class Coordinator:
         session, start = self._open_stage(plan, cohort)
         now = self.clock()
         self._attempt = _Attempt(
-            round=self.round, number=number, session=session, deadline=now, started=now, stage=plan.name
+            round=self.round,
+            number=number,
+            session=session,
+            deadline=now,
+            started=now,
+            stage=plan.name,
+            broadcast=start.task_config,
         )
         self._send(dict.fromkeys(cohort, start), self._attempt)
         logs.event(
@@ -352,7 +359,7 @@ class Coordinator:
 
     def _stage_done(self, result: AggregateResult, attempt: _Attempt) -> None:
         """Record a stage's sum; open the round's next stage over its contributors, or finish the round."""
-        attempt.done.append(StageResult(attempt.stage, result, attempt.session.config))
+        attempt.done.append(StageResult(attempt.stage, result, attempt.session.config, attempt.broadcast))
         plan = next_stage(self.task, attempt.round, self.model, attempt.done)
         if plan is None:
             self._finish_round(result, attempt)
@@ -366,6 +373,7 @@ class Coordinator:
             )
         attempt.session, start = self._open_stage(plan, roster)
         attempt.stage = plan.name
+        attempt.broadcast = start.task_config
         attempt.refused = set()
         self._send(dict.fromkeys(roster, start), attempt)
         logs.event(log, "stage-start", round=attempt.round, attempt=attempt.number, stage=plan.name)

@@ -70,6 +70,7 @@ class StageResult:
     name: str
     result: AggregateResult
     config: SessionConfig | None = None
+    broadcast: Mapping[str, Any] | None = None  # the stage's public config, as sent to the cohort
 
     def audit_facts(self) -> dict[str, Any]:
         """What the server learned in this stage and under which SecAgg parameters (JSON-able)."""

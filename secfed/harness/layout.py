@@ -6,6 +6,7 @@ inspected, re-run by hand (``secfed server --config OUT/server.toml``) or moved 
     OUT/pki/            CA, server kit, clients/<id> kits (secfed.pki.consortium.provision)
     OUT/server.toml     the coordinator's config (state in OUT/state/)
     OUT/clients/<id>.toml
+    OUT/clients/<id>.audit.jsonl, <id>.privacy.jsonl   each institution's own hash-chained ledgers
     OUT/logs/           one log per process (written by the harness)
     OUT/result.json     what happened (written by the harness)
 """
@@ -157,6 +158,7 @@ def write_run(
     task_options: Mapping[str, Any],
     client_options: Mapping[str, Mapping[str, Any]],
     retry: Mapping[str, Any],
+    privacy: Mapping[str, Any] | None = None,
 ) -> None:
     """Provision a fresh consortium and write the server's and every client's config file.
 
@@ -187,8 +189,9 @@ def write_run(
     for cid in clients:
         doc = "\n".join(
             [
-                _table("client", {"kit": f"../pki/clients/{cid}"}),
+                _table("client", {"kit": f"../pki/clients/{cid}", "audit_ledger": f"{cid}.audit.jsonl"}),
                 _table("task", {"name": task, "options": dict(client_options[cid])}),
+                _table("privacy", {"ledger": f"{cid}.privacy.jsonl", **(privacy or {})}),
                 _table("retry", retry),
             ]
         )

@@ -43,6 +43,8 @@ class Preset:
     # Threads each child process may use for tensor work (None: the library default). Training presets
     # use 1: several processes already share this machine's few cores.
     torch_threads: int | None = None
+    # Every institution's [privacy] policy (budget_epsilon, delta, require_dp); ledgers are per client.
+    privacy: Mapping[str, Any] = field(default_factory=dict)
 
     def with_model(self, model: str) -> Preset:
         """The same preset on another base model (server and clients alike)."""
@@ -120,6 +122,32 @@ PRESETS: Mapping[str, Preset] = MappingProxyType(
             evaluate=True,
             torch_threads=1,
             phase_timeout_s=600.0,
+        ),
+    }
+)
+
+# The main job with DP-SGD: each institution calibrates its noise so the 4 rounds cost at most
+# epsilon 8 at delta 1e-5, and its budget guard caps it there. Same data and model as "default".
+PRESETS = MappingProxyType(
+    {
+        **PRESETS,
+        "dp": replace(
+            PRESETS["default"],
+            name="dp",
+            description="the default federation with DP-SGD: epsilon 8 at delta 1e-5 per institution",
+            task_options=MappingProxyType(
+                {
+                    **PRESETS["default"].task_options,
+                    "dp": {
+                        "target_epsilon": 8.0,
+                        "delta": 1e-5,
+                        "max_grad_norm": 1.0,
+                        "expected_batch_size": 8,
+                        "max_physical_batch": 4,
+                    },
+                }
+            ),
+            privacy=MappingProxyType({"budget_epsilon": 8.0, "delta": 1e-5}),
         ),
     }
 )

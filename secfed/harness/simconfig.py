@@ -53,6 +53,15 @@ def load_simulation(path: Path) -> Preset:
     eval_tokens = evaluation.number("max_new_tokens", int, 64, low=1)
     eval_max = evaluation.number("max_records", int, 0, low=0)
     evaluation.finish()
+    priv = doc.table("privacy")
+    privacy: dict[str, Any] = {}
+    if "budget_epsilon" in priv.data:
+        privacy["budget_epsilon"] = priv.number("budget_epsilon", float, 0.0, low=0.0)
+    if "delta" in priv.data:
+        privacy["delta"] = priv.number("delta", float, 1e-5, low=0.0, high=1.0)
+    if "require_dp" in priv.data:
+        privacy["require_dp"] = priv.get("require_dp", bool, False)
+    priv.finish()
     doc.finish()
     if eval_data and not (base / eval_data).exists() and not Path(eval_data).exists():
         raise tomlconfig.ConfigFileError(f"{path}: evaluation.data: no such file {eval_data!r}")
@@ -71,4 +80,5 @@ def load_simulation(path: Path) -> Preset:
         eval_max_records=eval_max or None,
         torch_threads=torch_threads,
         phase_timeout_s=phase_timeout,
+        privacy=MappingProxyType(privacy),
     )

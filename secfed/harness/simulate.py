@@ -24,6 +24,7 @@ import logging
 import re
 import sqlite3
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -588,6 +589,7 @@ def run_simulation(opts: SimulationOptions) -> dict[str, Any]:
         },
         # Fast back-off: a restarted server is found within half a second; never outlive the run.
         retry={"initial_backoff_s": 0.05, "max_backoff_s": 0.5, "give_up_after_s": float(opts.deadline_s)},
+        privacy=preset.privacy,
     )
     before = None
     if preset.evaluate:
@@ -665,6 +667,7 @@ def run_simulation(opts: SimulationOptions) -> dict[str, Any]:
         "integrity": integrity,
         "plaintext_check": plaintext,
         "evaluation": evaluation,
+        "privacy": _privacy_outcomes(layout, opts.client_ids),
         "problems": run.problems + round_problems,
         "warnings": warnings,
         "timeline": run.timeline,
@@ -677,6 +680,34 @@ def run_simulation(opts: SimulationOptions) -> dict[str, Any]:
     }
     layout.result.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     return result
+
+
+def _privacy_outcomes(layout: RunLayout, client_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """Each institution's privacy spend, recomputed from its own ledger (only where DP was used)."""
+    from secfed.dp.ledger import PrivacyLedger
+
+    out: dict[str, dict[str, Any]] = {}
+    for cid in client_ids:
+        path = layout.client_config(cid).parent / f"{cid}.privacy.jsonl"
+        if not path.exists():
+            continue
+        try:
+            entries = PrivacyLedger.read(path)
+        except ValueError as exc:
+            out[cid] = {"error": str(exc)}
+            continue
+        if not entries.rounds_trained() and not entries.refusals():
+            continue
+        spent = entries.spent()
+        out[cid] = {
+            "epsilon": spent.pld,
+            "epsilon_rdp": spent.rdp,
+            "delta": entries.delta,
+            "rounds_trained": entries.rounds_trained(),
+            "refusals": len(entries.refusals()),
+            "ledger": str(path),
+        }
+    return out
 
 
 # ---------------------------------------------------------------------------------------------- output
@@ -713,6 +744,14 @@ def summary_lines(result: dict[str, Any]) -> list[str]:
         lines.append("held-out instructions, base model vs federated adapter:")
         lines.extend("  " + row for row in evaluation["table"].splitlines())
         lines.append(f"final adapter (PeftModel.from_pretrained loads it): {evaluation['adapter']}")
+    for cid, spent in (result.get("privacy") or {}).items():
+        if "error" in spent:
+            lines.append(f"  privacy ledger of {cid}: {spent['error']}")
+            continue
+        lines.append(
+            f"  {cid}: epsilon {spent['epsilon']:.3f} (RDP {spent['epsilon_rdp']:.3f}) at delta {spent['delta']:g} "
+            f"over rounds {spent['rounds_trained']}, {spent['refusals']} round(s) refused"
+        )
     status = result["plaintext_check"]["status"]
     if status == "not-applicable":
         lines.append("plaintext check: not applicable to this task")
