@@ -15,45 +15,18 @@ from __future__ import annotations
 
 import logging
 from dataclasses import replace
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from secfed import logs
-from secfed.chain import HashChain
 from secfed.dp.accounting import DpEvent, calibrate_noise
 from secfed.dp.guard import BudgetGuard
-from secfed.dp.ledger import LedgerError, PrivacyLedger
+from secfed.dp.ledger import PrivacyLedger
 from secfed.dp.policy import DpOptions, PrivacyPolicy
 
 if TYPE_CHECKING:
     from secfed.dp.sgd import DpRoundEvent, DpSettings
 
 log = logging.getLogger("secfed.dp")
-
-
-def open_ledger(path: Path) -> PrivacyLedger:
-    """An existing privacy ledger, opened as its header says (reading never appends to it).
-
-    Raises ValueError (``ChainError``/``LedgerError``) naming the file if it is missing, tampered
-    with, or not a privacy ledger."""
-    if not path.exists():
-        raise LedgerError(f"{path}: no such privacy ledger")
-    chain = HashChain(path)
-    entries = chain.entries()
-    if not entries or entries[0].kind != "ledger-open":
-        raise LedgerError(f"{path}: not a privacy ledger (no ledger-open header)")
-    header = entries[0].body
-    budget = header.get("budget_epsilon")
-    for entry in entries:
-        if entry.kind == "budget-change":
-            budget = entry.body.get("to")
-    return PrivacyLedger(
-        path,
-        institution=str(header.get("institution")),
-        delta=float(header.get("delta", 0.0)),
-        budget_epsilon=None if budget is None else float(budget),
-        chain=chain,
-    )
 
 
 class PrivacyRefusal(ValueError):  # noqa: N818 - a decision, reported to the server as a refusal

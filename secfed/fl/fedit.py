@@ -196,12 +196,20 @@ def client_records(client_id: str, opts: ClientDataOptions, base_dir: Path | Non
     return records
 
 
+#: In-process benchmarks run many institutions one after another in one process; they can share one
+#: loaded base model and adapter (each round starts by loading the global adapter, so nothing leaks
+#: from one institution's training into another's). Key: (model source, device).
+ModelPool = dict[tuple[str, str], tuple[Any, Any, Any]]
+
+
 class FeditClient:
     """Trains the adapter locally each round and returns its weighted delta (masked before upload)."""
 
     name = NAME
 
-    def __init__(self, client_id: str, options: Mapping[str, Any]) -> None:
+    def __init__(
+        self, client_id: str, options: Mapping[str, Any], *, model_pool: ModelPool | None = None
+    ) -> None:
         known = set(ClientDataOptions.__dataclass_fields__) | {"model", "device", "privacy"}
         unknown = set(options) - known
         if unknown:
@@ -219,6 +227,7 @@ class FeditClient:
         self._base: Any = None
         self._peft: Any = None
         self._lora: dict[str, Any] | None = None
+        self._pool = model_pool
         self.last_stats: Any = None
         self.last_compute_s = 0.0
 
@@ -227,6 +236,10 @@ class FeditClient:
         from secfed.model.lora import apply_lora
 
         with _LOAD_LOCK:
+            if self._base is None and self._pool is not None:
+                self._base, self._peft, self._lora = self._pool.get(
+                    (self.model_source, self.device), (None, None, None)
+                )
             if self._base is None:
                 self._base = load_base_model(self.model_source, device=self.device)
             if task_config.get("base_hash") != self._base.base_hash:
@@ -238,6 +251,8 @@ class FeditClient:
             if self._peft is None:
                 self._peft = apply_lora(self._base.model, _lora_settings(lora))
                 self._lora = lora
+                if self._pool is not None:
+                    self._pool[(self.model_source, self.device)] = (self._base, self._peft, lora)
             elif lora != self._lora:
                 raise ValueError(f"{NAME} client {self.client_id}: LoRA settings changed between rounds")
             return self._peft

@@ -684,7 +684,7 @@ def run_simulation(opts: SimulationOptions) -> dict[str, Any]:
 
 def _privacy_outcomes(layout: RunLayout, client_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
     """Each institution's privacy spend, recomputed from its own ledger (only where DP was used)."""
-    from secfed.dp.institution import open_ledger
+    from secfed.dp.ledger import PrivacyLedger
 
     out: dict[str, dict[str, Any]] = {}
     for cid in client_ids:
@@ -692,7 +692,7 @@ def _privacy_outcomes(layout: RunLayout, client_ids: Sequence[str]) -> dict[str,
         if not path.exists():
             continue
         try:
-            entries = open_ledger(path)
+            entries = PrivacyLedger.open_existing(path)
         except ValueError as exc:
             out[cid] = {"error": str(exc)}
             continue

@@ -1,0 +1,1 @@
+"""Privacy-budget audit reports: built from ledgers, signed by their issuer, verifiable by anyone."""

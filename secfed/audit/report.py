@@ -1,0 +1,404 @@
+"""Privacy-budget audit reports: what was protected, how, by how much, and what was not covered.
+
+Two kinds, both versioned JSON (``format`` / ``version``), later signed (:mod:`secfed.audit.signing`)
+and rendered (:mod:`secfed.audit.html`):
+
+* an **institution** report, issued and signed by the institution itself from its own ledgers (its
+  privacy ledger is the source of truth for its epsilon; the server never tells it its epsilon),
+  plus the server's public round records when they are at hand;
+* a **federation** report, issued and signed by the coordinator from its state database (cohorts,
+  dropouts, SecAgg parameters, what it learned), quoting each institution's epsilon only from
+  institution reports whose signatures verify.
+
+Every figure is recomputed from the ledgers here, never copied from logs; ``secfed audit verify``
+recomputes them again and compares.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import math
+import subprocess
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from secfed.chain import HashChain
+from secfed.dp.accounting import DpEvent, epsilon_report
+
+FORMAT = "secfed-audit-report"
+VERSION = 1
+
+LIBRARIES = (
+    "secfed",
+    "torch",
+    "transformers",
+    "peft",
+    "opacus",
+    "dp-accounting",
+    "cryptography",
+    "grpcio",
+    "protobuf",
+    "numpy",
+    "scikit-learn",
+)
+
+NOT_COVERED = (
+    "Evaluation metrics (loss, Rouge-L, accuracy) computed on held-out data and reported to the "
+    "operator are not protected by the DP guarantee.",
+    "Hyper-parameter choices and any tuning done by looking at results are not accounted for.",
+    "Coreset selection statistics (PCA sums, centroid histograms, election slots) are released as "
+    "secure-aggregation sums over the cohort without DP noise: the cohort sums themselves are not "
+    "covered by epsilon.",
+    "The base model and anything it memorised before federated tuning.",
+    "The FedAvg weight and number of rounds an institution took part in, and its participation and "
+    "refusals, are visible to the server.",
+    "Secure aggregation protects individual updates only while fewer than the stated colluding bound "
+    "of institutions collude with the server; it does not protect the cohort sum.",
+    "DP noise is drawn from torch's generator seeded from the OS CSPRNG, not from a CSPRNG itself.",
+)
+
+
+@dataclass(frozen=True)
+class ServerFacts:
+    """What the coordinator's state database says about a run (read by the CLI, which may import the server)."""
+
+    run_id: str
+    federation: str
+    task: str
+    rounds: Sequence[Mapping[str, Any]]  # round, contributors, dropped, model_hash (hex), summary
+    events: Sequence[Mapping[str, Any]]  # the server ledger: seq, kind, round, payload, hash
+    integrity_problems: Sequence[str] = ()
+
+    @property
+    def ledger_head(self) -> dict[str, Any]:
+        last = self.events[-1] if self.events else None
+        return {"entries": len(self.events), "head": str(last["hash"]) if last is not None else None}
+
+
+@dataclass(frozen=True)
+class LedgerRef:
+    name: str
+    path: str
+    entries: int
+    head: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "path": self.path, "entries": self.entries, "head": self.head}
+
+
+def code_identification() -> dict[str, Any]:
+    """The software that produced the run (this process's versions, and the git commit if any)."""
+    versions: dict[str, str] = {}
+    for name in LIBRARIES:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    commit = ""
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "--short=12", "HEAD"],
+            cwd=Path(__file__).resolve().parent,
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=False,
+        )
+        commit = out.stdout.strip() if out.returncode == 0 else ""
+    except (OSError, subprocess.SubprocessError):
+        commit = ""
+    version = versions.get("secfed", "unknown") + (f" (git {commit})" if commit else "")
+    return {"code_version": version, "libraries": versions}
+
+
+def _finite(x: float) -> float | None:
+    """JSON has no infinity: a non-private release is reported as null epsilon plus ``dp_used``."""
+    return x if math.isfinite(x) else None
+
+
+def _ledger_ref(name: str, path: Path, root: Path) -> LedgerRef:
+    chain = HashChain(path)
+    entries = chain.entries()
+    try:
+        shown = str(path.resolve().relative_to(root.resolve()))
+    except ValueError:
+        shown = str(path)
+    return LedgerRef(name, shown, len(entries), entries[-1].hash if entries else chain.head())
+
+
+def privacy_section(
+    privacy_ledger: Path | None, *, limit: int | None = None
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The ``privacy`` section and the per-round ``mechanism`` table, recomputed from the ledger
+    (from its first ``limit`` entries: what a report signed earlier covered)."""
+    if privacy_ledger is None or not privacy_ledger.exists():
+        return {"dp_used": False}, []
+    from secfed.dp.ledger import PrivacyLedger
+
+    ledger = PrivacyLedger.open_existing(privacy_ledger)
+    entries = ledger.entries()[:limit]
+    delta = ledger.delta
+    mechanism: list[dict[str, Any]] = []
+    over: list[dict[str, Any]] = []
+    events: list[DpEvent] = []
+    refusals: list[dict[str, Any]] = []
+    for entry in entries:
+        if entry.kind == "dp-round":
+            event = DpEvent.from_mapping(entry.body)
+            events.append(event)
+            spent = epsilon_report(events, delta)
+            over.append(
+                {"round": event.round, "epsilon": _finite(spent.pld), "epsilon_rdp": _finite(spent.rdp)}
+            )
+            mechanism.append(
+                {
+                    k: entry.body.get(k)
+                    for k in (
+                        "round",
+                        "noise_multiplier",
+                        "sample_rate",
+                        "steps",
+                        "max_grad_norm",
+                        "expected_batch_size",
+                        "n_records",
+                        "empty_batches",
+                    )
+                }
+            )
+        elif entry.kind == "budget-refusal":
+            refusals.append({"round": entry.body.get("round"), "reason": entry.body.get("reason")})
+    total = epsilon_report(events, delta)
+    budget = _budget_in(entries)
+    section = {
+        "dp_used": bool(events),
+        "delta": delta,
+        "epsilon": _finite(total.pld) if events else 0.0,
+        "epsilon_rdp": _finite(total.rdp) if events else 0.0,
+        "accountant": "PLD (Google dp-accounting), RDP as a conservative cross-check",
+        "budget": budget,
+        "budget_left": None
+        if budget is None or not math.isfinite(total.pld)
+        else max(0.0, budget - total.pld),
+        "rounds_trained": [e.round for e in events],
+        "over_rounds": over,
+        "refusals": refusals,
+    }
+    return section, mechanism
+
+
+def _budget_in(entries: Sequence[Any]) -> float | None:
+    budget = entries[0].body.get("budget_epsilon") if entries else None
+    for entry in entries:
+        if entry.kind == "budget-change":
+            budget = entry.body.get("to")
+    return None if budget is None else float(budget)
+
+
+def guarantee_section(privacy: Mapping[str, Any], *, institution: str | None) -> dict[str, Any]:
+    who = f"institution {institution}" if institution else "each institution"
+    if privacy.get("dp_used"):
+        eps = privacy.get("epsilon")
+        eps_text = f"epsilon = {eps:.3g}" if isinstance(eps, float | int) else "an unbounded epsilon"
+        plain = (
+            f"The adapter updates that {who} sent were trained with differentially private SGD. Whether "
+            f"or not any single training record of {who} was used changes the probability of anything "
+            f"the other parties could see from those updates by at most a factor e^epsilon, except with "
+            f"probability delta: here {eps_text} at delta = {privacy.get('delta'):g}. In addition, the "
+            "server only ever saw sums over the whole cohort (secure aggregation), never one "
+            "institution's update."
+        )
+    else:
+        plain = (
+            f"No differential privacy was applied to the updates of {who}: there is no epsilon bound. "
+            "Secure aggregation still ensured the server only saw sums over the whole cohort, never one "
+            "institution's update, as long as fewer than the colluding bound of institutions colluded with it."
+        )
+    return {
+        "dp_used": bool(privacy.get("dp_used")),
+        "plain": plain,
+        "privacy_unit": "one training sequence (one instruction record) held by one institution",
+        "adjacency": "add-or-remove-one record (Poisson-subsampled Gaussian mechanism)",
+        "covered": [
+            "every adapter update the institution released in a round it trained, composed over those rounds",
+            "the global adapter and everything computed from the updates (post-processing)",
+        ],
+        "accountant": "privacy loss distribution (PLD), with Renyi DP as a cross-check; never the GDP/CLT approximation",
+    }
+
+
+def _base_model_hash(facts: ServerFacts | None) -> str | None:
+    for record in facts.rounds if facts is not None else ():
+        for stage in (record.get("summary") or {}).get("stages", {}).values():
+            value = (stage.get("broadcast") or {}).get("base_hash")
+            if value:
+                return str(value)
+    return None
+
+
+def _identification(facts: ServerFacts | None, code: Mapping[str, Any]) -> dict[str, Any]:
+    rounds = list(facts.rounds) if facts is not None else []
+    return {
+        "run_id": facts.run_id if facts is not None else None,
+        "federation": facts.federation if facts is not None else None,
+        "task": facts.task if facts is not None else None,
+        **code,
+        "base_model_hash": _base_model_hash(facts),
+        "final_adapter_hash": str(rounds[-1]["model_hash"]) if rounds else None,
+        "rounds_completed": len(rounds),
+    }
+
+
+def _stage_rows(record: Mapping[str, Any]) -> list[dict[str, Any]]:
+    rows = []
+    for stage, facts in ((record.get("summary") or {}).get("stages") or {}).items():
+        rows.append(
+            {
+                "round": record["round"],
+                "stage": stage,
+                **{k: facts.get(k) for k in ("n", "threshold", "colluding", "min_cohort", "ring_bits")},
+                "segments": {
+                    name: {"length": seg.get("length"), "frac_bits": seg.get("frac_bits")}
+                    for name, seg in (facts.get("segments") or {}).items()
+                },
+                "clipped_fraction": None,
+                "contributors": facts.get("contributors"),
+                "dropped": facts.get("dropped"),
+            }
+        )
+    return rows
+
+
+def _round_rows(facts: ServerFacts | None, institution: str | None) -> list[dict[str, Any]]:
+    if facts is None:
+        return []
+    refused: dict[int, list[str]] = {}
+    for event in facts.events:
+        if event.get("kind") == "client_refused" and isinstance(event.get("round"), int):
+            refused.setdefault(int(event["round"]), []).append(
+                str((event.get("payload") or {}).get("client"))
+            )
+    rows = []
+    for record in facts.rounds:
+        summary = record.get("summary") or {}
+        stages = summary.get("stages") or {}
+        row: dict[str, Any] = {
+            "round": record["round"],
+            "contributors": len(record.get("contributors") or []),
+            "dropped": len(record.get("dropped") or []),
+            "refused": refused.get(int(record["round"]), []),
+            "learned": {name: st.get("sums", {}) for name, st in stages.items()},
+            "selection": summary.get("selection"),
+        }
+        if institution is not None:
+            row["participated"] = institution in (record.get("contributors") or [])
+        rows.append(row)
+    return rows
+
+
+def institution_report(
+    institution: str,
+    *,
+    root: Path,
+    audit_ledger: Path | None,
+    privacy_ledger: Path | None,
+    server: ServerFacts | None,
+    empirical: Mapping[str, Any] | None = None,
+    code: Mapping[str, Any] | None = None,
+    now: datetime | None = None,
+) -> dict[str, Any]:
+    """The report an institution signs about itself, from its ledgers (and the server's public records)."""
+    privacy, mechanism = privacy_section(privacy_ledger)
+    ledgers: list[LedgerRef] = []
+    sessions: list[dict[str, Any]] = []
+    if privacy_ledger is not None and privacy_ledger.exists():
+        ledgers.append(_ledger_ref("privacy", privacy_ledger, root))
+    if audit_ledger is not None and audit_ledger.exists():
+        ref = _ledger_ref("audit", audit_ledger, root)
+        ledgers.append(ref)
+        for entry in HashChain(audit_ledger).entries():
+            if entry.kind == "session":
+                b = entry.body
+                sessions.append(
+                    {
+                        "round": b.get("round"),
+                        "stage": str(b.get("label", "")).split(".", 1)[-1],
+                        **{k: b.get(k) for k in ("n", "threshold", "colluding", "min_cohort", "ring_bits")},
+                        "segments": b.get("segments", {}),
+                        "clipped_fraction": b.get("clipped_fraction"),
+                        "session_id": b.get("session_id"),
+                    }
+                )
+    if server is not None:
+        ledgers.append(LedgerRef("server-state", "state/state.sqlite", **server.ledger_head))
+    return {
+        "format": FORMAT,
+        "version": VERSION,
+        "kind": "institution",
+        "institution": institution,
+        "generated_at": (now or datetime.now(UTC)).isoformat(timespec="seconds"),
+        "identification": _identification(server, code or code_identification()),
+        "guarantee": guarantee_section(privacy, institution=institution),
+        "mechanism": mechanism,
+        "privacy": privacy,
+        "secure_aggregation": sessions,
+        "rounds": _round_rows(server, institution),
+        "not_covered": list(NOT_COVERED),
+        "empirical_audit": dict(empirical) if empirical else None,
+        "ledgers": [ref.to_json() for ref in ledgers],
+    }
+
+
+def federation_report(
+    server: ServerFacts,
+    *,
+    institutions: Mapping[str, Mapping[str, Any]],
+    empirical: Mapping[str, Any] | None = None,
+    code: Mapping[str, Any] | None = None,
+    now: datetime | None = None,
+) -> dict[str, Any]:
+    """The coordinator's report; ``institutions`` maps id -> that institution's *verified* report."""
+    quoted: dict[str, Any] = {}
+    for cid, report in sorted(institutions.items()):
+        privacy = report.get("privacy") or {}
+        quoted[cid] = {
+            "dp_used": bool(privacy.get("dp_used")),
+            "epsilon": privacy.get("epsilon"),
+            "epsilon_rdp": privacy.get("epsilon_rdp"),
+            "delta": privacy.get("delta"),
+            "budget": privacy.get("budget"),
+            "rounds_trained": privacy.get("rounds_trained", []),
+            "refusals": len(privacy.get("refusals", [])),
+            "over_rounds": privacy.get("over_rounds", []),
+            "report_verified": True,
+        }
+    any_dp = any(q["dp_used"] for q in quoted.values())
+    guarantee = guarantee_section({"dp_used": False}, institution=None)
+    if any_dp:
+        guarantee["dp_used"] = True
+        guarantee["plain"] = (
+            "Each institution trained with differentially private SGD and accounts its own privacy loss "
+            "from its own ledger; the figures below are quoted from each institution's signed report. "
+            "The server only ever saw sums over the whole cohort (secure aggregation), never one "
+            "institution's update."
+        )
+    return {
+        "format": FORMAT,
+        "version": VERSION,
+        "kind": "federation",
+        "generated_at": (now or datetime.now(UTC)).isoformat(timespec="seconds"),
+        "identification": _identification(server, code or code_identification()),
+        "guarantee": guarantee,
+        "institutions": quoted,
+        "secure_aggregation": [row for record in server.rounds for row in _stage_rows(record)],
+        "rounds": _round_rows(server, None),
+        "integrity": {
+            "state_database_ok": not server.integrity_problems,
+            "problems": list(server.integrity_problems),
+        },
+        "not_covered": list(NOT_COVERED),
+        "empirical_audit": dict(empirical) if empirical else None,
+        "ledgers": [LedgerRef("server-state", "state/state.sqlite", **server.ledger_head).to_json()],
+    }

@@ -1,0 +1,285 @@
+"""An institution's privacy ledger: the persisted, tamper-evident record of every DP release.
+
+The ledger is the institution's source of truth for how much privacy it has spent (DESIGN.md §5):
+the server never tells a client its epsilon.  It lives on a :class:`secfed.chain.HashChain`, so the
+history cannot be edited or shortened in the middle without ``verify`` noticing, and every figure is
+recomputed from the file each time it is asked for.
+
+Entry kinds (``body`` fields):
+
+* ``ledger-open``   (first entry, exactly once): ``institution``, ``delta``, ``budget_epsilon``
+  (``null`` = no budget), ``accountant`` (how epsilon is computed), ``format``.
+* ``dp-round``      one DP release: ``round``, ``noise_multiplier``, ``sample_rate``, ``steps`` and the
+  run's details passed as ``extra`` (``max_grad_norm``, ``expected_batch_size``, ``n_records``,
+  ``empty_batches``, ...).
+* ``budget-refusal`` a round this institution refused to train: ``round``, ``reason``,
+  ``would_be_epsilon``, ``epsilon_now``, ``budget_epsilon``.
+* ``budget-change`` ``from``, ``to``, ``reason``: budgets can change, but never silently.
+
+Epsilon composes over the ``dp-round`` entries only, i.e. over the rounds this institution actually
+trained in.  Record a round *before* its update leaves the institution: a recorded round whose update
+was never sent only over-counts, and a round recorded twice is counted twice (never under-counts).
+``delta`` and ``institution`` are fixed for the life of the ledger: epsilons at different deltas do not
+compose into one figure, so reopening with another delta is an error.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from secfed.chain import ChainError, Entry, HashChain
+from secfed.dp.accounting import (
+    PLD_DISCRETIZATION,
+    DpEvent,
+    DpRelease,
+    EpsilonReport,
+    epsilon_report,
+    validate_delta,
+)
+
+__all__ = ["LEDGER_FORMAT", "ChainError", "LedgerError", "PrivacyLedger"]
+
+LEDGER_FORMAT = 1
+
+OPEN = "ledger-open"
+ROUND = "dp-round"
+REFUSAL = "budget-refusal"
+BUDGET_CHANGE = "budget-change"
+_KINDS = frozenset({OPEN, ROUND, REFUSAL, BUDGET_CHANGE})
+
+_RELEASE_FIELDS = (
+    "max_grad_norm",
+    "expected_batch_size",
+    "n_records",
+    "empty_batches",
+)
+
+
+class LedgerError(ValueError):
+    """The ledger file exists but does not match what the caller expects, or is malformed."""
+
+
+def _validate_budget(budget: float | None) -> float | None:
+    if budget is None:
+        return None
+    if isinstance(budget, bool) or not isinstance(budget, int | float) or not budget > 0:
+        raise ValueError(f"budget_epsilon must be a number > 0 or None, got {budget!r}")
+    if math.isinf(budget):
+        return None
+    return float(budget)
+
+
+def _validate_round(round_: int) -> int:
+    if isinstance(round_, bool) or not isinstance(round_, int) or round_ < 0:
+        raise ValueError(f"round must be an integer >= 0, got {round_!r}")
+    return round_
+
+
+def _json_epsilon(value: float) -> float | None:
+    return None if math.isinf(value) else value
+
+
+class PrivacyLedger:
+    """The append-only privacy ledger of one institution (see the module docstring).
+
+    Opening creates the file with its ``ledger-open`` header, or checks an existing one: a different
+    ``institution`` or ``delta`` raises :class:`LedgerError`; a different ``budget_epsilon`` is
+    recorded as a ``budget-change`` entry.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        institution: str,
+        delta: float,
+        budget_epsilon: float | None,
+        chain: HashChain | None = None,
+    ) -> None:
+        if not (isinstance(institution, str) and institution.strip()):
+            raise ValueError(f"institution must be a non-empty string, got {institution!r}")
+        self.institution = institution
+        self.delta = validate_delta(delta)
+        budget = _validate_budget(budget_epsilon)
+        self.chain = chain if chain is not None else HashChain(path)
+        entries = self.chain.entries()
+        if not entries:
+            self.chain.append(
+                OPEN,
+                {
+                    "format": LEDGER_FORMAT,
+                    "institution": institution,
+                    "delta": self.delta,
+                    "budget_epsilon": budget,
+                    "accountant": {
+                        "reported": "pld",
+                        "cross_check": "rdp",
+                        "pld_value_discretization": PLD_DISCRETIZATION,
+                        "neighbouring_relation": "add-or-remove-one training sequence",
+                    },
+                },
+            )
+            return
+        header = self._header(entries)
+        if header.body.get("institution") != institution:
+            raise LedgerError(
+                f"{self.path}: this ledger belongs to institution {header.body.get('institution')!r}, "
+                f"not {institution!r}"
+            )
+        if header.body.get("delta") != self.delta:
+            raise LedgerError(
+                f"{self.path}: this ledger accounts at delta={header.body.get('delta')!r}; reopening it "
+                f"with delta={self.delta!r} would mix epsilons that do not compose (start a new ledger)"
+            )
+        current = self._budget(entries)
+        if budget != current:
+            self.set_budget(budget, reason="ledger reopened with a different budget")
+
+    @classmethod
+    def open_existing(cls, path: str | os.PathLike[str]) -> PrivacyLedger:
+        """Open an existing ledger as its header says, for reading (nothing is appended).
+
+        For auditors and reports, which must not need (or be able to change) the institution's
+        settings.  Raises :class:`LedgerError` if the file is missing or not a privacy ledger and
+        :class:`secfed.chain.ChainError` if it was tampered with.
+        """
+        chain = HashChain(path)
+        if not chain.path.exists():
+            raise LedgerError(f"{chain.path}: no such privacy ledger")
+        entries = chain.entries()
+        if not entries or entries[0].kind != OPEN:
+            raise LedgerError(f"{chain.path}: not a privacy ledger (first entry is not {OPEN!r})")
+        header = entries[0].body
+        institution, delta = header.get("institution"), header.get("delta")
+        if not isinstance(institution, str) or isinstance(delta, bool) or not isinstance(delta, int | float):
+            raise LedgerError(f"{chain.path}: malformed ledger header {header!r}")
+        return cls(
+            path,
+            institution=institution,
+            delta=float(delta),
+            budget_epsilon=cls._budget(entries),
+            chain=chain,
+        )
+
+    @property
+    def path(self) -> Path:
+        return self.chain.path
+
+    # -- reading -------------------------------------------------------------------------------
+
+    def entries(self) -> list[Entry]:
+        """All verified entries (raises :class:`secfed.chain.ChainError` if the file was tampered with)."""
+        entries = self.chain.entries()
+        self._header(entries)
+        for entry in entries[1:]:
+            if entry.kind not in _KINDS or entry.kind == OPEN:
+                raise LedgerError(f"{self.path}: entry {entry.seq} has unexpected kind {entry.kind!r}")
+        return entries
+
+    def _header(self, entries: list[Entry]) -> Entry:
+        if not entries or entries[0].kind != OPEN:
+            raise LedgerError(f"{self.path}: not a privacy ledger (first entry is not {OPEN!r})")
+        return entries[0]
+
+    @staticmethod
+    def _budget(entries: list[Entry]) -> float | None:
+        budget = entries[0].body.get("budget_epsilon")
+        for entry in entries:
+            if entry.kind == BUDGET_CHANGE:
+                budget = entry.body.get("to")
+        if budget is not None and (isinstance(budget, bool) or not isinstance(budget, int | float)):
+            raise LedgerError(f"malformed budget {budget!r} in the ledger")
+        return None if budget is None else float(budget)
+
+    @property
+    def budget_epsilon(self) -> float | None:
+        """The budget in force (the last ``budget-change``, else the header's); ``None`` = none."""
+        return self._budget(self.entries())
+
+    def events(self) -> list[DpEvent]:
+        """The DP releases recorded so far, in order (one per ``dp-round`` entry)."""
+        return self._events(self.entries())
+
+    def _events(self, entries: list[Entry]) -> list[DpEvent]:
+        events: list[DpEvent] = []
+        for entry in entries:
+            if entry.kind != ROUND:
+                continue
+            try:
+                events.append(DpEvent.from_mapping(entry.body))
+            except ValueError as exc:
+                raise LedgerError(f"{self.path}: entry {entry.seq} is not a valid DP round: {exc}") from None
+        return events
+
+    def rounds_trained(self) -> list[int]:
+        """Round numbers this institution trained (released an update) in, in ledger order."""
+        return [e.round for e in self.events() if e.round is not None]
+
+    def refusals(self) -> list[Entry]:
+        """The ``budget-refusal`` entries."""
+        return [e for e in self.entries() if e.kind == REFUSAL]
+
+    def spent(self) -> EpsilonReport:
+        """Epsilon spent so far at the ledger's delta (PLD, with the RDP cross-check)."""
+        return epsilon_report(self.events(), self.delta)
+
+    def verify(self) -> None:
+        """Check the chain and that every entry parses (raises ChainError / LedgerError)."""
+        self.events()
+
+    # -- writing -------------------------------------------------------------------------------
+
+    def record_round(self, round_: int, event: DpEvent, extra: Mapping[str, Any] | None = None) -> Entry:
+        """Record one DP release.  ``extra`` carries the run's details (clip norm, batch size, ...).
+
+        ``extra`` may repeat the mechanism fields only with the same values, so a body can never say
+        two different things about the noise that was used.
+        """
+        _validate_round(round_)
+        if not isinstance(event, DpEvent):
+            raise ValueError(f"event must be a DpEvent, got {type(event).__name__}")
+        if event.round is not None and event.round != round_:
+            raise ValueError(f"event is for round {event.round}, not round {round_}")
+        mechanism = DpEvent(event.noise_multiplier, event.sample_rate, event.steps, round_).to_mapping()
+        body: dict[str, Any] = dict(extra or {})
+        for key, value in mechanism.items():
+            if key in body and body[key] != value:
+                raise ValueError(f"extra[{key!r}] = {body[key]!r} contradicts the event's {value!r}")
+            body[key] = value
+        return self.chain.append(ROUND, body)
+
+    def record_release(self, round_: int, release: DpRelease) -> Entry:
+        """Record a training release such as ``secfed.dp.sgd.DpRoundEvent`` (all its fields)."""
+        extra = {name: getattr(release, name) for name in _RELEASE_FIELDS if hasattr(release, name)}
+        return self.record_round(round_, DpEvent.from_release(release, round_), extra)
+
+    def record_refusal(self, round_: int | None, reason: str, would_be_epsilon: float) -> Entry:
+        """Record that this institution refused to train ``round_`` (``None`` if not known)."""
+        if round_ is not None:
+            _validate_round(round_)
+        if not (isinstance(reason, str) and reason.strip()):
+            raise ValueError("a refusal needs a reason")
+        entries = self.entries()
+        spent = epsilon_report(self._events(entries), self.delta)
+        return self.chain.append(
+            REFUSAL,
+            {
+                "round": round_,
+                "reason": reason,
+                "would_be_epsilon": _json_epsilon(float(would_be_epsilon)),
+                "epsilon_now": _json_epsilon(spent.pld),
+                "budget_epsilon": self._budget(entries),
+            },
+        )
+
+    def set_budget(self, budget_epsilon: float | None, *, reason: str) -> Entry:
+        """Change the budget; the change is an entry of its own with its reason."""
+        new = _validate_budget(budget_epsilon)
+        if not (isinstance(reason, str) and reason.strip()):
+            raise ValueError("a budget change needs a reason")
+        old = self._budget(self.entries())
+        return self.chain.append(BUDGET_CHANGE, {"from": old, "to": new, "reason": reason})
