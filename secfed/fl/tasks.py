@@ -173,4 +173,4 @@ def client_task(
 
 
 def _load_builtins() -> None:
-    from secfed.fl import benchtask, fedit, toy  # noqa: F401  (they register themselves)
+    from secfed.fl import benchtask, fedhds, fedit, toy  # noqa: F401  (they register themselves)
