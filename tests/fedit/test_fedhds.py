@@ -55,7 +55,9 @@ def _clients(model: Path, pool: ModelPool) -> dict[str, FedhdsClient]:
     }
 
 
-def test_secure_fedhds_round_selects_a_small_coreset_and_trains_only_on_it(tiny_model_dir: Path) -> None:
+def test_secure_fedhds_round_selects_a_small_coreset_and_trains_only_on_it(
+    tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     server = FedhdsServer(_options(tiny_model_dir))
     pool: ModelPool = {}
     clients = _clients(tiny_model_dir, pool)
@@ -67,11 +69,8 @@ def test_secure_fedhds_round_selects_a_small_coreset_and_trains_only_on_it(tiny_
         trained.setdefault(round_, {})[self.client_id] = self.last_selected.copy()
         return out
 
-    FedhdsClient._train = spy  # type: ignore[method-assign]
-    try:
-        run = run_inprocess(server, clients, rounds=2, seed=3)
-    finally:
-        FedhdsClient._train = original  # type: ignore[method-assign]
+    monkeypatch.setattr(FedhdsClient, "_train", spy)
+    run = run_inprocess(server, clients, rounds=2, seed=3)
     assert run.finished_reason == "completed 2 rounds", run.aborted
     total = sum(len(c.records) for c in clients.values())
     for round_, stages in enumerate(run.stage_results):
