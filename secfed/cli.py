@@ -6,7 +6,12 @@ import argparse
 import sys
 from pathlib import Path
 
-from secfed import cli_certs, logs
+from secfed import cli_audit, cli_certs, logs
+from secfed.bench import crashresume as bench_crashresume
+from secfed.bench import dolly as bench_dolly
+from secfed.bench import dp as bench_dp
+from secfed.bench import fuzz as bench_fuzz
+from secfed.bench import load as bench_load
 from secfed.bench import round as bench_round
 from secfed.bench import secagg as bench_secagg
 from secfed.bench import train as bench_train
@@ -55,8 +60,14 @@ def build_parser() -> argparse.ArgumentParser:
     bench_secagg.register(bench_sub)
     bench_round.register(bench_sub)
     bench_train.register(bench_sub)
+    bench_dp.register(bench_sub)
+    bench_dolly.register(bench_sub)
+    bench_load.register(bench_sub)
+    bench_crashresume.register(bench_sub)
+    bench_fuzz.register(bench_sub)
 
     cli_certs.register(sub)
+    cli_audit.register(sub)
     return parser
 
 

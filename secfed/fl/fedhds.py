@@ -171,6 +171,18 @@ class FedhdsClient(FeditClient):
         self._features_round: int | None = None
         self.last_selected: NDArray[np.int64] = np.zeros(0, dtype=np.int64)
         self.selection_s = 0.0
+        self.records_trained = 0  # summed over rounds
+        self.features: tuple[NDArray[np.int64], NDArray[np.float64]] | None = None
+
+    def preload_features(self, indices: NDArray[np.int64], features: NDArray[np.float64]) -> None:
+        """Use features computed earlier from the same frozen base model (benchmarks compare several
+        selection methods on the same institutions; turbo features do not depend on the round)."""
+        from secfed.coreset.client import CoresetClient
+
+        if len(indices) != len(self.records):
+            raise ValueError(f"{len(indices)} feature rows for {len(self.records)} records")
+        self.features = (indices, features)
+        self._coreset = CoresetClient(indices, features)
 
     def _features(self, round_: int, model: NDArray[np.float32], task_config: Mapping[str, Any]) -> Any:
         """This round's CoresetClient (turbo features are computed once and reused)."""
@@ -197,6 +209,7 @@ class FedhdsClient(FeditClient):
                     peft, tokenizer, self.records, layers=layers, max_length=max_length
                 )
         self._coreset = CoresetClient(indices, feats)
+        self.features = (indices, feats)
         self._features_round = round_
         return self._coreset
 
@@ -214,6 +227,8 @@ class FedhdsClient(FeditClient):
 
     def _selected_indices(self, task_config: Mapping[str, Any]) -> NDArray[np.int64]:
         selection = task_config.get("selection") or {}
+        if selection.get("mode") == "assigned":  # the INSECURE plaintext baseline: the server chose
+            return np.asarray(selection.get("assigned", {}).get(self.client_id, []), dtype=np.int64)
         if selection.get("mode") == "random":
             fraction = float((task_config.get("fedhds") or {}).get("random_fraction", 0.05))
             k = min(len(self.records), max(1, round(fraction * len(self.records))))
@@ -243,6 +258,7 @@ class FedhdsClient(FeditClient):
             self.last_compute_s = time.perf_counter() - started
             return {"delta": np.zeros(self._adapter_size(task_config)), "weight": np.zeros(1)}
         records = [self.records[int(i)] for i in indices]
+        self.records_trained += len(records)
         peft = self._ensure_model(task_config)
         vector_to_adapter(peft, model)
         epochs = float((task_config.get("fedhds") or {}).get("selected_epochs", 1.0))
