@@ -175,8 +175,9 @@ def privacy_section(
     section = {
         "dp_used": bool(events),
         "delta": delta,
-        "epsilon": _finite(total.pld) if events else 0.0,
-        "epsilon_rdp": _finite(total.rdp) if events else 0.0,
+        # No DP release: no bound at all (null), not "epsilon 0".
+        "epsilon": _finite(total.pld) if events else None,
+        "epsilon_rdp": _finite(total.rdp) if events else None,
         "accountant": "PLD (Google dp-accounting), RDP as a conservative cross-check",
         "budget": budget,
         "budget_left": None
