@@ -127,6 +127,7 @@ def train_local(
             out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
             loss = sequence_mean_loss(out.logits, batch["labels"]).mean() / settings.grad_accum
             loss.backward()  # type: ignore[no-untyped-call]
+            del out  # its logits would otherwise stay alive through the next micro-batch's forward
             step_loss += float(loss.detach())
             sequences += len(idx)
             tokens += int(batch["attention_mask"].sum())
