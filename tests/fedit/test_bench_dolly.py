@@ -21,11 +21,19 @@ def _split(directory: Path, n: int) -> Path:
     directory.mkdir()
     for i, records in enumerate(splits):
         rows = [
-            {"instruction": r.instruction, "context": r.context, "response": r.response, "category": r.category}
+            {
+                "instruction": r.instruction,
+                "context": r.context,
+                "response": r.response,
+                "category": r.category,
+            }
             for r in records
         ]
         (directory / f"client_{i}.json").write_text(json.dumps(rows))
-    rows = [{"instruction": r.instruction, "context": r.context, "response": r.response, "category": r.category} for r in test]
+    rows = [
+        {"instruction": r.instruction, "context": r.context, "response": r.response, "category": r.category}
+        for r in test
+    ]
     rows[0]["category"] = "summarization"  # a held-out category appears only in the test set
     (directory / "test.json").write_text(json.dumps(rows))
     return directory
