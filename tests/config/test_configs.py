@@ -50,3 +50,28 @@ def test_bad_server_config_names_file_and_field(tmp_path: Path, text: str, match
 def test_missing_config_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigFileError, match="no such configuration file"):
         load_client_config(tmp_path / "nope.toml")
+
+
+def test_client_privacy_policy_and_ledgers(tmp_path: Path) -> None:
+    client = load_client_config(ROOT / "client" / "client.example.toml")
+    assert client.privacy.budget_epsilon == 8.0 and client.privacy.delta == 1e-5
+    assert client.privacy.ledger == ROOT / "client" / "privacy-ledger.jsonl"
+    assert client.audit_ledger == ROOT / "client" / "audit-ledger.jsonl"
+    path = tmp_path / "client.toml"
+    path.write_text('[client]\nkit = "k"\n[privacy]\nbudget_epsilon = 0\n')
+    assert load_client_config(path).privacy.budget_epsilon is None  # 0 = no cap (still ledgered)
+    path.write_text('[client]\nkit = "k"\n[privacy]\ndelta = 0.0\n')
+    with pytest.raises(ConfigFileError, match=r"delta must be in \(0, 1\)"):
+        load_client_config(path)
+    path.write_text('[client]\nkit = "k"\n[privacy]\nbudget = 3\n')
+    with pytest.raises(ConfigFileError, match=r"privacy: unknown key\(s\) \['budget'\]"):
+        load_client_config(path)
+
+
+def test_server_target_epsilon_is_spread_over_the_planned_rounds(tmp_path: Path) -> None:
+    path = tmp_path / "server.toml"
+    path.write_text(
+        '[server]\nkit = "k"\nroster = ["a","b","c"]\n[rounds]\nrounds = 7\n'
+        '[task]\nname = "fedit-lora"\n[task.options]\ndp = { target_epsilon = 8.0 }\n'
+    )
+    assert load_server_config(path).task_options["dp"] == {"target_epsilon": 8.0, "rounds": 7}
