@@ -272,6 +272,20 @@ def _stage_rows(record: Mapping[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
+def round_selection(stages: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The coreset selection of a round (FedHDS), from the public summary its train stage broadcast."""
+    for facts in stages.values():
+        found = (facts.get("broadcast") or {}).get("selection_summary")
+        if isinstance(found, Mapping) and "selected" in found:
+            return {
+                "selected": found.get("selected"),
+                "records": found.get("records"),
+                "fraction": found.get("fraction"),
+                "mode": found.get("mode"),
+            }
+    return None
+
+
 def _round_rows(facts: ServerFacts | None, institution: str | None) -> list[dict[str, Any]]:
     if facts is None:
         return []
@@ -291,7 +305,7 @@ def _round_rows(facts: ServerFacts | None, institution: str | None) -> list[dict
             "dropped": len(record.get("dropped") or []),
             "refused": refused.get(int(record["round"]), []),
             "learned": {name: st.get("sums", {}) for name, st in stages.items()},
-            "selection": summary.get("selection"),
+            "selection": round_selection(stages),
         }
         if institution is not None:
             row["participated"] = institution in (record.get("contributors") or [])

@@ -92,7 +92,18 @@ class StageResult:
                     for s in c.spec.segments
                 },
             )
+        if self.broadcast is not None:
+            facts["broadcast"] = {k: _compact(v) for k, v in self.broadcast.items()}
         return facts
+
+
+def _compact(value: Any) -> Any:
+    """Small public values as they are; large ones (bases, maps, selections) by their size, for the record."""
+    if isinstance(value, list | tuple) and len(value) > 16:
+        return {"length": len(value)}
+    if isinstance(value, dict):
+        return {k: _compact(v) for k, v in value.items()} if len(value) <= 32 else {"keys": len(value)}
+    return value
 
 
 class StagedServerTask(ServerTask, Protocol):

@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from secfed.audit.report import round_selection
 from secfed.bench.inprocess import run_inprocess
 from secfed.fl.fedhds import FedhdsClient, FedhdsServer
 from secfed.fl.fedit import ModelPool
@@ -80,6 +81,14 @@ def test_secure_fedhds_round_selects_a_small_coreset_and_trains_only_on_it(
         summary = server.summaries[round_]
         selected = sum(len(v) for v in trained[round_].values())
         assert selected == summary["selected"] and 0 < selected <= 0.1 * total
+        # the round record keeps the public selection summary; the audit report reads it from there
+        facts = {st.name: st.audit_facts() for st in stages}
+        assert round_selection(facts) == {
+            "selected": selected,
+            "records": total,
+            "fraction": selected / total,
+            "mode": "fedhds",
+        }
         # every cohort member uploaded to the train stage; the weights sum to the records trained on
         train = stages[-1].result
         assert len(train.contributors) == N

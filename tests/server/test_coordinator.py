@@ -282,6 +282,14 @@ def test_two_stage_round_sums_each_stage_and_applies_the_last(consortium: Consor
         # each stage is its own session: fresh keys, fresh session id
         assert stages[0].result.session_id != stages[1].result.session_id
     assert all(c.stages_seen == [(0, "count"), (0, "update"), (1, "count"), (1, "update")] for c in clients)
+    facts = coord.stage_results[0][1].audit_facts()  # what the server's round record keeps
+    assert facts["broadcast"] == {"factor": 0.2, "stage": "update"}
+    assert (facts["n"], facts["threshold"], facts["ring_bits"], facts["sums"]) == (
+        5,
+        4,
+        32,
+        {"x": [8], "n": [1]},
+    )
     np.testing.assert_allclose(
         coord.model, np.mean([contribution(c.cid, 1) for c in clients], axis=0), atol=1e-4
     )
