@@ -53,7 +53,7 @@ METHODS = (
 @dataclass(frozen=True)
 class DollyPreset:
     clients: int = 10
-    records_per_client: int = 32
+    records_per_client: int = 24
     rounds: int = 2
     full_epochs: float = 1.0  # passes over each institution's records in total, over all rounds
     selected_epochs: float = 2.0  # passes over the selected records per FedHDS round

@@ -11,7 +11,6 @@ import pytest
 
 from secfed.bench.dolly import CPU_PRESET, METHODS, run_benchmark
 from secfed.data.builtin import builtin_splits
-from secfed.model.tiny import tiny_llama
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -39,11 +38,8 @@ def _split(directory: Path, n: int) -> Path:
     return directory
 
 
-def test_every_method_runs_and_reports(tmp_path: Path) -> None:
-    model = tmp_path / "tiny"
-    loaded = tiny_llama(seed=1)
-    loaded.model.save_pretrained(model)
-    loaded.tokenizer.save_pretrained(model)
+def test_every_method_runs_and_reports(tmp_path: Path, tiny_model_dir: Path) -> None:
+    model = tiny_model_dir
     data = _split(tmp_path / "data", 4)
     preset = replace(
         CPU_PRESET,

@@ -13,19 +13,9 @@ from secfed.audit.report import round_selection
 from secfed.bench.inprocess import run_inprocess
 from secfed.fl.fedhds import FedhdsClient, FedhdsServer
 from secfed.fl.fedit import ModelPool
-from secfed.model.tiny import tiny_llama
 
 pytestmark = pytest.mark.timeout(300)
 N = 5
-
-
-@pytest.fixture(scope="module")
-def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("tiny-model")
-    loaded = tiny_llama(seed=1)
-    loaded.model.save_pretrained(path)
-    loaded.tokenizer.save_pretrained(path)
-    return path
 
 
 def _options(model: Path, **extra: Any) -> dict[str, Any]:

@@ -37,15 +37,6 @@ class RecordingClient(FeditClient):
         return out
 
 
-@pytest.fixture(scope="module")
-def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("tiny-model")
-    loaded = tiny_llama(seed=1)
-    loaded.model.save_pretrained(path)
-    loaded.tokenizer.save_pretrained(path)
-    return path
-
-
 def _federate(
     tmp_path: Path,
     server_model: Path,

@@ -1,0 +1,19 @@
+"""Shared fixtures of the FedIT/FedHDS tests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from secfed.model.tiny import tiny_llama
+
+
+@pytest.fixture(scope="module")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random Llama and its byte tokenizer saved as a model directory (as institutions load one)."""
+    path = tmp_path_factory.mktemp("tiny-model")
+    loaded = tiny_llama(seed=1)
+    loaded.model.save_pretrained(path)
+    loaded.tokenizer.save_pretrained(path)
+    return path
