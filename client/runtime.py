@@ -134,9 +134,29 @@ class ClientRuntime:
                 self._sleep(delay * (0.5 + secrets.randbelow(1000) / 2000))
                 delay = min(delay * 2, self.retry.max_backoff_s)
 
+    def _verify_server(self) -> None:
+        """Check the coordinator's certificate, waiting (with back-off) while it cannot be reached.
+
+        A coordinator that is restarting refuses connections for a moment; an institution started in
+        that moment must wait for it as its RPCs would, not exit. A certificate that fails the policy
+        (:class:`client.tls.ServerRefused`) is final.
+        """
+        delay = self.retry.initial_backoff_s
+        give_up = time.monotonic() + self.retry.give_up_after_s
+        while True:
+            try:
+                verify_server(self.kit, self.address)
+                return
+            except OSError as exc:  # refused, reset or timed out: nobody is serving there yet
+                if time.monotonic() > give_up:
+                    raise ClientStopped(f"server {self.address} unreachable: {exc}") from exc
+                logs.event(log, "retry", logging.DEBUG, rpc="verify_server", error=str(exc))
+                self._sleep(delay * (0.5 + secrets.randbelow(1000) / 2000))
+                delay = min(delay * 2, self.retry.max_backoff_s)
+
     # -- main loop -----------------------------------------------------------------------------
     def run(self) -> ClientReport:
-        verify_server(self.kit, self.address)
+        self._verify_server()
         with self._channel() as channel:
             stub = pb_grpc.FederationStub(channel)  # type: ignore[no-untyped-call]
             reply = self._call(

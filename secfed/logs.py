@@ -6,6 +6,8 @@ renders them in a stable order after the timestamp, level, logger and event.
 
 from __future__ import annotations
 
+import json
+
 import logging
 import sys
 from typing import Any
@@ -37,8 +39,12 @@ class _CurrentStderrHandler(logging.Handler):
 
 
 def _quote(value: object) -> str:
+    """A value as one token: bare when safe, else a JSON string (control characters escaped, so a
+    client-supplied string can never break the line or forge another entry)."""
     text = str(value)
-    return f'"{text}"' if (not text or any(c in text for c in ' "=\n')) else text
+    if text and not any(c in text for c in ' "=\\') and all(c.isprintable() for c in text):
+        return text
+    return json.dumps(text, ensure_ascii=False)
 
 
 def configure(level: str = "INFO") -> None:

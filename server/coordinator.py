@@ -280,7 +280,8 @@ class Coordinator:
     def tick(self) -> None:
         """Close the open phase if its deadline has passed."""
         attempt = self._attempt
-        if attempt is None or self.finished_reason is not None:
+        if attempt is None or self.finished_reason is not None or not attempt.delivered:
+            # An attempt nobody has heard of yet has no deadline: it starts at the first poll.
             return
         if self.clock() >= attempt.deadline:
             self._advance()

@@ -31,12 +31,14 @@ log = logging.getLogger("secfed.server.service")
 
 
 class _IdleWatchdog:
-    """Cancels an upload stream that goes quiet: a stalled client must not hold a worker for ever."""
+    """Cancels an upload stream that goes quiet, or that is still running after ``max_s``: a stalled
+    or trickling (slow-loris) client must not hold a worker for ever."""
 
-    def __init__(self, timeout_s: float, on_idle: Callable[[], None]) -> None:
+    def __init__(self, timeout_s: float, on_idle: Callable[[], None], max_s: float | None = None) -> None:
         self._timeout = timeout_s
         self._on_idle = on_idle
         self._last = time.monotonic()
+        self._end = None if max_s is None else self._last + max_s
         self._stop = threading.Event()
         threading.Thread(target=self._watch, name="secfed-upload-watchdog", daemon=True).start()
 
@@ -48,7 +50,8 @@ class _IdleWatchdog:
 
     def _watch(self) -> None:
         while not self._stop.wait(min(1.0, self._timeout / 4)):
-            if time.monotonic() - self._last > self._timeout:
+            now = time.monotonic()
+            if now - self._last > self._timeout or (self._end is not None and now > self._end):
                 self._on_idle()
                 return
 
@@ -132,6 +135,29 @@ class FederationService(pb_grpc.FederationServicer):
             convert.relay_into_instruction(ins, step.message)
         return ins
 
+    def _upload_limit(self, kind: int) -> int:
+        """The most bytes an upload of ``kind`` can need in the open session, capped by the configured limit.
+
+        The assembler allocates the declared size at the first data byte, so without this bound one
+        byte after a header declaring ``max_upload_bytes`` would make the server commit that much
+        memory per stream. A masked (or plaintext) vector is the session's vector size plus framing;
+        every other upload (keys, shares, signatures, a refusal) is small and grows with the roster.
+        """
+        with self._lock:
+            spec = self._coord.current_spec()
+            peers = len(self._coord.roster)
+        limit = self._limits.max_upload_bytes
+        if spec is None:
+            return limit
+        framing = 64 * 1024 + sum(len(seg.name) + 64 for seg in spec.segments)
+        if kind == pb.UPLOAD_KIND_MASKED_INPUT:
+            need = spec.total_length * spec.ring_bits // 8 + framing
+        elif kind == pb.UPLOAD_KIND_PLAINTEXT_INPUT:
+            need = spec.total_length * 4 + framing
+        else:
+            need = 64 * 1024 + 4 * 1024 * peers
+        return min(limit, need)
+
     # -- RPCs ----------------------------------------------------------------------------------
     def Join(self, request: pb.JoinRequest, context: grpc.ServicerContext) -> pb.JoinReply:
         peer = self._peer(context, "Join")
@@ -182,12 +208,21 @@ class FederationService(pb_grpc.FederationServicer):
                     f"client {peer.client_id!r}: at most {self._max_uploads} concurrent uploads",
                 )
             self._uploads[peer.client_id] = self._uploads.get(peer.client_id, 0) + 1
-        assembler = chunks.UploadAssembler(self._limits.max_upload_bytes)
-        watchdog = _IdleWatchdog(self._limits.upload_idle_timeout_s, context.cancel)
+        # An upload that outlives a phase can never be accepted (the phase it answers has closed):
+        # a stream still running after the longest phase plus the idle grace is cut off.
+        idle = self._limits.upload_idle_timeout_s
+        watchdog = _IdleWatchdog(idle, context.cancel, max_s=self._coord.plan.phase_timeout_s + idle)
+        assembler: chunks.UploadAssembler | None = None
         try:
             for chunk in request_iterator:
                 watchdog.kick()
+                if assembler is None:
+                    # Sized by the first header, before a byte of payload is buffered (see _upload_limit).
+                    kind = int(chunk.header.kind) if chunk.HasField("header") else 0
+                    assembler = chunks.UploadAssembler(self._upload_limit(kind))
                 assembler.feed(chunk)
+            if assembler is None:
+                assembler = chunks.UploadAssembler(0)  # an empty stream: finish() says so
             header, payload = assembler.finish()
             self.wire_bytes["upload"] += len(payload)
             with self._lock:
