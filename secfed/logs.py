@@ -7,7 +7,6 @@ renders them in a stable order after the timestamp, level, logger and event.
 from __future__ import annotations
 
 import json
-
 import logging
 import sys
 from typing import Any
