@@ -25,8 +25,8 @@ from secfed import logs
 from secfed.fl.tasks import StageResult, server_task
 from secfed.fl.vectors import model_hash
 from secfed.pki.kit import load_kit
-from secfed.proto.v1 import federation_pb2_grpc as pb_grpc
 from secfed.secagg.messages import AggregateResult
+from server import handlers
 from server.auth import PeerAuthenticator
 from server.config import ServerConfig
 from server.coordinator import Coordinator, CoordinatorObserver
@@ -170,7 +170,7 @@ class FederationServer:
             ],
             maximum_concurrent_rpcs=config.limits.max_workers * 8,
         )
-        pb_grpc.add_FederationServicer_to_server(service, grpc_server)  # type: ignore[no-untyped-call]
+        handlers.register(service, grpc_server)
         credentials = grpc.ssl_server_credentials(
             [(kit.key_path.read_bytes(), kit.cert_path.read_bytes())],
             root_certificates=kit.ca_path.read_bytes(),

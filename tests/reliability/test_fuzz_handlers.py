@@ -8,9 +8,9 @@ messages signed with the attacker's own id -- so a failing case shrinks to a sma
 benchmark's generator and verdict are themselves under test. The server runs in this process; the
 attacker is an authenticated roster member.
 
-One known defect is pinned here as a strict xfail (it turns into a failure once fixed, so the marker
-cannot outlive the bug): grpcio never releases the HTTP/2 stream of a request its generated handler
-cannot deserialize. Attacker-controlled strings in the logs are escaped (they used to forge lines).
+Two defects this campaign found are fixed and stay tested here: grpcio never released the HTTP/2
+stream of a request its generated handler could not deserialize (requests are now parsed by
+``server/handlers.py``), and attacker-controlled strings could forge log lines (values are escaped).
 """
 
 from __future__ import annotations
@@ -90,14 +90,6 @@ def test_the_round_after_the_fuzzing_is_exact(fed: Federation) -> None:
     check_plaintext_sums([record])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="grpcio bug: the generated handlers deserialize requests before the servicer runs; a request "
-    "that fails there is answered INTERNAL but its HTTP/2 stream is never released (and ~10 KB plus the "
-    "request stay in memory). Fix in server/runtime.py: register the Federation methods with "
-    "request_deserializer=None (raw bytes) and parse in a wrapper that aborts INVALID_ARGUMENT on "
-    "DecodeError (Upload: parse each chunk of the request iterator the same way).",
-)
 def test_undecodable_requests_do_not_use_up_a_connection(tmp_path_factory: pytest.TempPathFactory) -> None:
     fed = rc.federation(tmp_path_factory.mktemp("leak"), 3, rounds=1)
     try:
@@ -109,7 +101,9 @@ def test_undecodable_requests_do_not_use_up_a_connection(tmp_path_factory: pytes
             for _ in range(300):  # more than the server's grpc.max_concurrent_streams (256 by default)
                 with pytest.raises(grpc.RpcError) as refused:
                     join(garbage, timeout=10)
-                assert refused.value.code() in (grpc.StatusCode.INTERNAL, grpc.StatusCode.UNAVAILABLE)
+                assert (
+                    refused.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+                )  # parsed by secfed, stream released
             # The same connection must still serve a valid request.
             assert rc.join(rc.stub(chan)).client_id == "inst00"
     finally:
