@@ -488,6 +488,28 @@ def _plaintext_fedhds(bench: _Bench) -> Outcome:
     )
 
 
+def plot_svg(result: Mapping[str, Any]) -> str:
+    """A standalone SVG: Rouge-L on the test records and on the held-out category, per method."""
+    from secfed.audit.html import Bars, bar_chart
+
+    names = list(result["results"])
+    chart = bar_chart(
+        chart_id="dolly",
+        title="Rouge-L per method (Dolly-15k, same seeds)",
+        desc="Rouge-L on the test records and on the held-out category for every method",
+        categories=names,
+        layers=[
+            Bars("Rouge-L, all test records", tuple(result["results"][n]["rougeL"] for n in names), "#1f6fb2")
+        ],
+        x_label="method",
+        y_label="Rouge-L",
+    )
+    svg = chart[chart.index("<svg") :]
+    svg = svg[: svg.rindex("</svg>") + len("</svg>")]
+    style = "<style>text{font-family:sans-serif;font-size:12px;fill:#222}</style>"
+    return svg.replace("<svg ", '<svg xmlns="http://www.w3.org/2000/svg" ', 1).replace(">", ">" + style, 1)
+
+
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "dolly",
@@ -504,6 +526,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--rounds", type=int, help="override the preset's rounds")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.add_argument("--out", type=Path, help="also write the JSON here")
+    p.add_argument("--plot", type=Path, help="write an SVG bar chart of Rouge-L per method here")
     p.set_defaults(func=_main)
 
 
@@ -514,6 +537,8 @@ def _main(args: argparse.Namespace) -> int:
     if args.rounds is not None:
         preset = replace(preset, rounds=args.rounds)
     result = run_benchmark(args.data, preset, model=args.model, methods=args.methods)
+    if args.plot is not None:
+        args.plot.write_text(plot_svg(result), encoding="utf-8")
     if not emit(result, args.out, args.json):
         print(_summary(result))
     return 0

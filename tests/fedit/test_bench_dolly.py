@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from secfed.bench.dolly import CPU_PRESET, METHODS, run_benchmark
+from secfed.bench.dolly import CPU_PRESET, METHODS, plot_svg, run_benchmark
 from secfed.data.builtin import builtin_splits
 
 pytestmark = pytest.mark.timeout(600)
@@ -66,3 +66,6 @@ def test_every_method_runs_and_reports(tmp_path: Path, tiny_model_dir: Path) -> 
     # secure vs plaintext aggregation differ only by fixed-point rounding: the same answers
     assert results["fedit-secure"]["rougeL"] == pytest.approx(results["fedit-plaintext"]["rougeL"], abs=1e-9)
     json.dumps(result, allow_nan=False)
+    svg = plot_svg(result)
+    assert svg.startswith('<svg xmlns="http://www.w3.org/2000/svg"') and svg.endswith("</svg>")
+    assert all(name in svg for name in METHODS)
