@@ -7,9 +7,9 @@ import sys
 from pathlib import Path
 
 from secfed import cli_audit, cli_certs, logs
+from secfed.bench import compare as bench_compare
 from secfed.bench import coreset as bench_coreset
 from secfed.bench import crashresume as bench_crashresume
-from secfed.bench import dolly as bench_dolly
 from secfed.bench import dp as bench_dp
 from secfed.bench import fuzz as bench_fuzz
 from secfed.bench import load as bench_load
@@ -62,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench_round.register(bench_sub)
     bench_train.register(bench_sub)
     bench_dp.register(bench_sub)
-    bench_dolly.register(bench_sub)
+    bench_compare.register(bench_sub)
     bench_coreset.register(bench_sub)
     bench_load.register(bench_sub)
     bench_crashresume.register(bench_sub)

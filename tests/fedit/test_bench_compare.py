@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from secfed.bench.dolly import CPU_PRESET, METHODS, plot_svg, run_benchmark
+from secfed.bench.compare import CPU_PRESET, METHODS, plot_svg, run_benchmark
 from secfed.data.builtin import builtin_splits
 
 pytestmark = pytest.mark.timeout(600)

@@ -300,6 +300,15 @@ def _check(run: Any) -> None:
 def run_benchmark(
     data: Path, preset: DollyPreset, *, model: str = "smollm2-135m-instruct", methods: Sequence[str] = METHODS
 ) -> dict[str, Any]:
+    """Run ``methods`` and return the result object; the institutions' files and ledgers live in a
+    temporary directory removed afterwards."""
+    with tempfile.TemporaryDirectory(prefix="secfed-bench-compare-") as tmp:
+        return _run(data, preset, model, methods, Path(tmp))
+
+
+def _run(
+    data: Path, preset: DollyPreset, model: str, methods: Sequence[str], workdir: Path
+) -> dict[str, Any]:
     from secfed.model.loading import load_base_model
     from secfed.model.lora import LoraSettings, apply_lora
     from secfed.model.train import TrainSettings, train_local
@@ -310,7 +319,6 @@ def run_benchmark(
     started = time.perf_counter()
     clients_records, test = load_split(data, preset)
     total_records = sum(len(c) for c in clients_records)
-    workdir = Path(tempfile.mkdtemp(prefix="secfed-dolly-"))
     files = _write_clients(clients_records, workdir / "clients")
     # One base model + adapter for every institution, the evaluator and centralized training.
     base = load_base_model(model)
