@@ -310,7 +310,7 @@ class Coordinator:
             self.finished_reason = reason
             self._attempt = None
             return
-        session, start = self._open_stage(plan, cohort)
+        session, start = self._open_stage(plan, cohort, number)
         now = self.clock()
         self._attempt = _Attempt(
             round=self.round,
@@ -333,7 +333,7 @@ class Coordinator:
         )
 
     def _open_stage(
-        self, plan: StagePlan, roster: tuple[str, ...]
+        self, plan: StagePlan, roster: tuple[str, ...], attempt: int
     ) -> tuple[ServerSession | PlaintextSession, RoundStart]:
         n = len(roster)
         colluding = int(n * self.plan.colluding_fraction)
@@ -345,7 +345,9 @@ class Coordinator:
             min_cohort=self.plan.min_cohort,
             spec=plan.spec,
             model_hash=model_hash(self.model),
-            label=f"{self.task.name}.{plan.name}",
+            # The attempt is part of the signed configuration: an advert (and its keys) from an
+            # aborted attempt is for another configuration in the retry, so it cannot be replayed.
+            label=f"{self.task.name}.{plan.name}.a{attempt}",
         )
         session: ServerSession | PlaintextSession = (
             ServerSession(config, trust=self.trust) if self.plan.secure else PlaintextSession(config)
@@ -372,7 +374,7 @@ class Coordinator:
             raise SecAggError(
                 Phase.CONFIGURE, f"stage {plan.name}: {len(roster)} contributors left, below min_cohort"
             )
-        attempt.session, start = self._open_stage(plan, roster)
+        attempt.session, start = self._open_stage(plan, roster, attempt.number)
         attempt.stage = plan.name
         attempt.broadcast = start.task_config
         attempt.refused = set()

@@ -129,6 +129,12 @@ def _ledger_ref(name: str, path: Path, root: Path) -> LedgerRef:
     return LedgerRef(name, shown, len(entries), entries[-1].hash if entries else chain.head())
 
 
+def _stage_of(label: str) -> str:
+    """The stage name in a session label ``<task>.<stage>.a<attempt>``."""
+    parts = label.split(".")
+    return parts[1] if len(parts) >= 2 else label
+
+
 def privacy_section(
     privacy_ledger: Path | None, *, limit: int | None = None
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
@@ -339,7 +345,7 @@ def institution_report(
                 sessions.append(
                     {
                         "round": b.get("round"),
-                        "stage": str(b.get("label", "")).split(".", 1)[-1],
+                        "stage": _stage_of(str(b.get("label", ""))),
                         **{k: b.get(k) for k in ("n", "threshold", "colluding", "min_cohort", "ring_bits")},
                         "segments": b.get("segments", {}),
                         "clipped_fraction": b.get("clipped_fraction"),

@@ -42,7 +42,7 @@ def test_each_client_ledgers_the_sessions_it_took_part_in(tmp_path: Path) -> Non
         sessions = [e.body for e in chain.entries() if e.kind == "session"]
         assert [s["round"] for s in sessions] == [0, 1]
         assert all(s["n"] == 4 and s["threshold"] == 3 and s["ring_bits"] == 32 for s in sessions)
-        assert all(s["label"] == "toy-mean.update" and s["clipped_fraction"] == 0.0 for s in sessions)
+        assert all(s["label"] == "toy-mean.update.a1" and s["clipped_fraction"] == 0.0 for s in sessions)
         assert {s["session_id"] for s in sessions} <= server_sessions
 
 

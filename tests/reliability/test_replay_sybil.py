@@ -167,13 +167,6 @@ def test_uploads_of_an_aborted_attempt_are_refused_in_the_retry(tmp_path: Path) 
     check_plaintext_sums([record])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="hardening gap (secfed/secagg/config.py): the session configuration every advert signs is "
-    "the same for every attempt of a round with the same cohort, so an aborted attempt's advert -- and "
-    "its keys -- is valid in the retry. Binding the attempt (or a per-attempt nonce) into "
-    "SessionConfig.digest() makes the server refuse it as 'for another configuration'.",
-)
 def test_an_aborted_attempts_advert_is_refused_in_the_retry(tmp_path: Path) -> None:
     fed = rc.federation(tmp_path, 4, rounds=1, phase_timeout_s=3.0, max_attempts=3)
 
