@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import threading
 import time
 from collections.abc import Sequence
@@ -90,7 +91,6 @@ class StoreObserver(CoordinatorObserver):
             finished_at=finished,
             summary=summary,
         )
-        self.store.complete_round(record, model)
         line = {
             "round": round_,
             "contributors": list(result.contributors),
@@ -102,8 +102,13 @@ class StoreObserver(CoordinatorObserver):
             "phase_seconds": phases,
             "secure": self.config.plan.secure,
         }
-        with self.rounds_log.open("a", encoding="utf-8") as fh:
-            fh.write(json.dumps(line) + "\n")
+        # Write-ahead: the line is on disk before the round commits, so a crash between the commit
+        # and the append cannot lose it (recover_rounds_log finishes the append at the next start).
+        pending = pending_line_path(self.rounds_log)
+        _write_synced(pending, json.dumps(line))
+        self.store.complete_round(record, model)
+        _append_line(self.rounds_log, json.dumps(line))
+        pending.unlink()
         logs.event(
             log,
             "round",
@@ -112,6 +117,57 @@ class StoreObserver(CoordinatorObserver):
             dropped=len(result.dropped),
             seconds=f"{line['seconds']:.2f}",
         )
+
+
+def pending_line_path(rounds_log: Path) -> Path:
+    return rounds_log.with_name(rounds_log.name + ".pending")
+
+
+def _write_synced(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("w", encoding="utf-8") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def _append_line(path: Path, text: str) -> None:
+    with path.open("a", encoding="utf-8") as fh:
+        fh.write(text + "\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def recover_rounds_log(store: StateStore, rounds_log: Path) -> int | None:
+    """Finish a ``rounds.jsonl`` append a crash interrupted; return the round recovered, if any.
+
+    A pending line whose round is committed in the database but missing from the log is appended;
+    one whose round never committed is dropped (that round is run again).
+    """
+    pending = pending_line_path(rounds_log)
+    if not pending.exists():
+        return None
+    try:
+        line = json.loads(pending.read_text(encoding="utf-8"))
+        round_ = int(line["round"])
+    except (ValueError, KeyError, TypeError):
+        pending.unlink()  # torn before its rename: the round had not committed either
+        return None
+    logged = set()
+    if rounds_log.exists():
+        for text in rounds_log.read_text(encoding="utf-8").splitlines():
+            try:
+                logged.add(int(json.loads(text)["round"]))
+            except (ValueError, KeyError, TypeError):
+                continue
+    committed = {r.round: r.model_hash.hex() for r in store.rounds()}
+    recovered = None
+    if committed.get(round_) == line.get("model_hash") and round_ not in logged:
+        _append_line(rounds_log, json.dumps(line))
+        recovered = round_
+    pending.unlink()
+    return recovered
 
 
 @dataclass
@@ -134,6 +190,9 @@ class FederationServer:
         store = StateStore(config.state_db)
         if not store.has_initial_model():
             store.save_initial_model(np.asarray(task.initial_model(), dtype=np.float32))
+        recovered = recover_rounds_log(store, config.state_db.parent / "rounds.jsonl")
+        if recovered is not None:
+            logs.event(log, "rounds-log-recovered", logging.WARNING, round=recovered)
         interrupted = store.interrupted_attempt()
         if interrupted is not None:
             store.record_aborted_attempt(interrupted[0], "server restarted mid-round", [])
