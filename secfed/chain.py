@@ -44,6 +44,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from secfed.durable import fsync_dir
+
 __all__ = ["GENESIS", "ChainError", "Entry", "HashChain", "canonical_json", "entry_hash"]
 
 GENESIS = "0" * 64
@@ -263,7 +265,7 @@ class HashChain:
                 view = view[written:]
             os.fsync(fd)
         if seq == 0:
-            _fsync_dir(self.path.parent)
+            fsync_dir(self.path.parent)
         return entry
 
     @contextlib.contextmanager
@@ -283,17 +285,3 @@ def _read_fd(fd: int) -> bytes:
         chunks.append(chunk)
         offset += len(chunk)
     return b"".join(chunks)
-
-
-def _fsync_dir(directory: Path) -> None:
-    """Make a newly created file's directory entry durable (best effort on odd file systems)."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)

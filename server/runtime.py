@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import threading
 import time
 from collections.abc import Sequence
@@ -23,6 +22,7 @@ import grpc
 import numpy as np
 
 from secfed import logs
+from secfed.durable import append_line, write_synced
 from secfed.fl.tasks import StageResult, server_task
 from secfed.fl.vectors import model_hash
 from secfed.pki.kit import load_kit
@@ -105,9 +105,9 @@ class StoreObserver(CoordinatorObserver):
         # Write-ahead: the line is on disk before the round commits, so a crash between the commit
         # and the append cannot lose it (recover_rounds_log finishes the append at the next start).
         pending = pending_line_path(self.rounds_log)
-        _write_synced(pending, json.dumps(line))
+        write_synced(pending, json.dumps(line))
         self.store.complete_round(record, model)
-        _append_line(self.rounds_log, json.dumps(line))
+        append_line(self.rounds_log, json.dumps(line))
         pending.unlink()
         logs.event(
             log,
@@ -121,22 +121,6 @@ class StoreObserver(CoordinatorObserver):
 
 def pending_line_path(rounds_log: Path) -> Path:
     return rounds_log.with_name(rounds_log.name + ".pending")
-
-
-def _write_synced(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w", encoding="utf-8") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-
-
-def _append_line(path: Path, text: str) -> None:
-    with path.open("a", encoding="utf-8") as fh:
-        fh.write(text + "\n")
-        fh.flush()
-        os.fsync(fh.fileno())
 
 
 def recover_rounds_log(store: StateStore, rounds_log: Path) -> int | None:
@@ -164,7 +148,7 @@ def recover_rounds_log(store: StateStore, rounds_log: Path) -> int | None:
     committed = {r.round: r.model_hash.hex() for r in store.rounds()}
     recovered = None
     if committed.get(round_) == line.get("model_hash") and round_ not in logged:
-        _append_line(rounds_log, json.dumps(line))
+        append_line(rounds_log, json.dumps(line))
         recovered = round_
     pending.unlink()
     return recovered

@@ -177,7 +177,7 @@ def privacy_section(
         elif entry.kind == "budget-refusal":
             refusals.append({"round": entry.body.get("round"), "reason": entry.body.get("reason")})
     total = epsilon_report(events, delta)
-    budget = _budget_in(entries)
+    budget = PrivacyLedger.budget_in(entries) if entries else None
     section = {
         "dp_used": bool(events),
         "delta": delta,
@@ -194,14 +194,6 @@ def privacy_section(
         "refusals": refusals,
     }
     return section, mechanism
-
-
-def _budget_in(entries: Sequence[Any]) -> float | None:
-    budget = entries[0].body.get("budget_epsilon") if entries else None
-    for entry in entries:
-        if entry.kind == "budget-change":
-            budget = entry.body.get("to")
-    return None if budget is None else float(budget)
 
 
 def guarantee_section(privacy: Mapping[str, Any], *, institution: str | None) -> dict[str, Any]:

@@ -135,7 +135,7 @@ class PrivacyLedger:
                 f"{self.path}: this ledger accounts at delta={header.body.get('delta')!r}; reopening it "
                 f"with delta={self.delta!r} would mix epsilons that do not compose (start a new ledger)"
             )
-        current = self._budget(entries)
+        current = self.budget_in(entries)
         if budget != current:
             self.set_budget(budget, reason="ledger reopened with a different budget")
 
@@ -161,7 +161,7 @@ class PrivacyLedger:
             path,
             institution=institution,
             delta=float(delta),
-            budget_epsilon=cls._budget(entries),
+            budget_epsilon=cls.budget_in(entries),
             chain=chain,
         )
 
@@ -186,7 +186,8 @@ class PrivacyLedger:
         return entries[0]
 
     @staticmethod
-    def _budget(entries: list[Entry]) -> float | None:
+    def budget_in(entries: list[Entry]) -> float | None:
+        """The budget in force after ``entries`` (a prefix of a ledger: the header, then any changes)."""
         budget = entries[0].body.get("budget_epsilon")
         for entry in entries:
             if entry.kind == BUDGET_CHANGE:
@@ -198,7 +199,7 @@ class PrivacyLedger:
     @property
     def budget_epsilon(self) -> float | None:
         """The budget in force (the last ``budget-change``, else the header's); ``None`` = none."""
-        return self._budget(self.entries())
+        return self.budget_in(self.entries())
 
     def events(self) -> list[DpEvent]:
         """The DP releases recorded so far, in order (one per ``dp-round`` entry)."""
@@ -272,7 +273,7 @@ class PrivacyLedger:
                 "reason": reason,
                 "would_be_epsilon": _json_epsilon(float(would_be_epsilon)),
                 "epsilon_now": _json_epsilon(spent.pld),
-                "budget_epsilon": self._budget(entries),
+                "budget_epsilon": self.budget_in(entries),
             },
         )
 
@@ -281,5 +282,5 @@ class PrivacyLedger:
         new = _validate_budget(budget_epsilon)
         if not (isinstance(reason, str) and reason.strip()):
             raise ValueError("a budget change needs a reason")
-        old = self._budget(self.entries())
+        old = self.budget_in(self.entries())
         return self.chain.append(BUDGET_CHANGE, {"from": old, "to": new, "reason": reason})

@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 import torch
 
 from secfed import logs
+from secfed.durable import fsync_dir, write_synced
 from secfed.model.device import select_device, select_dtype
 
 if TYPE_CHECKING:
@@ -317,7 +318,7 @@ def _ensure_default_converted(cache_dir: Path) -> tuple[Path, str]:
         base_hash = hash_safetensors(files)
         sizes = {p.name: p.stat().st_size for p in sorted(partial.iterdir()) if p.is_file()}
         record = {"format": _CACHE_FORMAT, "base_hash": base_hash, "source": source, "files": sizes}
-        _write_synced(partial / CACHE_MARKER, json.dumps(record, indent=2, sort_keys=True) + "\n")
+        write_synced(partial / CACHE_MARKER, json.dumps(record, indent=2, sort_keys=True) + "\n")
         try:
             os.rename(partial, final)
         except OSError:
@@ -326,7 +327,7 @@ def _ensure_default_converted(cache_dir: Path) -> tuple[Path, str]:
             if winner is None:
                 raise
             return final, str(winner["base_hash"])
-        _fsync_dir(models)
+        fsync_dir(models)
         logs.event(log, "converted_gguf", seconds=round(time.monotonic() - started, 1), base_hash=base_hash)
         return final, base_hash
     except ModelLoadError:
@@ -398,26 +399,6 @@ def _remove_stale_partials(models: Path) -> None:
                 shutil.rmtree(entry, ignore_errors=True)
         except OSError:
             continue
-
-
-def _write_synced(path: Path, text: str) -> None:
-    with path.open("w", encoding="utf-8") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 # --------------------------------------------------------------------------------------------------
