@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from secfed.bench.stats import emit
+from secfed.bench.stats import emit, paired_bootstrap
 from secfed.data.formats import Record, load_records
 
 HELD_OUT = "summarization"
@@ -93,6 +93,7 @@ class Outcome:
     upload_bytes: int
     selection_s: float = 0.0
     extra: dict[str, Any] = field(default_factory=dict)
+    per_record: list[float] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -102,6 +103,7 @@ class Outcome:
             "selection_s": round(self.selection_s, 2),
             "data_fraction": round(self.data_fraction, 5),
             "upload_bytes": self.upload_bytes,
+            "rougeL_per_record": [round(x, 3) for x in self.per_record],
             **self.extra,
         }
 
@@ -126,6 +128,15 @@ def load_split(data: Path, preset: DollyPreset) -> tuple[list[list[Record]], lis
     return clients, test
 
 
+@dataclass(frozen=True)
+class Scores:
+    """One evaluation: Rouge-L overall, on the held-out category, and per test record (in order)."""
+
+    rouge: float
+    heldout: float | None
+    per_record: list[float]
+
+
 class _Evaluator:
     """Scores a global adapter vector on the test records with one loaded model."""
 
@@ -137,7 +148,7 @@ class _Evaluator:
         self.references = [r.response for r in test]
         self.categories = [r.category for r in test]
 
-    def __call__(self, adapter: np.ndarray | None) -> tuple[float, float | None]:
+    def __call__(self, adapter: np.ndarray | None) -> Scores:
         from secfed.model.lora import vector_to_adapter
 
         if adapter is None:
@@ -147,7 +158,9 @@ class _Evaluator:
             vector_to_adapter(self.peft, adapter)
             report = self._run()
         held = report.per_category.get(HELD_OUT, {}).get("rougeL")
-        return float(report.overall["rougeL"]), None if held is None else float(held)
+        return Scores(
+            float(report.overall["rougeL"]), None if held is None else float(held), report.record_rouge_l
+        )
 
     def _run(self) -> Any:
         from secfed.eval.report import evaluate
@@ -227,9 +240,10 @@ class _Bench:
         }
         run = run_inprocess(server, clients, rounds=self.preset.rounds, secure=secure, seed=self.preset.seed)
         _check(run)
-        rouge, held = self.evaluate(run.model)
+        scores = self.evaluate(run.model)
         train_s = sum(run.compute_s.values())
-        return Outcome(rouge, held, train_s, 1.0, run.upload_values * 8), run
+        outcome = Outcome(scores.rouge, scores.heldout, train_s, 1.0, run.upload_values * 8)
+        return replace(outcome, per_record=scores.per_record), run
 
     def fedhds(self, mode: str, *, fraction: float | None = None, dp: bool = False) -> tuple[Outcome, Any]:
         from secfed.bench.inprocess import run_inprocess
@@ -273,7 +287,7 @@ class _Bench:
         for cid, client in clients.items():
             if client.features is not None:
                 self.features.setdefault(cid, client.features)
-        rouge, held = self.evaluate(run.model)
+        scores = self.evaluate(run.model)
         total = sum(len(c.records) for c in clients.values()) * self.preset.rounds
         trained = sum(c.records_trained for c in clients.values())
         selection_s = sum(c.selection_s for c in clients.values())
@@ -289,7 +303,17 @@ class _Bench:
             ]
             extra["epsilon_max"] = max(s.pld for s in spent)
             extra["epsilon_rdp_max"] = max(s.rdp for s in spent)
-        return Outcome(rouge, held, train_s, trained / total, run.upload_values * 8, selection_s, extra), run
+        outcome = Outcome(
+            scores.rouge,
+            scores.heldout,
+            train_s,
+            trained / total,
+            run.upload_values * 8,
+            selection_s,
+            extra,
+            scores.per_record,
+        )
+        return outcome, run
 
 
 def _check(run: Any) -> None:
@@ -336,8 +360,8 @@ def _run(
         print(f"[dolly] {name}: {json.dumps(results[name])}", file=sys.stderr, flush=True)
 
     if "base" in methods:
-        rouge, held = evaluator(None)
-        record("base", Outcome(rouge, held, 0.0, 0.0, 0))
+        scores = evaluator(None)
+        record("base", Outcome(scores.rouge, scores.heldout, 0.0, 0.0, 0, per_record=scores.per_record))
     if "fedit-plaintext" in methods:
         record("fedit-plaintext", bench.fedit(secure=False)[0])
     if "fedit-secure" in methods:
@@ -368,28 +392,42 @@ def _run(
         t0 = time.perf_counter()
         stats = train_local(peft, base.tokenizer, union, settings, desc="centralized")
         seconds = time.perf_counter() - t0
-        rouge, held = evaluator(adapter_to_vector(peft))
-        record("centralized", Outcome(rouge, held, seconds, 1.0, 0, extra={"steps": stats.steps}))
+        scores = evaluator(adapter_to_vector(peft))
+        record(
+            "centralized",
+            Outcome(
+                scores.rouge,
+                scores.heldout,
+                seconds,
+                1.0,
+                0,
+                extra={"steps": stats.steps},
+                per_record=scores.per_record,
+            ),
+        )
     if "local-only" in methods:
-        scores = []
+        local: list[Scores] = []
         train_s = 0.0
         for i in range(min(preset.local_only_evaluated, len(clients_records))):
             vector_to_adapter(peft, initial)
             t0 = time.perf_counter()
             train_local(peft, base.tokenizer, clients_records[i], settings, desc=f"local-only inst{i:02d}")
             train_s += time.perf_counter() - t0
-            scores.append(evaluator(adapter_to_vector(peft)))
+            local.append(evaluator(adapter_to_vector(peft)))
+        held_scores = [sc.heldout for sc in local]
         record(
             "local-only",
             Outcome(
-                float(np.mean([sc[0] for sc in scores])),
+                float(np.mean([sc.rouge for sc in local])),
                 None
-                if any(sc[1] is None for sc in scores)
-                else float(np.mean([sc[1] or 0.0 for sc in scores])),
+                if any(h is None for h in held_scores)
+                else float(np.mean([h or 0.0 for h in held_scores])),
                 train_s,
                 1.0 / len(clients_records),
                 0,
-                extra={"institutions_evaluated": len(scores)},
+                extra={"institutions_evaluated": len(local)},
+                # Record by record, the mean over the institutions evaluated: the same average as above.
+                per_record=[float(x) for x in np.mean([sc.per_record for sc in local], axis=0)],
             ),
         )
     return {
@@ -404,8 +442,33 @@ def _run(
         "test_records": len(test),
         "held_out_category": HELD_OUT,
         "results": results,
+        "comparisons": compare_methods(results),
         "wall_s": round(time.perf_counter() - started, 1),
     }
+
+
+#: The paired comparisons the issue's targets are about, as (method, baseline, target on the delta).
+COMPARISONS: tuple[tuple[str, str, str], ...] = (
+    ("fedit-secure", "fedit-plaintext", "|delta| < 0.2"),
+    ("fedhds-secure", "fedhds-plaintext", "delta > -1"),
+    ("fedhds-secure", "fedit-secure", "delta >= 0"),
+    ("fedhds-secure", "random", "delta > 0"),
+    ("fedhds-secure-dp", "fedhds-secure", "(the cost of DP)"),
+)
+
+
+def compare_methods(results: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
+    """``"A vs B"`` -> mean Rouge-L difference A - B over the test records, with a paired 95 %
+    bootstrap interval, for each of ``COMPARISONS`` whose two methods both ran."""
+    out: dict[str, dict[str, Any]] = {}
+    for method, baseline, target in COMPARISONS:
+        if method in results and baseline in results:
+            a, b = results[method]["rougeL_per_record"], results[baseline]["rougeL_per_record"]
+            stats = paired_bootstrap(a, b)
+            stats["delta"] = round(stats["delta"], 3)
+            stats["ci95"] = [round(x, 3) for x in stats["ci95"]]
+            out[f"{method} vs {baseline}"] = {**stats, "target": target}
+    return out
 
 
 def _plaintext_points(features: Sequence[np.ndarray], config: Any, round_seed: int) -> list[np.ndarray]:
@@ -487,12 +550,19 @@ def _plaintext_fedhds(bench: _Bench) -> Outcome:
     }
     run = run_inprocess(server, clients, rounds=bench.preset.rounds, secure=True, seed=bench.preset.seed)
     _check(run)
-    rouge, held = bench.evaluate(run.model)
+    scores = bench.evaluate(run.model)
     total = sum(len(c.records) for c in clients.values()) * bench.preset.rounds
     trained = sum(c.records_trained for c in clients.values())
     extra = {"selected_per_round": [sum(len(v) for v in a.values()) for a in assignments]}
     return Outcome(
-        rouge, held, sum(run.compute_s.values()), trained / total, run.upload_values * 8, selection_s, extra
+        scores.rouge,
+        scores.heldout,
+        sum(run.compute_s.values()),
+        trained / total,
+        run.upload_values * 8,
+        selection_s,
+        extra,
+        scores.per_record,
     )
 
 
@@ -561,5 +631,10 @@ def _summary(result: Mapping[str, Any]) -> str:
         lines.append(
             f"{name:18} {r['rougeL']:7.2f} {r['rougeL_heldout'] or float('nan'):8.2f} {r['train_s']:8.1f} "
             f"{100 * r['data_fraction']:6.2f}%"
+        )
+    for name, c in result["comparisons"].items():
+        lo, hi = c["ci95"]
+        lines.append(
+            f"{name}: Rouge-L delta {c['delta']:+.2f} (95% CI {lo:+.2f} .. {hi:+.2f}; target {c['target']})"
         )
     return "\n".join(lines)

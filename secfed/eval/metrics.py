@@ -43,15 +43,25 @@ def _scorer() -> Any:
     return rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
 
 
-def rouge_l(predictions: Sequence[str], references: Sequence[str]) -> float:
-    """Mean Rouge-L F-measure over the pairs, times 100 (stemmed, so "runs" matches "running")."""
+def rouge_l_scores(predictions: Sequence[str], references: Sequence[str]) -> list[float]:
+    """Rouge-L F-measure of each pair, times 100 (stemmed, so "runs" matches "running").
+
+    Kept per pair so that two methods scored on the same records can be compared pairwise
+    (``secfed.bench.stats.paired_bootstrap``), not only by their means.
+    """
     _check_pairs(predictions, references)
     scorer = _scorer()
-    total = 0.0
-    for pred, ref in zip(predictions, references, strict=True):
-        # rouge_score's argument order is (target, prediction).
-        total += float(scorer.score(ref, pred)["rougeL"].fmeasure)
-    return 100.0 * total / len(predictions)
+    # rouge_score's argument order is (target, prediction).
+    return [
+        100.0 * float(scorer.score(ref, pred)["rougeL"].fmeasure)
+        for pred, ref in zip(predictions, references, strict=True)
+    ]
+
+
+def rouge_l(predictions: Sequence[str], references: Sequence[str]) -> float:
+    """Mean Rouge-L F-measure over the pairs, times 100."""
+    scores = rouge_l_scores(predictions, references)
+    return sum(scores) / len(scores)
 
 
 def _is_punctuation(ch: str) -> bool:

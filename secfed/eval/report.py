@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from secfed.eval.generate import generate_answers
-from secfed.eval.metrics import exact_match, rouge_l
+from secfed.eval.metrics import exact_match, rouge_l, rouge_l_scores
 
 if TYPE_CHECKING:
     from peft import PeftModel
@@ -30,12 +30,15 @@ class EvalReport:
     ``overall`` and every ``per_category`` entry hold the same keys: ``rougeL``, ``exact_match`` and
     ``n`` (as a float, so the dicts stay ``str -> float`` for JSON), plus ``accuracy`` when a checker
     was given. ``samples`` keeps the first few answers of each category, with ``correct`` ("true" /
-    "false") when a checker was given.
+    "false") when a checker was given. ``record_rouge_l`` is each prompt's Rouge-L, in prompt order,
+    for paired comparisons between methods; ``to_json`` leaves it out (it is per record, and the
+    report's JSON is a summary).
     """
 
     overall: dict[str, float]
     per_category: dict[str, dict[str, float]]
     samples: list[dict[str, str]] = field(default_factory=list)
+    record_rouge_l: list[float] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-serialisable copy (plain dicts and lists), safe to mutate."""
@@ -126,7 +129,10 @@ def evaluate(
             samples.append(sample)
 
     return EvalReport(
-        overall=_scores(predictions, references, correct), per_category=per_category, samples=samples
+        overall=_scores(predictions, references, correct),
+        per_category=per_category,
+        samples=samples,
+        record_rouge_l=rouge_l_scores(predictions, references),
     )
 
 

@@ -8,7 +8,7 @@ from unittest.mock import ANY
 import pytest
 
 from secfed.eval import report as report_module
-from secfed.eval.metrics import exact_match, normalize_answer, rouge_l
+from secfed.eval.metrics import exact_match, normalize_answer, rouge_l, rouge_l_scores
 from secfed.eval.report import EvalReport, evaluate, format_table
 
 # --- Rouge-L ---------------------------------------------------------------------------------------
@@ -36,6 +36,14 @@ def test_rouge_l_is_the_mean_over_pairs_and_stems() -> None:
     assert rouge_l(preds, refs) == pytest.approx((100 + 0 + 400 / 7) / 3)
     # Porter stemming: "running" and "runs" both become "run"; case and punctuation are ignored.
     assert rouge_l(["Running!"], ["runs"]) == pytest.approx(100.0)
+
+
+def test_rouge_l_scores_are_per_pair_in_order() -> None:
+    preds = ["the cat sat on the mat", "nothing shared", "a c e"]
+    refs = ["the cat sat on the mat", "the cat sat on the mat", "a b c d"]
+    assert rouge_l_scores(preds, refs) == pytest.approx([100.0, 0.0, 400 / 7])
+    with pytest.raises(ValueError):
+        rouge_l_scores(["a"], [])
 
 
 def test_rouge_l_rejects_bad_input() -> None:
@@ -134,6 +142,9 @@ def test_evaluate_aggregates_per_category(stub_generation) -> None:
     assert rep.overall == pytest.approx(
         {"rougeL": (200 / 3 + 100 + 400 / 7) / 5, "exact_match": 20.0, "accuracy": 40.0, "n": 5.0}
     )
+    # Per record, in prompt order, and their mean is the overall score.
+    assert rep.record_rouge_l == pytest.approx([200 / 3, 100.0, 400 / 7, 0.0, 0.0])
+    assert sum(rep.record_rouge_l) / len(PROMPTS) == pytest.approx(rep.overall["rougeL"])
 
 
 def test_samples_and_json(stub_generation) -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from secfed.bench.compare import CPU_PRESET, METHODS, plot_svg, run_benchmark
+from secfed.bench.compare import COMPARISONS, CPU_PRESET, METHODS, plot_svg, run_benchmark
 from secfed.data.builtin import builtin_splits
 
 pytestmark = pytest.mark.timeout(600)
@@ -65,6 +65,17 @@ def test_every_method_runs_and_reports(tmp_path: Path, tiny_model_dir: Path) -> 
     assert results["fedhds-secure-dp"]["epsilon_max"] <= 8.0 + 1e-9
     # secure vs plaintext aggregation differ only by fixed-point rounding: the same answers
     assert results["fedit-secure"]["rougeL"] == pytest.approx(results["fedit-plaintext"]["rougeL"], abs=1e-9)
+    # Per-record scores back every mean, and the paired comparisons are built from them.
+    for name, r in results.items():
+        assert len(r["rougeL_per_record"]) == result["test_records"] == 6, name
+        assert sum(r["rougeL_per_record"]) / 6 == pytest.approx(r["rougeL"], abs=1e-2), name
+    comparisons = result["comparisons"]
+    assert set(comparisons) == {f"{a} vs {b}" for a, b, _ in COMPARISONS}
+    for name, c in comparisons.items():
+        a, b = name.split(" vs ")
+        assert c["delta"] == pytest.approx(results[a]["rougeL"] - results[b]["rougeL"], abs=1e-2), name
+        assert c["ci95"][0] <= c["delta"] + 1e-9 and c["delta"] <= c["ci95"][1] + 1e-9, name
+    assert comparisons["fedit-secure vs fedit-plaintext"]["ci95"] == [0.0, 0.0]
     json.dumps(result, allow_nan=False)
     svg = plot_svg(result)
     assert svg.startswith('<svg xmlns="http://www.w3.org/2000/svg"') and svg.endswith("</svg>")
