@@ -602,6 +602,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
     p.add_argument("--records-per-client", type=int, help="override the preset's sample per institution")
     p.add_argument("--rounds", type=int, help="override the preset's rounds")
+    p.add_argument(
+        "--selected-epochs",
+        type=float,
+        help="override the preset's passes over the selected records per FedHDS (and random) round",
+    )
     p.add_argument("--json", action="store_true", help="print JSON")
     p.add_argument("--out", type=Path, help="also write the JSON here")
     p.add_argument("--plot", type=Path, help="write an SVG bar chart of Rouge-L per method here")
@@ -611,9 +616,17 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 def _main(args: argparse.Namespace) -> int:
     preset = FULL_PRESET if args.full else CPU_PRESET
     if args.records_per_client is not None:
+        if args.records_per_client < 1:
+            raise ValueError(f"dolly --records-per-client must be at least 1, got {args.records_per_client}")
         preset = replace(preset, records_per_client=args.records_per_client)
     if args.rounds is not None:
+        if args.rounds < 1:
+            raise ValueError(f"dolly --rounds must be at least 1, got {args.rounds}")
         preset = replace(preset, rounds=args.rounds)
+    if args.selected_epochs is not None:
+        if not args.selected_epochs > 0:
+            raise ValueError(f"dolly --selected-epochs must be positive, got {args.selected_epochs}")
+        preset = replace(preset, selected_epochs=args.selected_epochs)
     result = run_benchmark(args.data, preset, model=args.model, methods=args.methods)
     if args.plot is not None:
         args.plot.write_text(plot_svg(result), encoding="utf-8")

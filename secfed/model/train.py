@@ -46,10 +46,19 @@ class TrainSettings:
         if self.epochs is not None and not self.epochs > 0:
             raise ValueError("epochs must be > 0")
 
+    def batch_for(self, n_records: int) -> int:
+        """Sequences per micro-batch: ``batch_size``, but never more than there are records.
+
+        A coreset winner trains on one to three records; filling a batch of four with copies of the
+        same record would cost up to four times the compute for the same gradient, and weight a
+        record twice next to its neighbours.
+        """
+        return max(1, min(self.batch_size, n_records))
+
     def steps_for(self, n_records: int) -> int:
         if self.epochs is None:
             return self.local_steps
-        return max(1, math.ceil(self.epochs * n_records / (self.batch_size * self.grad_accum)))
+        return max(1, math.ceil(self.epochs * n_records / (self.batch_for(n_records) * self.grad_accum)))
 
 
 @dataclass(frozen=True)
@@ -111,13 +120,14 @@ def train_local(
     model.train()
     started = time.perf_counter()
     steps = settings.steps_for(len(examples))
+    batch_size = settings.batch_for(len(examples))
     bar = tqdm(range(steps), desc=desc, unit="step", disable=not progress, file=sys.stderr)
     for _ in bar:
         optimizer.zero_grad(set_to_none=True)
         step_loss = 0.0
         for _micro in range(settings.grad_accum):
             idx = []
-            for _k in range(settings.batch_size):
+            for _k in range(batch_size):
                 if cursor == len(order):
                     order, cursor = rng.permutation(len(examples)), 0
                 idx.append(int(order[cursor]))

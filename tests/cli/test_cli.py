@@ -65,3 +65,18 @@ def test_bench_secagg_json_keys(tmp_path: Path, capsys: pytest.CaptureFixture[st
 def test_bench_rejects_bad_arguments(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["bench", "secagg", "--clients", "2", "--json"]) == 2
     assert "--clients must be at least 3" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "message"),
+    [
+        ("--records-per-client", "0", "--records-per-client must be at least 1, got 0"),
+        ("--rounds", "0", "--rounds must be at least 1, got 0"),
+        ("--selected-epochs", "0", "--selected-epochs must be positive, got 0.0"),
+    ],
+)
+def test_bench_dolly_rejects_bad_overrides_before_loading_anything(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], flag: str, value: str, message: str
+) -> None:
+    assert main(["bench", "dolly", "--data", str(tmp_path / "absent"), flag, value]) == 2
+    assert message in capsys.readouterr().err

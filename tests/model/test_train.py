@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from secfed.data.builtin import builtin_splits
+from secfed.data.prompts import collate, tokenize_example
 from secfed.model.lora import LoraSettings, adapter_to_vector, apply_lora
 from secfed.model.tiny import tiny_llama
 from secfed.model.train import TrainSettings, sequence_mean_loss, train_local
@@ -52,3 +53,38 @@ def test_epochs_set_the_number_of_steps() -> None:
     assert stats.steps == -(-len(records) // 4)
     with pytest.raises(ValueError, match="epochs"):
         TrainSettings(epochs=0)
+
+
+def test_fewer_records_than_a_batch_are_not_padded_with_copies() -> None:
+    """One record at batch 4: each step sees it once (not four copies), and epochs count passes."""
+    one = _records()[:1]
+    settings = TrainSettings(epochs=2.0, batch_size=4, max_length=64)
+    assert settings.batch_for(1) == 1 and settings.batch_for(3) == 3 and settings.batch_for(9) == 4
+    tiny = tiny_llama(seed=2)
+    peft = apply_lora(tiny.model, LoraSettings())
+    stats = train_local(peft, tiny.tokenizer, one, settings, progress=False)
+    assert (stats.steps, stats.sequences) == (2, 2)
+    three = _records()[:3]
+    stats = train_local(
+        peft, tiny.tokenizer, three, TrainSettings(epochs=1.0, batch_size=4, max_length=64), progress=False
+    )
+    assert (stats.steps, stats.sequences) == (1, 3)
+
+
+def test_a_batch_of_copies_has_the_gradient_of_the_record_alone() -> None:
+    """Why capping the batch loses nothing: the loss is a per-sequence mean, so a batch of four
+    copies of one record has that record's gradient (up to float rounding)."""
+    tiny = tiny_llama(seed=2)
+    torch.manual_seed(0)
+    peft = apply_lora(tiny.model, LoraSettings())
+    example = tokenize_example(_records()[0], tiny.tokenizer, style="chat", max_length=64)
+    trainable = [p for p in peft.parameters() if p.requires_grad]
+    grads = []
+    for copies in (1, 4):
+        batch = collate([example] * copies, 0)
+        out = peft(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+        loss = sequence_mean_loss(out.logits, batch["labels"]).mean()
+        grads.append(torch.autograd.grad(loss, trainable))
+    for alone, copied in zip(*grads, strict=True):
+        torch.testing.assert_close(copied, alone, rtol=1e-4, atol=1e-6)
+    assert any(float(g.abs().max()) > 0 for g in grads[0])
