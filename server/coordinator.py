@@ -184,6 +184,7 @@ class Coordinator:
         clock: Callable[[], float] = time.monotonic,
         observer: CoordinatorObserver | None = None,
         first_round: int = 0,
+        first_attempt: int = 1,
     ) -> None:
         if len(set(roster)) != len(roster) or len(roster) < plan.min_cohort:
             raise ValueError(f"roster must hold at least {plan.min_cohort} distinct clients")
@@ -205,7 +206,12 @@ class Coordinator:
         self.phase_seconds: list[dict[str, float]] = []  # per completed round: seconds each phase stayed open
         self.finished_reason: str | None = None
         self._attempt: _Attempt | None = None
-        self._start_attempt(1)
+        # After a restart the first round resumes at the state database's next attempt number, never
+        # at 1 again: the attempt is bound into the session's signed configuration, and a repeated
+        # number would make the dead incarnation's adverts (same round, roster and model) valid here.
+        if first_attempt < 1:
+            raise ValueError(f"first_attempt must be >= 1, got {first_attempt}")
+        self._start_attempt(first_attempt)
 
     # -- public API used by the transport ------------------------------------------------------
     def poll(self, client_id: str) -> Pending:
@@ -217,13 +223,8 @@ class Coordinator:
         assert attempt is not None
         pending = attempt.outbox.get(client_id)
         if pending is not None:
-            if not attempt.delivered:
-                # The first phase's deadline runs from the first client that hears of the round, not
-                # from server start-up: clients may still be starting (or reconnecting after a restart).
-                attempt.delivered = True
-                self._send({cid: p.instruction for cid, p in attempt.outbox.items()}, attempt)
-                pending = attempt.outbox[client_id]
-            return pending
+            self._heard_of(attempt)
+            return attempt.outbox[client_id]
         wait = Wait(retry_after_s=min(0.2, self.plan.phase_timeout_s / 10))
         return Pending(0, wait, attempt.session.session_id, attempt.deadline)
 
@@ -258,8 +259,21 @@ class Coordinator:
             srv.receive_consistency(message)
         else:
             srv.receive_unmask(message)
+        self._heard_of(attempt)
         attempt.outbox.pop(client_id, None)
         self._advance_if_complete(attempt)
+
+    def _heard_of(self, attempt: _Attempt) -> None:
+        """A client has heard of ``attempt``: start its first phase's deadline if it has not started.
+
+        The deadline runs from the first client that hears of the round, not from server start-up:
+        clients may still be starting, or reconnecting after a restart. A poll that delivers the
+        instruction is the usual sign; an accepted upload is the other one, and it must count too, or
+        an attempt whose clients answer without polling first would wait for its deadline forever.
+        """
+        if not attempt.delivered:
+            attempt.delivered = True
+            self._send({cid: p.instruction for cid, p in attempt.outbox.items()}, attempt)
 
     def refuse(self, client_id: str, round_: int, reason: str) -> None:
         """A client declines this round (e.g. its privacy budget is spent): stop waiting for it."""

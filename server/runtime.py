@@ -195,6 +195,7 @@ class FederationServer:
             trust=kit.trust,
             observer=observer,
             first_round=first_round,
+            first_attempt=store.next_attempt(first_round),
         )
         service = FederationService(
             coordinator,

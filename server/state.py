@@ -537,6 +537,16 @@ class StateStore:
         row = conn.execute("SELECT max(attempt) FROM attempts WHERE round = ?", (round_,)).fetchone()
         return 1 if row[0] is None else int(row[0]) + 1
 
+    def next_attempt(self, round: int) -> int:
+        """The number the next attempt at ``round`` gets: one past every attempt recorded for it.
+
+        A restarted coordinator starts its first attempt here, so that attempt numbers (which are
+        bound into each session's signed configuration) never repeat across server incarnations.
+        """
+        round_ = _check_round_number(round, "round")
+        with self._read() as conn:
+            return self._next_attempt(conn, round_)
+
     def interrupted_attempt(self) -> tuple[int, int] | None:
         """``(round, attempt)`` begun but neither completed nor aborted, else None.
 

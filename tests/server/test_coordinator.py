@@ -13,6 +13,7 @@ import pytest
 from secfed.fl.tasks import StagePlan, StageResult
 from secfed.fl.vectors import model_hash
 from secfed.secagg.client import ClientSession
+from secfed.secagg.errors import SecAggError
 from secfed.secagg.messages import (
     AdvertBroadcast,
     AggregateResult,
@@ -320,3 +321,63 @@ def test_task_rejecting_a_stage_sum_aborts_the_attempt(consortium: Consortium) -
     assert all("stage count: inconsistent statistics" in reason for _, _, reason in coord.aborted_attempts)
     # every attempt restarts the round from its first stage (the task is told: done is empty)
     assert [done for _, done in task.calls].count(()) == 2
+
+
+def _stale_advert(consortium: Consortium, n: int, plan: RoundPlan) -> tuple[str, Any]:
+    """What a client built in a server incarnation that then died: its advert for attempt 1."""
+    dead, _clients, _clock, _ = build(consortium, n, plan)
+    cid = consortium.ids(n)[0]
+    ins = dead.poll(cid).instruction
+    assert isinstance(ins, RoundStart)
+    session = ClientSession(
+        identity=consortium.identities[cid],
+        trust=consortium.trust,
+        config=ins.config,
+        model_hash=ins.config.model_hash,
+        inputs=stage_inputs(cid, ins),
+    )
+    return cid, session.advertise()
+
+
+def restarted(
+    consortium: Consortium, n: int, plan: RoundPlan, first_attempt: int
+) -> tuple[Coordinator, Clock]:
+    clock = Clock()
+    coord = Coordinator(
+        roster=consortium.ids(n),
+        plan=plan,
+        task=MeanTask(),
+        initial_model=np.zeros(DIM),
+        trust=consortium.trust,
+        clock=clock,
+        first_attempt=first_attempt,
+    )
+    return coord, clock
+
+
+def test_a_restarted_coordinator_refuses_the_dead_incarnations_adverts(consortium: Consortium) -> None:
+    """After a restart the round resumes at the next attempt number (the server passes the state
+    database's), so the signed configuration differs and an advert from before the crash is refused,
+    even though round, roster and model are the same."""
+    plan = RoundPlan(rounds=1, phase_timeout_s=5)
+    cid, advert = _stale_advert(consortium, 4, plan)
+    coord, _clock = restarted(consortium, 4, plan, first_attempt=2)
+    with pytest.raises(SecAggError, match="another round or configuration"):
+        coord.upload(cid, advert)
+    ins = coord.poll(cid).instruction
+    assert isinstance(ins, RoundStart) and ins.config.label.endswith(".a2")
+    with pytest.raises(ValueError, match="first_attempt"):
+        restarted(consortium, 4, plan, first_attempt=0)
+
+
+def test_an_accepted_upload_starts_the_deadline_like_a_poll(consortium: Consortium) -> None:
+    """An attempt's first deadline starts when a client hears of it. An upload the session accepts
+    proves that as well as a poll does: the harness caught a restarted server whose clients answered
+    with adverts before polling, then waited at Advertise forever for a hung client."""
+    plan = RoundPlan(rounds=1, phase_timeout_s=5, max_attempts=1)
+    cid, advert = _stale_advert(consortium, 4, plan)
+    coord, clock = restarted(consortium, 4, plan, first_attempt=1)  # the same configuration: accepted
+    coord.upload(cid, advert)
+    clock.now += 6.0
+    coord.tick()  # nobody else answers: the advertise phase closes below threshold
+    assert [(r, a) for r, a, _ in coord.aborted_attempts] == [(0, 1)]

@@ -255,11 +255,14 @@ def test_interrupted_attempt_is_reported_after_restart(tmp_path: Path, rng: np.r
         assert {b"sid-a", b"sid-b"} <= s.used_session_ids()
         with pytest.raises(StateError, match="still open"):
             s.begin_attempt(1, [b"sid-c"])
+        assert s.next_attempt(1) == 2  # the open attempt counts: a restart never reuses its number
         s.record_aborted_attempt(1, "server restarted", [])
         assert s.interrupted_attempt() is None
+        assert (s.next_attempt(1), s.next_attempt(2)) == (2, 1)
         with pytest.raises(StateError, match="already used"):
             s.begin_attempt(1, [b"sid-a"])
         assert s.begin_attempt(1, [b"sid-c"]) == 2
+        assert s.next_attempt(1) == 3
         model = vector(rng)
         s.complete_round(record(1, model), model)
         assert s.used_session_ids() >= {b"sid-a", b"sid-b", b"sid-c"}
