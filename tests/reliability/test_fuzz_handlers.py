@@ -83,10 +83,16 @@ def test_every_handler_answers_every_fuzzed_request_clearly(
 
 
 def test_the_round_after_the_fuzzing_is_exact(fed: Federation) -> None:
-    """Runs after the fuzzing on the same server: nothing the fuzzer sent reached the aggregate."""
+    """Runs after the fuzzing on the same server: nothing the fuzzer sent reached the aggregate.
+
+    The cohort may lack a member: the attacker is a roster member, and its fuzzed Polls and uploads
+    can start the open attempt's first deadline before the honest clients start, so whoever has
+    advertised when it fires (at least the threshold, 3 of 4) forms the cohort. What must hold is
+    that the round completes and its sum is exactly the plaintext sum of its contributors' inputs.
+    """
     assert rc.finish_round(fed, ROSTER) == "completed 1 rounds"
     [record] = rounds_log(fed)
-    assert record["contributors"] == list(ROSTER)
+    assert set(record["contributors"]) <= set(ROSTER) and len(record["contributors"]) >= 3
     check_plaintext_sums([record])
 
 
