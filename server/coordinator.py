@@ -157,6 +157,7 @@ class CoordinatorObserver:
 class _Attempt:
     round: int
     number: int
+    tries: int  # attempts at this round by this server process, this one included (max_attempts)
     session: ServerSession | PlaintextSession
     deadline: float
     started: float
@@ -307,7 +308,7 @@ class Coordinator:
         k = max(self.plan.min_cohort, round(self.plan.participation * len(self.roster)))
         return tuple(sorted(rng.sample(self.roster, min(k, len(self.roster)))))
 
-    def _start_attempt(self, number: int) -> None:
+    def _start_attempt(self, number: int, tries: int = 1) -> None:
         if self.round >= self.plan.rounds:
             self.finished_reason = f"completed {self.plan.rounds} rounds"
             self._attempt = None
@@ -329,6 +330,7 @@ class Coordinator:
         self._attempt = _Attempt(
             round=self.round,
             number=number,
+            tries=tries,
             session=session,
             deadline=now,
             started=now,
@@ -466,8 +468,10 @@ class Coordinator:
             attempt=attempt.number,
             reason=reason,
         )
-        if attempt.number >= self.plan.max_attempts:
-            self.finished_reason = f"round {attempt.round} failed {attempt.number} attempts: {reason}"
+        # Counted per server process, not by attempt number: attempts a restart interrupted are
+        # numbered (so their sessions never repeat) but are not this process's failures.
+        if attempt.tries >= self.plan.max_attempts:
+            self.finished_reason = f"round {attempt.round} failed {attempt.tries} attempts: {reason}"
             self._attempt = None
             return
-        self._start_attempt(attempt.number + 1)
+        self._start_attempt(attempt.number + 1, attempt.tries + 1)

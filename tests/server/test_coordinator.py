@@ -381,3 +381,14 @@ def test_an_accepted_upload_starts_the_deadline_like_a_poll(consortium: Consorti
     clock.now += 6.0
     coord.tick()  # nobody else answers: the advertise phase closes below threshold
     assert [(r, a) for r, a, _ in coord.aborted_attempts] == [(0, 1)]
+
+
+def test_max_attempts_counts_this_process_tries_not_attempt_numbers(consortium: Consortium) -> None:
+    """A server restarted twice in round 0 resumes at attempt 3; with max_attempts=2 it still gets
+    two tries of its own (attempts 3 and 4) before giving up."""
+    ids = consortium.ids(6)
+    coord, clock = restarted(consortium, 6, RoundPlan(rounds=1, phase_timeout_s=3, max_attempts=2), 3)
+    clients = [FakeClient(c, consortium, coord, hang_from_round=0 if c in ids[:2] else None) for c in ids]
+    run(coord, clients, clock)
+    assert [(r, a) for r, a, _ in coord.aborted_attempts] == [(0, 3), (0, 4)]
+    assert coord.finished_reason is not None and coord.finished_reason.startswith("round 0 failed 2 attempts")
