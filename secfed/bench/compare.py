@@ -37,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from secfed.bench.stats import emit, paired_bootstrap
+from secfed.bench.stats import add_output_arguments, emit, paired_bootstrap
 from secfed.data.formats import Record, load_records
 
 HELD_OUT = "summarization"
@@ -613,8 +613,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         type=float,
         help="override the preset's passes over the selected records per FedHDS (and random) round",
     )
-    p.add_argument("--json", action="store_true", help="print JSON")
-    p.add_argument("--out", type=Path, help="also write the JSON here")
+    add_output_arguments(p)
     p.add_argument("--plot", type=Path, help="write an SVG bar chart of Rouge-L per method here")
     p.set_defaults(func=_main)
 

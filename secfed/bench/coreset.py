@@ -69,7 +69,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from numpy.typing import NDArray
 
-from secfed.bench.stats import emit, median
+from secfed.bench.stats import add_output_arguments, emit, median
 from secfed.data.formats import Record, load_records
 
 if TYPE_CHECKING:  # torch and scikit-learn load lazily: every `secfed` command imports this module
@@ -690,8 +690,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--refresh", action="store_true", help="recompute the features even if cached")
     p.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's own choice)")
     p.add_argument("--coreset", default="{}", help="JSON object of CoresetConfig overrides (default: none)")
-    p.add_argument("--json", action="store_true", help="print one JSON object instead of a summary")
-    p.add_argument("--out", type=Path, help="also write the JSON object to this file")
+    add_output_arguments(p)
     p.set_defaults(func=_main)
 
 

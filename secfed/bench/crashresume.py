@@ -51,7 +51,7 @@ from secfed.bench.load import (
     start_gated,
     stop_children_on_sigterm,
 )
-from secfed.bench.stats import emit
+from secfed.bench.stats import add_output_arguments, emit
 from secfed.harness.checks import read_rounds_log, state_check
 from secfed.harness.layout import RunLayout, client_ids
 from secfed.harness.procs import ChildProcess
@@ -634,8 +634,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the kill moments (default 0)")
     p.add_argument("--workdir", type=Path, help="keep every trial's run directory here")
     p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
-    p.add_argument("--json", action="store_true", help="print one JSON object instead of a summary")
-    p.add_argument("--out", type=Path, help="also write the JSON object to this file")
+    add_output_arguments(p)
     p.set_defaults(func=_main)
 
 

@@ -47,7 +47,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from secfed.bench.stats import emit, median
+from secfed.bench.stats import add_output_arguments, emit, median
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 NOISE_MULTIPLIER = 1.0
@@ -244,8 +244,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--max-length", type=int, default=48, help="tokens per sequence (default 48)")
     p.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's own choice)")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
-    p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.add_argument("--out", type=Path, help="also write the JSON object to this file")
+    add_output_arguments(p)
     p.set_defaults(func=_main)
 
 

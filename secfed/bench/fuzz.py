@@ -60,7 +60,7 @@ from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import DecodeError, Message
 
 from secfed.bench.load import ProcessFederation, log_progress, prepare_run, stop_children_on_sigterm
-from secfed.bench.stats import emit
+from secfed.bench.stats import add_output_arguments, emit
 from secfed.harness.checks import plaintext_check, read_rounds_log, state_check
 from secfed.harness.layout import RunLayout, client_ids
 from secfed.harness.procs import ChildProcess
@@ -903,8 +903,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     p.add_argument("--workdir", type=Path, help="keep the run directory here (default: a temporary one)")
     p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
-    p.add_argument("--json", action="store_true", help="print one JSON object instead of a summary")
-    p.add_argument("--out", type=Path, help="also write the JSON object to this file")
+    add_output_arguments(p)
     p.set_defaults(func=_main)
 
 

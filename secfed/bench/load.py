@@ -47,7 +47,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
-from secfed.bench.stats import emit
+from secfed.bench.stats import add_output_arguments, emit
 from secfed.harness.checks import check_rounds, plaintext_check, read_rounds_log, state_check
 from secfed.harness.faults import UPLOAD_PHASES
 from secfed.harness.layout import RunLayout, client_ids, prepare_out_dir, toml_value, write_run
@@ -716,8 +716,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--workdir", type=Path, help="keep the run directory here (default: a temporary one)")
     p.add_argument("--timeout", type=float, metavar="S", help="overall limit (default: from the round plan)")
     p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
-    p.add_argument("--json", action="store_true", help="print one JSON object instead of a summary")
-    p.add_argument("--out", type=Path, help="also write the JSON object to this file")
+    add_output_arguments(p)
     p.set_defaults(func=_main)
 
 

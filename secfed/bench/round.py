@@ -23,7 +23,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from secfed.bench.stats import emit, median
+from secfed.bench.stats import add_output_arguments, emit, median
 from secfed.pki.consortium import loopback_consortium, provision
 
 
@@ -125,8 +125,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--clients", type=int, default=10, help="clients in the round (default 10)")
     p.add_argument("--dim", type=int, default=1_000_000, help="vector length (default 10^6)")
     p.add_argument("--repeats", type=int, default=3, help="rounds per mode; medians are reported (default 3)")
-    p.add_argument("--json", action="store_true", help="print one JSON object instead of a summary")
-    p.add_argument("--out", type=Path, help="also write the JSON object to this file")
+    add_output_arguments(p)
     p.set_defaults(func=_main)
 
 

@@ -13,13 +13,12 @@ import argparse
 import math
 import os
 import sys
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 from tqdm import tqdm
 
-from secfed.bench.stats import emit, median, median_of_dicts
+from secfed.bench.stats import add_output_arguments, emit, median, median_of_dicts
 from secfed.crypto.identity import TrustAnchor
 from secfed.pki.issue import create_ca, issue_client
 from secfed.secagg.client import ClientSession
@@ -125,8 +124,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     p.add_argument("--repeats", type=int, default=3, help="sessions to run; medians are reported (default 3)")
     p.add_argument("--compare", choices=["flower"], help="also time Flower's SecAgg+ client masking")
-    p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
-    p.add_argument("--out", type=Path, help="also write the JSON object to this file")
+    add_output_arguments(p)
     p.set_defaults(func=_main)
 
 

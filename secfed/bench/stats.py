@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import statistics
 from collections.abc import Sequence
@@ -16,6 +17,12 @@ def median(values: Sequence[float]) -> float:
 def median_of_dicts(runs: Sequence[dict[str, float]]) -> dict[str, float]:
     """Key-wise median over repeated runs that report the same keys."""
     return {key: median([r[key] for r in runs]) for key in runs[0]} if runs else {}
+
+
+def add_output_arguments(p: argparse.ArgumentParser) -> None:
+    """``--json`` and ``--out``, the output flags every ``secfed bench`` command reads through ``emit``."""
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of a summary")
+    p.add_argument("--out", type=Path, help="also write the JSON object to this file")
 
 
 def emit(result: dict[str, Any], out: Path | None, as_json: bool) -> bool:

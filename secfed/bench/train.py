@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from secfed.bench.stats import emit
+from secfed.bench.stats import add_output_arguments, emit
 from secfed.pki.consortium import loopback_consortium, provision
 
 TRAIN: dict[str, Any] = {"local_steps": 4, "batch_size": 4, "max_length": 96, "lr": 1e-3, "style": "chat"}
@@ -154,8 +154,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "--model", default="smollm2-135m-instruct", help="base model (default SmolLM2-135M-Instruct)"
     )
     p.add_argument("--isolated-steps", type=int, default=6, help="steps of the single-client throughput run")
-    p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.add_argument("--out", type=Path, help="also write the JSON object to this file")
+    add_output_arguments(p)
     p.set_defaults(func=_main)
 
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from secfed.eval.generate import generate_answers
-from secfed.eval.metrics import exact_match, rouge_l, rouge_l_scores
+from secfed.eval.metrics import exact_match, rouge_l_scores
 
 if TYPE_CHECKING:
     from peft import PeftModel
@@ -50,11 +50,14 @@ class EvalReport:
 
 
 def _scores(
-    predictions: Sequence[str], references: Sequence[str], correct: Sequence[bool] | None
+    predictions: Sequence[str],
+    references: Sequence[str],
+    correct: Sequence[bool] | None,
+    rouge: Sequence[float],
 ) -> dict[str, float]:
     """The metric dict of one group of answers (all of them, or one category's)."""
     scores = {
-        "rougeL": rouge_l(predictions, references),
+        "rougeL": sum(rouge) / len(rouge),  # the records' own scores, computed once in evaluate
         "exact_match": exact_match(predictions, references),
     }
     if correct is not None:
@@ -103,6 +106,7 @@ def evaluate(
     if len(predictions) != len(prompts):
         raise RuntimeError(f"generation returned {len(predictions)} answers for {len(prompts)} prompts")
     correct = [bool(checker(i, p)) for i, p in enumerate(predictions)] if checker is not None else None
+    rouge = rouge_l_scores(predictions, references)
 
     by_category: dict[str, list[int]] = {}
     for i, cat in enumerate(categories):
@@ -116,6 +120,7 @@ def evaluate(
             [predictions[i] for i in idx],
             [references[i] for i in idx],
             [correct[i] for i in idx] if correct is not None else None,
+            [rouge[i] for i in idx],
         )
         for i in idx[:samples_per_category]:
             sample = {
@@ -129,10 +134,10 @@ def evaluate(
             samples.append(sample)
 
     return EvalReport(
-        overall=_scores(predictions, references, correct),
+        overall=_scores(predictions, references, correct, rouge),
         per_category=per_category,
         samples=samples,
-        record_rouge_l=rouge_l_scores(predictions, references),
+        record_rouge_l=rouge,
     )
 
 
