@@ -12,6 +12,7 @@ from typing import Any
 
 from secfed import tomlconfig
 from secfed.dp.policy import DEFAULT_DELTA, PrivacyPolicy
+from secfed.fl.policy import InstitutionPolicy
 
 
 @dataclass(frozen=True)
@@ -27,12 +28,14 @@ class RetryPolicy:
 class ClientConfig:
     kit: Path
     server: str | None = None
-    allow_insecure_plaintext: bool = False
     audit_ledger: Path = Path("audit-ledger.jsonl")
+    # Every input this institution has released (durable): none is summed twice (no differencing).
+    release_log: Path = Path("releases.jsonl")
     task: str = "toy-mean"
     task_options: dict[str, Any] = field(default_factory=dict)
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     privacy: PrivacyPolicy = field(default_factory=lambda: PrivacyPolicy(Path("privacy-ledger.jsonl")))
+    policy: InstitutionPolicy = field(default_factory=InstitutionPolicy)
 
 
 def load_client_config(path: Path) -> ClientConfig:
@@ -40,8 +43,8 @@ def load_client_config(path: Path) -> ClientConfig:
     cli = doc.table("client")
     kit = path.parent / cli.get("kit", str, required=True)
     server = cli.get("server", str, "") or None
-    allow_plaintext = cli.get("allow_insecure_plaintext", bool, False)
     audit_ledger = path.parent / cli.get("audit_ledger", str, "audit-ledger.jsonl")
+    release_log = path.parent / cli.get("release_log", str, "releases.jsonl")
     cli.finish()
     task = doc.table("task")
     name = task.get("name", str, "toy-mean")
@@ -66,14 +69,21 @@ def load_client_config(path: Path) -> ClientConfig:
     except ValueError as exc:
         raise tomlconfig.ConfigFileError(f"{path}: {exc}") from exc
     priv.finish()
+    pol = doc.table("policy")
+    try:
+        policy = InstitutionPolicy.from_mapping(pol.everything())
+    except (TypeError, ValueError) as exc:
+        raise tomlconfig.ConfigFileError(f"{path}: {exc}") from exc
+    pol.finish()
     doc.finish()
     return ClientConfig(
         kit=kit,
         server=server,
-        allow_insecure_plaintext=allow_plaintext,
         audit_ledger=audit_ledger,
+        release_log=release_log,
         task=name,
         task_options=options,
         retry=retry,
         privacy=privacy,
+        policy=policy,
     )

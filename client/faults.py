@@ -18,7 +18,14 @@ from secfed.secagg.errors import Phase
 
 _UPLOAD_PHASES = {
     p.value: p
-    for p in (Phase.ADVERTISE, Phase.SHARE_KEYS, Phase.MASKED_INPUT, Phase.CONSISTENCY, Phase.UNMASK)
+    for p in (
+        Phase.ADVERTISE,
+        Phase.SHARE_KEYS,
+        Phase.COMPUTE,
+        Phase.MASKED_INPUT,
+        Phase.CONSISTENCY,
+        Phase.UNMASK,
+    )
 }
 _SPEC = re.compile(r"^(kill|hang)@(\d+):([a-z-]+)$")
 

@@ -1,7 +1,9 @@
 """An institution's client process: join, poll for instructions, take part in rounds, until told to stop.
 
-The client only ever dials out. Each instruction is handled by the SecAgg client state machine; the
-local task computes the contribution from the downloaded global model when a round starts. Transport
+The client only ever dials out. Each instruction is handed to the institution's
+:class:`~secfed.fl.participant.Participant`, which checks it against the institution's own policy and
+drives the SecAgg client state machine; the local task computes the contribution only after every
+peer's advert has been verified (the compute phase, between ShareKeys and MaskedInput). Transport
 failures are retried with exponential back-off and jitter (a restarting server is normal); a protocol
 violation by the server ends that session (its secrets are erased) and the client goes on polling.
 """
@@ -26,16 +28,24 @@ from client.faults import Fault
 from client.tls import verify_server
 from secfed import logs
 from secfed.chain import HashChain
-from secfed.fl.plaintext import PlaintextInput
+from secfed.fl.participant import Participant, StageStart
+from secfed.fl.policy import InstitutionPolicy, Refusal
+from secfed.fl.releases import ReleaseLog
 from secfed.fl.tasks import ClientTask
-from secfed.fl.vectors import model_hash
 from secfed.pki.kit import Kit
 from secfed.proto.v1 import federation_pb2 as pb
 from secfed.proto.v1 import federation_pb2_grpc as pb_grpc
 from secfed.secagg.client import ClientSession
 from secfed.secagg.config import PROTOCOL_VERSION, SessionConfig
 from secfed.secagg.errors import Phase, SecAggError
-from secfed.secagg.messages import AdvertBroadcast, ConsistencyRequest, ShareKeysRelay, UnmaskRequest
+from secfed.secagg.messages import (
+    AdvertiseKeys,
+    ComputeReady,
+    ConsistencySignature,
+    MaskedInputUpload,
+    ShareKeysUpload,
+    UnmaskResponse,
+)
 from secfed.wire import WireError, chunks, convert
 
 log = logging.getLogger("secfed.client")
@@ -49,6 +59,15 @@ _RETRYABLE = {
     grpc.StatusCode.INTERNAL,
 }
 _RPC_TIMEOUT_S = 60.0
+# The phase each upload answers (for fault injection and logs).
+_PHASE_OF: dict[type, Phase] = {
+    AdvertiseKeys: Phase.ADVERTISE,
+    ShareKeysUpload: Phase.SHARE_KEYS,
+    ComputeReady: Phase.COMPUTE,
+    MaskedInputUpload: Phase.MASKED_INPUT,
+    ConsistencySignature: Phase.CONSISTENCY,
+    UnmaskResponse: Phase.UNMASK,
+}
 _MAX_MODEL_BYTES = 8 * 1024**3
 
 
@@ -81,7 +100,8 @@ class ClientRuntime:
         address: str,
         retry: RetryPolicy | None = None,
         fault: Fault | None = None,
-        allow_insecure_plaintext: bool = False,
+        policy: InstitutionPolicy | None = None,
+        releases: ReleaseLog | None = None,
         audit_ledger: Path | None = None,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
@@ -92,10 +112,11 @@ class ClientRuntime:
         self.address = address
         self.retry = retry or RetryPolicy()
         self.fault = fault
-        self.allow_insecure_plaintext = allow_insecure_plaintext
         self._sleep = sleep
         self.report = ClientReport(kit.client_id)
-        self._session: ClientSession | None = None
+        self.participant = Participant(
+            kit.identity, kit.trust, task, policy=policy, releases=releases, on_refusal=self._refused_locally
+        )
         self._session_round = -1
         self._handled: set[int] = set()
         self._model: tuple[bytes, np.ndarray] | None = None
@@ -206,17 +227,15 @@ class ClientRuntime:
             self._start_round(stub, ins)
             return
         relay = convert.relay_from_instruction(ins)
-        session = self._session
-        if relay is None or session is None:
+        if relay is None:
+            return
+        session = self.participant.session
+        upload = self.participant.relay(relay)
+        if upload is None:
             return  # a relay for a session this process does not hold (e.g. after a restart): ignore
-        if isinstance(relay, AdvertBroadcast):
-            self._upload(stub, ins, Phase.SHARE_KEYS, lambda: session.on_advert_broadcast(relay))
-        elif isinstance(relay, ShareKeysRelay):
-            self._upload(stub, ins, Phase.MASKED_INPUT, lambda: session.on_share_relay(relay))
-        elif isinstance(relay, ConsistencyRequest):
-            self._upload(stub, ins, Phase.CONSISTENCY, lambda: session.on_consistency_request(relay))
-        elif isinstance(relay, UnmaskRequest):
-            self._upload(stub, ins, Phase.UNMASK, lambda: session.on_unmask_request(relay))
+        phase = _PHASE_OF[type(upload)] if not isinstance(upload, Refusal) else Phase.COMPUTE
+        self._upload(stub, ins, phase, upload)
+        if isinstance(upload, UnmaskResponse) and session is not None:
             _note_round(self.report.rounds_completed, self._session_round)
             self._record_session(session)
 
@@ -224,63 +243,46 @@ class ClientRuntime:
         rs = ins.round_start
         config = convert.session_config_from_proto(rs.session, max_total_length=_MAX_MODEL_BYTES // 4)
         model = self._download(stub, rs.global_model)
-        task_config = json.loads(rs.task_config or b"{}")
-        self._drop_session()
-        if rs.insecure_plaintext:
-            self._plaintext_round(stub, ins, config.round, model, task_config)
-            return
         try:
-            inputs = self.task.compute(config.round, model, task_config)
-        except ValueError as exc:
-            # The local task declines (a different base model, unusable data...): say so, so the round
-            # goes on without us instead of waiting for the phase deadline.
-            self._refuse(stub, ins, config.round, str(exc))
-            return
-        self._session = ClientSession(
-            identity=self.kit.identity,
-            trust=self.kit.trust,
-            config=config,
-            model_hash=model_hash(model),
-            inputs=inputs,
-        )
+            task_config = json.loads(rs.task_config or b"{}")
+        except ValueError:
+            task_config = None
         self._session_round = config.round
         self._session_config = config
-        _note_round(self.report.rounds_joined, config.round)
-        session = self._session
-        self._upload(stub, ins, Phase.ADVERTISE, session.advertise)
-
-    def _plaintext_round(
-        self,
-        stub: pb_grpc.FederationStub,
-        ins: pb.Instruction,
-        round_: int,
-        model: np.ndarray,
-        task_config: Any,
-    ) -> None:
-        """The INSECURE baseline: refused unless this institution's configuration allows it."""
-        self._session_round = round_
-        if not self.allow_insecure_plaintext:
-            self._refuse(stub, ins, round_, "this client does not allow insecure plaintext aggregation")
+        if not isinstance(task_config, dict):
+            task_config = {"invalid": "not a JSON object"}  # the participant refuses it by its hash and type
+        evidence = None
+        previous = self.participant.finished_config()
+        if rs.HasField("previous_stage") and previous is not None:
+            evidence = convert.sum_evidence_from_proto(rs.previous_stage, previous.spec)
+        start = StageStart(
+            config, rs.task, task_config, model, secure=not rs.insecure_plaintext, evidence=evidence
+        )
+        upload = self.participant.start(start)
+        if isinstance(upload, Refusal):
+            self._upload(stub, ins, Phase.ADVERTISE, upload)
             return
-        inputs = self.task.compute(round_, model, task_config)
-        _note_round(self.report.rounds_joined, round_)
-        segments = {name: np.asarray(v, dtype=np.float32) for name, v in inputs.items()}
+        _note_round(self.report.rounds_joined, config.round)
         self._upload(
-            stub,
-            ins,
-            Phase.MASKED_INPUT,
-            lambda: PlaintextInput(round=round_, sender=self.kit.client_id, segments=segments),
+            stub, ins, Phase.ADVERTISE if isinstance(upload, AdvertiseKeys) else Phase.MASKED_INPUT, upload
         )
-        _note_round(self.report.rounds_completed, round_)
+        if not isinstance(upload, AdvertiseKeys):
+            _note_round(self.report.rounds_completed, config.round)
 
-    def _refuse(self, stub: pb_grpc.FederationStub, ins: pb.Instruction, round_: int, reason: str) -> None:
-        self._session_round = round_
+    def _refused_locally(self, round_: int, category: str, exc: ValueError) -> None:
+        """The full reason of a refusal stays here, in the institution's log and audit ledger."""
+        reason = str(exc)
         self.report.refusals.append((round_, reason))
-        self._ledger("round-refused", round=round_, reason=reason)
+        self._ledger("round-refused", round=round_, category=category, reason=reason)
         logs.event(
-            log, "round-refused", logging.WARNING, client=self.kit.client_id, round=round_, reason=reason
+            log,
+            "round-refused",
+            logging.WARNING,
+            client=self.kit.client_id,
+            round=round_,
+            category=category,
+            reason=reason,
         )
-        self._upload(stub, ins, Phase.ADVERTISE, lambda: convert.Refusal(round=round_, reason=reason))
 
     def _ledger(self, kind: str, **body: Any) -> None:
         if self._audit is not None:
@@ -327,13 +329,8 @@ class ClientRuntime:
         return model
 
     def _upload(
-        self,
-        stub: pb_grpc.FederationStub,
-        ins: pb.Instruction,
-        phase: Phase,
-        make: Callable[[], convert.UploadMessage],
+        self, stub: pb_grpc.FederationStub, ins: pb.Instruction, phase: Phase, message: convert.UploadMessage
     ) -> None:
-        message = make()
         if self.fault is not None:
             self.fault.maybe_trigger(self._session_round, phase)
         kind, payload = convert.envelope_to_bytes(message)
@@ -359,6 +356,4 @@ class ClientRuntime:
             self._drop_session()
 
     def _drop_session(self) -> None:
-        if self._session is not None:
-            self._session.abandon()
-            self._session = None
+        self.participant.abandon()

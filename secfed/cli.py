@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from secfed import cli_audit, cli_certs, logs
+from secfed.bench import attacks as bench_attacks
 from secfed.bench import compare as bench_compare
 from secfed.bench import coreset as bench_coreset
 from secfed.bench import crashresume as bench_crashresume
@@ -61,6 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench_secagg.register(bench_sub)
     bench_round.register(bench_sub)
     bench_train.register(bench_sub)
+    bench_attacks.register(bench_sub)
     bench_dp.register(bench_sub)
     bench_compare.register(bench_sub)
     bench_coreset.register(bench_sub)
@@ -107,6 +109,7 @@ def _client(args: argparse.Namespace) -> int:
     from client.faults import Fault
     from client.runtime import ClientRuntime, ClientStopped
     from client.tls import ServerRefused
+    from secfed.fl.releases import ReleaseLog
     from secfed.fl.tasks import client_task
     from secfed.pki.kit import load_kit
 
@@ -121,7 +124,8 @@ def _client(args: argparse.Namespace) -> int:
         address=address,
         retry=config.retry,
         fault=Fault.parse(args.fault) if args.fault else None,
-        allow_insecure_plaintext=config.allow_insecure_plaintext,
+        policy=config.policy,
+        releases=ReleaseLog(config.release_log),
         audit_ledger=config.audit_ledger,
     )
     try:

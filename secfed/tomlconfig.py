@@ -65,6 +65,11 @@ class Section:
         value = self.get(key, dict, {})
         return Section(self.path, f"{self.name}.{key}" if self.name else key, value)
 
+    def everything(self) -> dict[str, Any]:
+        """All keys of the table (a typed model validates them, naming unknown ones)."""
+        self._read.update(self.data)
+        return dict(self.data)
+
     def finish(self) -> None:
         """Refuse keys nobody read (typos, options from another version)."""
         unknown = sorted(set(self.data) - self._read)

@@ -68,6 +68,7 @@ def load_server_config(path: Path) -> ServerConfig:
             min_cohort=rounds.number("min_cohort", int, 3, low=3),
             colluding_fraction=Fraction(colluding).limit_denominator(1000),
             phase_timeout_s=rounds.number("phase_timeout_s", float, 30.0, low=0.1),
+            compute_timeout_s=rounds.number("compute_timeout_s", float, RoundPlan.compute_timeout_s, low=0.1),
             max_attempts=rounds.number("max_attempts", int, 3, low=1),
             seed=rounds.get("seed", int, 0),
             secure=not rounds.get("insecure_plaintext", bool, False),

@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Any
@@ -29,6 +29,7 @@ import numpy as np
 
 from secfed import logs
 from secfed.crypto.identity import TrustAnchor
+from secfed.fl.instruction import instruction_hash
 from secfed.fl.plaintext import PlaintextInput, PlaintextSession
 from secfed.fl.tasks import ServerTask, StagePlan, StageResult, next_stage
 from secfed.fl.vectors import model_hash
@@ -38,11 +39,14 @@ from secfed.secagg.messages import (
     AdvertBroadcast,
     AdvertiseKeys,
     AggregateResult,
+    ComputeReady,
     ConsistencyRequest,
     ConsistencySignature,
+    MaskedInputRequest,
     MaskedInputUpload,
     ShareKeysRelay,
     ShareKeysUpload,
+    SumEvidence,
     UnmaskRequest,
     UnmaskResponse,
 )
@@ -53,13 +57,14 @@ log = logging.getLogger("secfed.server.coordinator")
 
 UploadMessage = (
     AdvertiseKeys
+    | ComputeReady
     | ShareKeysUpload
     | MaskedInputUpload
     | ConsistencySignature
     | UnmaskResponse
     | PlaintextInput
 )
-RelayMessage = AdvertBroadcast | ShareKeysRelay | ConsistencyRequest | UnmaskRequest
+RelayMessage = AdvertBroadcast | ShareKeysRelay | MaskedInputRequest | ConsistencyRequest | UnmaskRequest
 
 
 @dataclass(frozen=True)
@@ -71,6 +76,9 @@ class RoundPlan:
     min_cohort: int = 3
     colluding_fraction: Fraction = Fraction(1, 3)
     phase_timeout_s: float = 30.0
+    # The compute phase (local training, feature extraction) has its own deadline, sized for LLM work
+    # on CPU: the SecAgg phases around it are short, but a round's training can take many minutes.
+    compute_timeout_s: float = 1800.0
     max_attempts: int = 3
     seed: int = 0
     # False = INSECURE plaintext aggregation (the server sees every contribution): benchmarks only.
@@ -83,8 +91,8 @@ class RoundPlan:
             raise ValueError("participation must be in (0, 1]")
         if self.min_cohort < 3:
             raise ValueError("min_cohort must be >= 3")
-        if self.phase_timeout_s <= 0 or self.max_attempts < 1:
-            raise ValueError("phase_timeout_s must be > 0 and max_attempts >= 1")
+        if self.phase_timeout_s <= 0 or self.compute_timeout_s <= 0 or self.max_attempts < 1:
+            raise ValueError("phase_timeout_s and compute_timeout_s must be > 0 and max_attempts >= 1")
 
 
 @dataclass(frozen=True)
@@ -98,6 +106,7 @@ class RoundStart:
     task: str
     task_config: dict[str, Any]
     secure: bool = True
+    evidence: SumEvidence | None = None  # the previous stage's sum, verifiable by its members
 
 
 @dataclass(frozen=True)
@@ -163,12 +172,15 @@ class _Attempt:
     started: float
     stage: str
     broadcast: dict[str, Any]
+    colluders: int  # the consortium's colluder bound for the attempt's cohort (fixes per-cell floors)
+    summary: Mapping[str, Any] | None = None  # the open stage's StagePlan.summary
     phase_started: float = 0.0
     delivered: bool = False
     done: list[StageResult] = field(default_factory=list)
     phase_seconds: dict[str, float] = field(default_factory=dict)
     outbox: dict[str, Pending] = field(default_factory=dict)
     refused: set[str] = field(default_factory=set)
+    refusal_categories: list[str] = field(default_factory=list)  # every refusal of the attempt, by category
 
 
 class Coordinator:
@@ -254,12 +266,21 @@ class Coordinator:
             srv.receive_advert(message, peer_chain=peer_chain)
         elif isinstance(message, ShareKeysUpload):
             srv.receive_shares(message)
+        elif isinstance(message, ComputeReady):
+            srv.receive_ready(message)
         elif isinstance(message, MaskedInputUpload):
             srv.receive_masked_input(message)
         elif isinstance(message, ConsistencySignature):
             srv.receive_consistency(message)
         else:
             srv.receive_unmask(message)
+        self.upload_accepted(client_id)
+
+    def upload_accepted(self, client_id: str) -> None:
+        """The open session took an upload of ``client_id``: it has answered this phase."""
+        attempt = self._attempt
+        if attempt is None:
+            return
         self._heard_of(attempt)
         attempt.outbox.pop(client_id, None)
         self._advance_if_complete(attempt)
@@ -282,6 +303,7 @@ class Coordinator:
         if attempt is None or round_ != attempt.round or client_id not in attempt.session.config.roster:
             raise SecAggError(Phase.CONFIGURE, f"nothing to refuse in round {round_}", client_id=client_id)
         attempt.refused.add(client_id)
+        attempt.refusal_categories.append(reason)
         attempt.outbox.pop(client_id, None)
         self.refusals.append((round_, client_id, reason))
         self.observer.client_refused(round_, client_id, reason)
@@ -316,7 +338,9 @@ class Coordinator:
         cohort = self._cohort(number)
         self.observer.attempt_started(self.round, number)
         try:
-            plan = next_stage(self.task, self.round, self.model, [])
+            plan = next_stage(
+                self.task, self.round, self.model, [], colluders=self._colluders(len(cohort)), attempt=number
+            )
             if plan is None:
                 raise ValueError("the task planned no stage for the round")
         except ValueError as exc:  # a task that cannot plan a round cannot run at all: stop, loudly
@@ -336,6 +360,8 @@ class Coordinator:
             started=now,
             stage=plan.name,
             broadcast=start.task_config,
+            colluders=self._colluders(len(cohort)),
+            summary=plan.summary,
         )
         self._send(dict.fromkeys(cohort, start), self._attempt)
         logs.event(
@@ -348,11 +374,16 @@ class Coordinator:
             stage=plan.name,
         )
 
+    def _colluders(self, n: int) -> int:
+        """The consortium's bound on clients colluding with the server in a roster of ``n``."""
+        return int(n * self.plan.colluding_fraction)
+
     def _open_stage(
-        self, plan: StagePlan, roster: tuple[str, ...], attempt: int
+        self, plan: StagePlan, roster: tuple[str, ...], attempt: int, evidence: SumEvidence | None = None
     ) -> tuple[ServerSession | PlaintextSession, RoundStart]:
         n = len(roster)
-        colluding = int(n * self.plan.colluding_fraction)
+        colluding = self._colluders(n)
+        task_config = {**plan.config, "stage": plan.name}
         config = SessionConfig(
             round=self.round,
             roster=roster,
@@ -364,22 +395,35 @@ class Coordinator:
             # The attempt is part of the signed configuration: an advert (and its keys) from an
             # aborted attempt is for another configuration in the retry, so it cannot be replayed.
             label=f"{self.task.name}.{plan.name}.a{attempt}",
+            instruction_hash=instruction_hash(self.task.name, task_config),
         )
         session: ServerSession | PlaintextSession = (
-            ServerSession(config, trust=self.trust) if self.plan.secure else PlaintextSession(config)
+            ServerSession(config, trust=self.trust, keep_inputs=plan.verified)
+            if self.plan.secure
+            else PlaintextSession(config)
         )
         start = RoundStart(
             config=config,
             task=self.task.name,
-            task_config={**plan.config, "stage": plan.name},
+            task_config=task_config,
             secure=self.plan.secure,
+            evidence=evidence,
         )
         return session, start
 
     def _stage_done(self, result: AggregateResult, attempt: _Attempt) -> None:
         """Record a stage's sum; open the round's next stage over its contributors, or finish the round."""
-        attempt.done.append(StageResult(attempt.stage, result, attempt.session.config, attempt.broadcast))
-        plan = next_stage(self.task, attempt.round, self.model, attempt.done)
+        attempt.done.append(
+            StageResult(attempt.stage, result, attempt.session.config, attempt.broadcast, attempt.summary)
+        )
+        plan = next_stage(
+            self.task,
+            attempt.round,
+            self.model,
+            attempt.done,
+            colluders=attempt.colluders,
+            attempt=attempt.number,
+        )
         if plan is None:
             self._finish_round(result, attempt)
             return
@@ -390,9 +434,12 @@ class Coordinator:
             raise SecAggError(
                 Phase.CONFIGURE, f"stage {plan.name}: {len(roster)} contributors left, below min_cohort"
             )
-        attempt.session, start = self._open_stage(plan, roster, attempt.number)
+        finished = attempt.session
+        evidence = finished.evidence() if isinstance(finished, ServerSession) else None
+        attempt.session, start = self._open_stage(plan, roster, attempt.number, evidence)
         attempt.stage = plan.name
         attempt.broadcast = start.task_config
+        attempt.summary = plan.summary
         attempt.refused = set()
         self._send(dict.fromkeys(roster, start), attempt)
         logs.event(log, "stage-start", round=attempt.round, attempt=attempt.number, stage=plan.name)
@@ -412,7 +459,11 @@ class Coordinator:
                 self.observer.session_opened(attempt.round, attempt.number, srv.session_id)
                 self._send({a.client_id: Relay(broadcast) for a in broadcast.adverts}, attempt)
             elif srv.phase is Phase.SHARE_KEYS:
-                self._send({cid: Relay(r) for cid, r in srv.close_share_keys().items()}, attempt)
+                relays = srv.close_share_keys()
+                self._send({cid: Relay(r) for cid, r in relays.items()}, attempt, self.plan.compute_timeout_s)
+            elif srv.phase is Phase.COMPUTE:
+                go = srv.close_compute()
+                self._send(dict.fromkeys(go.ready, Relay(go)), attempt)
             elif srv.phase is Phase.MASKED_INPUT:
                 request = srv.close_masked_input()
                 self._send(dict.fromkeys(request.u3, Relay(request)), attempt)
@@ -426,9 +477,13 @@ class Coordinator:
         except ValueError as exc:  # the task rejected a stage's sums (e.g. inconsistent statistics)
             self._abort_attempt(attempt, f"stage {attempt.stage}: {exc}")
 
-    def _send(self, outbox: dict[str, Instruction], attempt: _Attempt) -> None:
+    def _send(
+        self, outbox: dict[str, Instruction], attempt: _Attempt, timeout_s: float | None = None
+    ) -> None:
         attempt.phase_started = self.clock()
-        attempt.deadline = attempt.phase_started + self.plan.phase_timeout_s
+        attempt.deadline = attempt.phase_started + (
+            self.plan.phase_timeout_s if timeout_s is None else timeout_s
+        )
         sid = attempt.session.session_id
         attempt.outbox = {}
         for cid, ins in outbox.items():
@@ -456,6 +511,14 @@ class Coordinator:
         self._start_attempt(1)
 
     def _abort_attempt(self, attempt: _Attempt, reason: str) -> None:
+        if attempt.refusal_categories:
+            counts = {c: attempt.refusal_categories.count(c) for c in sorted(set(attempt.refusal_categories))}
+            reason += "; refused: " + ", ".join(f"{c} x{n}" for c, n in counts.items())
+            if "released" in counts:
+                reason += (
+                    " (an institution's input for this round already left in an earlier attempt that did "
+                    "not complete; a non-DP input is never summed over a second cohort)"
+                )
         if attempt.session.phase is not Phase.ABORTED:
             attempt.session.abort(reason)
         self.aborted_attempts.append((attempt.round, attempt.number, reason))

@@ -8,7 +8,6 @@ fail, never crash the server or corrupt a session.
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
@@ -17,6 +16,7 @@ from collections.abc import Callable, Iterator
 import grpc
 
 from secfed import logs
+from secfed.fl.instruction import canonical_json
 from secfed.fl.vectors import model_bytes, model_hash
 from secfed.proto.v1 import federation_pb2 as pb
 from secfed.proto.v1 import federation_pb2_grpc as pb_grpc
@@ -124,12 +124,14 @@ class FederationService(pb_grpc.FederationServicer):
             rs = ins.round_start
             rs.round = step.config.round
             rs.task = step.task
-            rs.task_config = json.dumps(step.task_config, sort_keys=True).encode()
+            rs.task_config = canonical_json(step.task_config)
             rs.session.CopyFrom(convert.session_config_to_proto(step.config))
             rs.global_model.hash = digest
             rs.global_model.size_bytes = len(data)
             rs.global_model.dtype = pb.TENSOR_DTYPE_FLOAT32
             rs.insecure_plaintext = not step.secure
+            if step.evidence is not None:
+                rs.previous_stage.CopyFrom(convert.sum_evidence_to_proto(step.evidence))
         else:
             assert isinstance(step, Relay)
             convert.relay_into_instruction(ins, step.message)

@@ -271,9 +271,10 @@ def _stage_rows(record: Mapping[str, Any]) -> list[dict[str, Any]]:
 
 
 def round_selection(stages: Mapping[str, Any]) -> dict[str, Any] | None:
-    """The coreset selection of a round (FedHDS), from the public summary its train stage broadcast."""
+    """The coreset selection of a round (FedHDS), from the public summary of its train stage (older run
+    directories kept it in the stage's broadcast)."""
     for facts in stages.values():
-        found = (facts.get("broadcast") or {}).get("selection_summary")
+        found = facts.get("summary") or (facts.get("broadcast") or {}).get("selection_summary")
         if isinstance(found, Mapping) and "selected" in found:
             return {
                 "selected": found.get("selected"),

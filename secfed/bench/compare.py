@@ -353,7 +353,7 @@ def _run(
     # One base model + adapter for every institution, the evaluator and centralized training.
     base = load_base_model(model)
     peft = apply_lora(base.model, LoraSettings())
-    pool: dict[tuple[str, str], tuple[Any, Any, Any]] = {(model, "auto"): (base, peft, {})}
+    pool: dict[tuple[str, str], tuple[Any, Any, Any]] = {(model, "auto"): (base, peft, LoraSettings())}
     evaluator = _Evaluator(peft, base.tokenizer, test, preset)
     bench = _Bench(preset, model, files, workdir, evaluator, pool)
     from secfed.model.lora import adapter_to_vector, vector_to_adapter
@@ -540,18 +540,42 @@ def _plaintext_fedhds(bench: _Bench) -> Outcome:
     selection_s = time.perf_counter() - t0
 
     class AssignedServer(FedhdsServer):
-        def next_stage(self, round_: int, model: Any, done: Any) -> Any:
+        """Plans one train stage; what each institution trains on is decided above, in the clear."""
+
+        def next_stage(self, round_: int, model: Any, done: Any, *, colluders: int, attempt: int) -> Any:
             if done:
                 return None
             picked = sum(len(v) for v in assignments[round_].values())
             summary = {"mode": "plaintext-INSECURE", "selected": picked}
-            return self._train_stage(
-                round_, model, {"mode": "assigned", "assigned": assignments[round_]}, summary
-            )
+            return self._train_stage(round_, model, {}, summary, self.round_coreset(colluders), attempt)
+
+    class AssignedClient(FedhdsClient):
+        """INSECURE baseline only: trains on the records the plaintext server chose for it. The
+        production client never takes a record list from the server (it would let the server pick
+        one institution's record and read its update from the sum)."""
+
+        def _train(self, round_: int, model: Any, ins: Any) -> dict[str, Any]:
+            chosen = np.asarray(assignments[round_][self.client_id], dtype=np.int64)
+            if not len(chosen):
+                return {"delta": np.zeros(len(model)), "weight": np.zeros(1)}
+            self._assigned = chosen
+            return super()._train(round_, model, ins)
+
+        def _selected_indices(self, ins: Any) -> Any:
+            return self._assigned
+
+        def check_plan(self, ins: Any, session: Any) -> None:
+            # No coreset stages: the plaintext server decided the selection above.
+            return None
+
+        def release_identity(self, round_: int, model: Any, task_config: Any) -> bytes | None:
+            # The baseline sends everything in the clear to the server anyway: there is nothing
+            # left for the release log to protect (and an unchanged model would stall it).
+            return None
 
     server = AssignedServer(options)
     clients = {
-        cid: FedhdsClient(cid, bench.client_options(i), model_pool=bench.pool)
+        cid: AssignedClient(cid, bench.client_options(i), model_pool=bench.pool)
         for i, cid in enumerate(bench.ids)
     }
     run = run_inprocess(server, clients, rounds=bench.preset.rounds, secure=True, seed=bench.preset.seed)

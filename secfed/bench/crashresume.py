@@ -350,6 +350,7 @@ def run_trial(
         plan={
             "rounds": opts.rounds,
             "phase_timeout_s": float(opts.phase_timeout_s),
+            "compute_timeout_s": float(opts.phase_timeout_s),  # toy contributions compute at once
             "max_attempts": opts.max_attempts,
             "seed": opts.seed + index,
         },

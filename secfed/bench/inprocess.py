@@ -19,13 +19,13 @@ from typing import Any
 
 import numpy as np
 
-from secfed.crypto.identity import Identity, TrustAnchor
+from secfed.crypto.identity import TrustAnchor
+from secfed.fl.participant import Participant, StageStart, Upload
 from secfed.fl.plaintext import PlaintextInput
+from secfed.fl.policy import InstitutionPolicy, Refusal
 from secfed.fl.tasks import ClientTask, ServerTask, StageResult
-from secfed.fl.vectors import model_hash
 from secfed.pki.issue import create_ca, issue_client
-from secfed.secagg.client import ClientSession
-from secfed.secagg.messages import AdvertBroadcast, ConsistencyRequest, ShareKeysRelay, UnmaskRequest
+from secfed.secagg.messages import MaskedInputUpload
 
 
 @dataclass
@@ -43,10 +43,8 @@ class InProcessRun:
 @dataclass
 class _Member:
     cid: str
-    identity: Identity
-    task: ClientTask
-    session: ClientSession | None = None
-    last_start: int = -1
+    participant: Participant
+    last_instruction: int = -1
     finished: bool = False
 
 
@@ -58,24 +56,38 @@ def run_inprocess(
     secure: bool = True,
     seed: int = 0,
     min_cohort: int = 3,
+    policy: InstitutionPolicy | None = None,
 ) -> InProcessRun:
-    """Run ``rounds`` rounds of ``task`` over ``clients`` (id -> client half) and return the outcome."""
-    from server.coordinator import Coordinator, Finished, Relay, RoundPlan, RoundStart, Wait
+    """Run ``rounds`` rounds of ``task`` over ``clients`` (id -> client half) and return the outcome.
+
+    Each institution is a :class:`~secfed.fl.participant.Participant`, exactly as behind ``secfed
+    client``: the same instruction checks, policy, compute phase and release log (in memory here).
+    """
+    from server.coordinator import Coordinator, Finished, RoundPlan, RoundStart, Wait
 
     ca = create_ca("secfed in-process benchmark CA")
-    members = {cid: _Member(cid, issue_client(ca, cid), t) for cid, t in clients.items()}
+    trust = TrustAnchor(ca.certificate)
+    policy = policy or InstitutionPolicy(allow_insecure_baselines=not secure)
+    members = {
+        cid: _Member(cid, Participant(issue_client(ca, cid), trust, t, policy=policy))
+        for cid, t in clients.items()
+    }
     plan = RoundPlan(
-        rounds=rounds, min_cohort=min_cohort, phase_timeout_s=1e9, max_attempts=1, seed=seed, secure=secure
+        rounds=rounds,
+        min_cohort=min_cohort,
+        phase_timeout_s=1e9,
+        compute_timeout_s=1e9,
+        max_attempts=1,
+        seed=seed,
+        secure=secure,
     )
     coordinator = Coordinator(
         roster=tuple(members),
         plan=plan,
         task=task,
         initial_model=np.asarray(task.initial_model(), dtype=np.float32),
-        trust=TrustAnchor(ca.certificate),
+        trust=trust,
     )
-    trust = TrustAnchor(ca.certificate)
-    compute_s = dict.fromkeys(members, 0.0)
     uploaded = 0
     started = time.perf_counter()
     while coordinator.finished_reason is None:
@@ -88,49 +100,23 @@ def run_inprocess(
             if isinstance(ins, Finished):
                 m.finished = True
                 continue
-            if isinstance(ins, Wait):
+            if isinstance(ins, Wait) or pending.instruction_id == m.last_instruction:
                 continue
+            m.last_instruction = pending.instruction_id
             progressed = True
             if isinstance(ins, RoundStart):
-                if pending.instruction_id == m.last_start:
-                    continue
-                m.last_start = pending.instruction_id
-                if m.session is not None:
-                    m.session.abandon()
-                    m.session = None
-                t0 = time.perf_counter()
-                try:
-                    inputs = m.task.compute(ins.config.round, coordinator.model, ins.task_config)
-                except ValueError as exc:
-                    coordinator.refuse(m.cid, ins.config.round, str(exc))
-                    continue
-                finally:
-                    compute_s[m.cid] += time.perf_counter() - t0
-                uploaded += sum(int(np.asarray(v).size) for v in inputs.values())
-                if not ins.secure:
-                    segments = {k: np.asarray(v, dtype=np.float32) for k, v in inputs.items()}
-                    coordinator.upload(
-                        m.cid, PlaintextInput(round=ins.config.round, sender=m.cid, segments=segments)
-                    )
-                    continue
-                m.session = ClientSession(
-                    identity=m.identity,
-                    trust=trust,
-                    config=ins.config,
-                    model_hash=model_hash(coordinator.model),
-                    inputs=inputs,
+                start = StageStart(
+                    ins.config, ins.task, ins.task_config, coordinator.model, ins.secure, ins.evidence
                 )
-                coordinator.upload(m.cid, m.session.advertise())
-            elif isinstance(ins, Relay) and m.session is not None:
-                msg = ins.message
-                if isinstance(msg, AdvertBroadcast):
-                    coordinator.upload(m.cid, m.session.on_advert_broadcast(msg))
-                elif isinstance(msg, ShareKeysRelay):
-                    coordinator.upload(m.cid, m.session.on_share_relay(msg))
-                elif isinstance(msg, ConsistencyRequest):
-                    coordinator.upload(m.cid, m.session.on_consistency_request(msg))
-                elif isinstance(msg, UnmaskRequest):
-                    coordinator.upload(m.cid, m.session.on_unmask_request(msg))
+                answer: Upload | None = m.participant.start(start)
+            else:
+                answer = m.participant.relay(ins.message)
+            if isinstance(answer, Refusal):
+                coordinator.refuse(m.cid, answer.round, answer.reason)
+            elif answer is not None:
+                if isinstance(answer, MaskedInputUpload | PlaintextInput):
+                    uploaded += sum(int(np.asarray(v).size) for v in answer.segments.values())
+                coordinator.upload(m.cid, answer)
         if not progressed and coordinator.finished_reason is None:
             raise RuntimeError("in-process federation stalled: no client had anything to do")
     return InProcessRun(
@@ -140,7 +126,7 @@ def run_inprocess(
         aborted=list(coordinator.aborted_attempts),
         finished_reason=coordinator.finished_reason,
         seconds=time.perf_counter() - started,
-        compute_s=compute_s,
+        compute_s={cid: m.participant.compute_seconds for cid, m in members.items()},
         upload_values=uploaded,
     )
 

@@ -421,6 +421,7 @@ def _run_load(opts: LoadOptions, out: Path) -> dict[str, Any]:
         plan={
             "rounds": opts.rounds,
             "phase_timeout_s": float(opts.phase_timeout_s),
+            "compute_timeout_s": float(opts.phase_timeout_s),  # toy contributions compute at once
             "max_attempts": opts.max_attempts,
             "seed": opts.seed,
         },
@@ -617,7 +618,10 @@ def _result(
     if not audit.get("ok"):
         problems.extend(f"state database: {p}" for p in audit.get("problems", []))
     accounted = verdict["rounds_completed"] + verdict["rounds_aborted"]
-    if accounted != opts.rounds:
+    # A round whose inputs had left in an attempt that may have been unmasked cannot be retried
+    # without a differencing window (secfed.fl.releases): the run stops there, by design, not by fault.
+    stopped_released = "refused: released" in (reason or "")
+    if accounted != opts.rounds and not stopped_released:
         problems.append(
             f"{opts.rounds - accounted} round(s) neither completed nor aborted (the run ended early: {reason})"
         )

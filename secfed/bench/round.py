@@ -24,6 +24,7 @@ from typing import Any
 from tqdm import tqdm
 
 from secfed.bench.stats import add_output_arguments, emit, median
+from secfed.fl.policy import InstitutionPolicy
 from secfed.pki.consortium import loopback_consortium, provision
 
 
@@ -56,7 +57,7 @@ def _one_round(pki: Path, workdir: Path, clients: int, dim: int, secure: bool) -
                 client_task("bench-vector", cid, {"dim": dim}),
                 address=f"127.0.0.1:{server.port}",
                 retry=RetryPolicy(initial_backoff_s=0.05, max_backoff_s=0.5, give_up_after_s=120),
-                allow_insecure_plaintext=not secure,
+                policy=InstitutionPolicy(allow_insecure_baselines=not secure),
             ).run()
         except BaseException as exc:  # reported below
             errors.append(exc)

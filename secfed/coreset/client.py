@@ -166,6 +166,25 @@ class CoresetClient:
             self._choices[(ballot.attempt, cluster)] = slot
         return vector
 
+    def nearest_candidate(self, broadcast: Mapping[str, Any]) -> NDArray[np.int64]:
+        """A non-winner's one record to train on: its record nearest any global cluster centre.
+
+        Every cohort member trains in the train stage, so the train sum always holds data of every
+        contributor (never one winner's update beside zeros). With no clusters at all (every cell
+        suppressed) it is the record nearest the shared space's origin, the cohort mean.
+        """
+        view = self.local_view(broadcast)
+        if not len(view.points):
+            return np.zeros(0, dtype=np.int64)
+        clusters = GlobalClusters.from_json(dict(broadcast["clusters"])) if "clusters" in broadcast else None
+        centres = (
+            clusters.centres
+            if clusters is not None and clusters.n_clusters
+            else np.zeros((1, view.points.shape[1]))
+        )
+        dist = np.linalg.norm(view.points[:, None, :] - centres[None, :, :], axis=2).min(axis=1)
+        return view.indices[[int(np.argmin(dist))]]
+
     def selection(self, broadcast: Mapping[str, Any]) -> ClientSelection:
         """The records this client trains on, from the final public broadcast (``coreset-selection``).
 

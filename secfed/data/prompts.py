@@ -23,11 +23,12 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from secfed.data.formats import Record
+from secfed.model.settings import PromptStyle
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -47,7 +48,6 @@ __all__ = [
 #: Label value that PyTorch's cross-entropy (and the trainer's per-sequence loss) skips.
 IGNORE_INDEX = -100
 
-PromptStyle = Literal["alpaca", "chat"]
 
 ALPACA_TEMPLATE_NO_INPUT = (
     "Here is a task for you. Write a reply that carries it out.\n\n"

@@ -15,10 +15,23 @@ import numpy as np
 from numpy.typing import NDArray
 
 from secfed.fl import tasks
+from secfed.fl.instruction import RoundInstruction, canonical_json
+from secfed.fl.policy import InstitutionPolicy, RefusalCategory, Refused
+from secfed.fl.releases import release_identity
+from secfed.fl.vectors import model_hash
+from secfed.secagg.config import SessionConfig
 from secfed.secagg.messages import AggregateResult
 from secfed.secagg.spec import Segment, VectorSpec
 
 NAME = "bench-vector"
+
+
+class BenchInstruction(RoundInstruction):
+    dim: int
+
+
+def bench_spec(dim: int) -> VectorSpec:
+    return VectorSpec((Segment("x", dim, clip=1.0, frac_bits=16), Segment("n", 1, clip=1.0, frac_bits=0)))
 
 
 def _dim(options: Mapping[str, Any]) -> int:
@@ -41,12 +54,10 @@ class BenchServer:
         return np.zeros(self.dim, dtype=np.float32)
 
     def spec(self, model: NDArray[np.float32]) -> VectorSpec:
-        return VectorSpec(
-            (Segment("x", self.dim, clip=1.0, frac_bits=16), Segment("n", 1, clip=1.0, frac_bits=0))
-        )
+        return bench_spec(self.dim)
 
     def task_config(self, round_: int) -> dict[str, Any]:
-        return {}
+        return BenchInstruction(stage=tasks.UPDATE_STAGE, dim=self.dim).wire()
 
     def apply(self, model: NDArray[np.float32], result: AggregateResult) -> NDArray[np.float32]:
         mean: NDArray[np.float32] = (result.values["x"] / max(result.values["n"][0], 1.0)).astype(np.float32)
@@ -63,10 +74,33 @@ class BenchClient:
         seed = int.from_bytes(hashlib.sha256(client_id.encode()).digest()[:8], "big")
         self.vector = np.random.default_rng(seed).uniform(-1, 1, _dim(options))
 
+    def admit(
+        self,
+        round_: int,
+        model: NDArray[np.float32],
+        task_config: Mapping[str, Any],
+        session: SessionConfig,
+        policy: InstitutionPolicy,
+    ) -> int | None:
+        ins = BenchInstruction.parse(task_config)
+        if ins.dim != len(self.vector) or session.spec.spec_hash() != bench_spec(ins.dim).spec_hash():
+            raise Refused(RefusalCategory.INCONSISTENCY, "the instruction or spec does not match this vector")
+        return None
+
+    def observe_sum(self, round_: int, stage: str, result: AggregateResult) -> None:
+        """One stage a round: no plan derives from a sum."""
+
     def compute(
         self, round_: int, model: NDArray[np.float32], task_config: Mapping[str, Any]
     ) -> dict[str, NDArray[np.float64]]:
         return {"x": self.vector, "n": np.ones(1)}
+
+    def release_identity(
+        self, round_: int, model: NDArray[np.float32], task_config: Mapping[str, Any]
+    ) -> bytes | None:
+        return release_identity(
+            NAME, self.vector.tobytes(), model_hash(model), canonical_json(dict(task_config))
+        )
 
 
 tasks.register(NAME, BenchServer, BenchClient)

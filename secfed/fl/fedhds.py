@@ -4,8 +4,11 @@ Each round runs the coreset stages of :mod:`secfed.coreset` (federated PCA stati
 occupancy, the centroid histogram, one or more anonymous slot elections), every one a secure-
 aggregation session, and then a ``train`` stage that is FedIT's secure FedAvg restricted to the
 selected records: each election winner trains on its record nearest each global cluster it won
-(the sample trained on is the sample selected). Every cohort member takes part in the train stage,
-winners and non-winners alike (a non-winner uploads zeros), so the server does not learn who won.
+(the sample trained on is the sample selected). Every cohort member trains in the train stage, on at
+least one record: a non-winner trains on its record nearest any global cluster centre. So the train
+sum always holds real data of every contributor (at least ``c + 2`` of them, the SecAgg floor: never
+one winner's update beside zeros), and with a public, data-independent weight (``max_weight``) the
+weight segment reveals neither who won nor how many records anyone trained on.
 
 ``selection = "random"`` is the baseline at the same budget: every institution trains on a random
 ``random_fraction`` of its records, with no coreset stages.
@@ -16,20 +19,27 @@ reused every round) or from the current global model (``feature_model = "global"
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import logging
 import secrets
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from numpy.typing import NDArray
 
 from secfed import logs
+from secfed.coreset.config import CoresetConfig
 from secfed.fl import tasks
-from secfed.fl.fedit import FeditClient, FeditServer, ModelPool, train_round
+from secfed.fl.fedit import FeditClient, FeditInstruction, FeditServer, ModelPool, train_round
+from secfed.fl.instruction import FrozenModel, canonical_json
+from secfed.fl.policy import InstitutionPolicy, RefusalCategory, Refused, within
+from secfed.fl.releases import release_identity
 from secfed.fl.tasks import StagePlan, StageResult
+from secfed.secagg.config import ClientPolicy, SessionConfig
 from secfed.secagg.messages import AggregateResult
 
 NAME = "fedhds-lora"
@@ -41,10 +51,10 @@ log = logging.getLogger("secfed.fl.fedhds")
 class SelectionOptions:
     """The coreset part of ``[task.options]`` (public: sent to every institution)."""
 
-    selection: str = "fedhds"  # or "random": the same-budget baseline
+    selection: Literal["fedhds", "random"] = "fedhds"  # "random": the same-budget baseline
     random_fraction: float = 0.05
     coreset: dict[str, Any] = field(default_factory=dict)  # secfed.coreset.config.CoresetConfig fields
-    feature_model: str = "base"  # "base" (frozen, cached) or "global" (this round's adapter)
+    feature_model: Literal["base", "global"] = "base"  # frozen and cached, or this round's adapter
     feature_layers: tuple[int, ...] = (-1,)
     feature_max_length: int = 96
     selected_epochs: float = 1.0  # passes over the selected records per round
@@ -59,20 +69,67 @@ class SelectionOptions:
         if not self.feature_layers or self.feature_max_length < 8 or not self.selected_epochs > 0:
             raise ValueError(f"{NAME}: feature_layers must be non-empty, feature_max_length >= 8, epochs > 0")
 
-    def coreset_config(self) -> Any:
-        from secfed.coreset.config import CoresetConfig
-
+    def coreset_config(self) -> CoresetConfig:
         return CoresetConfig.from_json({**self.coreset, "feature_blocks": len(self.feature_layers)})
 
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "selection": self.selection,
-            "random_fraction": self.random_fraction,
-            "feature_model": self.feature_model,
-            "feature_layers": list(self.feature_layers),
-            "feature_max_length": self.feature_max_length,
-            "selected_epochs": self.selected_epochs,
+    def settings(self) -> SelectionSettings:
+        return SelectionSettings(
+            selection=self.selection,
+            random_fraction=self.random_fraction,
+            feature_model=self.feature_model,
+            feature_layers=tuple(self.feature_layers),
+            feature_max_length=self.feature_max_length,
+            selected_epochs=self.selected_epochs,
+        )
+
+
+class SelectionSettings(FrozenModel):
+    """How the round selects records (the public part every institution acts on)."""
+
+    selection: Literal["fedhds", "random"]
+    random_fraction: float
+    feature_model: Literal["base", "global"]
+    feature_layers: tuple[int, ...]
+    feature_max_length: int
+    selected_epochs: float
+
+
+class CoresetPlan(FrozenModel):
+    """A coreset stage's public plan, derived by the server from the earlier stages' sums.
+
+    ``space`` (stages after PCA), ``allowed`` (after occupancy), ``clusters`` (elections and the
+    selection), ``ballot`` (elections) and ``winners`` (the selection, in the train stage); absent
+    parts are null, never missing.
+    """
+
+    space: dict[str, Any] | None
+    allowed: list[int] | None
+    clusters: dict[str, Any] | None
+    ballot: dict[str, Any] | None
+    winners: list[list[int]] | None
+
+
+class FedhdsInstruction(FeditInstruction):
+    """FedIT's instruction plus the selection settings, the coreset config and the stage's plan."""
+
+    fedhds: SelectionSettings
+    coreset: CoresetConfig
+    round_seed: int
+    plan: CoresetPlan | None
+
+    def broadcast(self) -> dict[str, Any]:
+        """The coreset code's view of this stage (``secfed.coreset`` reads plain JSON broadcasts)."""
+        from secfed.coreset.server import SELECTION_STAGE
+
+        stage = SELECTION_STAGE if self.stage == TRAIN_STAGE else self.stage
+        out: dict[str, Any] = {
+            "stage": stage,
+            "round_seed": self.round_seed,
+            "config": self.coreset.to_json(),
         }
+        if self.plan is not None:
+            out.update({k: v for k, v in self.plan.wire().items() if v is not None})
+        return out
 
 
 def _split_options(options: Mapping[str, Any]) -> tuple[dict[str, Any], SelectionOptions]:
@@ -93,15 +150,55 @@ class FedhdsServer(FeditServer):
         self.coreset = self.selection.coreset_config()
         self.summaries: dict[int, dict[str, Any]] = {}
 
-    def _round_seed(self, round_: int) -> int:
-        # Public: the projection and every server-side choice derive from it (never a secret).
-        return (int(self.opts.seed) * 1_000_003 + round_) % 2**62
+    def _round_seed(self, round_: int, attempt: int = 1) -> int:
+        """Public: the projection and every server-side choice derive from it (never a secret).
+
+        Each attempt of a round draws its own: an attempt that failed after its PCA sum was released
+        must not have that sum repeated over another cohort (the institutions would refuse it as a
+        released input), so the retry projects afresh."""
+        return (
+            int.from_bytes(
+                hashlib.sha256(
+                    f"secfed/fedhds/round-seed/{self.opts.seed}/{round_}/{attempt}".encode()
+                ).digest()[:8],
+                "little",
+            )
+            % 2**62
+        )
+
+    def round_coreset(self, colluders: int) -> CoresetConfig:
+        """The round's coreset config: a cell's statistics need ``c + 2`` institutions (two honest ones
+        whatever c the server holds), or the configured floor if that is higher."""
+        return dataclasses.replace(self.coreset, min_cohort=max(self.coreset.min_cohort, colluders + 2))
+
+    def stage_instruction(
+        self,
+        stage: str,
+        round_: int,
+        plan: Mapping[str, Any] | None,
+        coreset: CoresetConfig | None = None,
+        attempt: int = 1,
+    ) -> FedhdsInstruction:
+        fedit = self.instruction(stage)
+        return FedhdsInstruction(
+            **{name: getattr(fedit, name) for name in FeditInstruction.model_fields},
+            fedhds=self.selection.settings(),
+            coreset=coreset or self.coreset,
+            round_seed=self._round_seed(round_, attempt),
+            plan=None if plan is None else CoresetPlan(**{k: plan.get(k) for k in CoresetPlan.model_fields}),
+        )
 
     def task_config(self, round_: int) -> dict[str, Any]:
-        return {**super().task_config(round_), "fedhds": self.selection.to_json()}
+        return self.stage_instruction(tasks.UPDATE_STAGE, round_, None).wire()
 
     def next_stage(
-        self, round_: int, model: NDArray[np.float32], done: Sequence[StageResult]
+        self,
+        round_: int,
+        model: NDArray[np.float32],
+        done: Sequence[StageResult],
+        *,
+        colluders: int,
+        attempt: int,
     ) -> StagePlan | None:
         from secfed.coreset import server as coreset_server
         from secfed.coreset.layout import CohortSum
@@ -112,7 +209,7 @@ class FedhdsServer(FeditServer):
             if done:
                 raise ValueError(f"unexpected stage {done[-1].name!r} in a random-selection round")
             summary = {"mode": "random", "fraction": self.selection.random_fraction}
-            return self._train_stage(round_, model, {"mode": "random"}, summary)
+            return self._train_stage(round_, model, None, summary, self.round_coreset(colluders), attempt)
         sums = [CohortSum(st.name, st.result.values, len(st.result.contributors)) for st in done]
         if len(sums) >= 3 and sums[2].n_contributors < sums[1].n_contributors:
             # A cell allowed for having min_cohort institutions in the occupancy stage could then be
@@ -121,12 +218,12 @@ class FedhdsServer(FeditServer):
                 f"the cohort shrank from {sums[1].n_contributors} to {sums[2].n_contributors} institutions "
                 "between the occupancy and histogram stages"
             )
-        plan = coreset_server.next_stage(self.coreset, self._round_seed(round_), sums)
+        coreset = self.round_coreset(colluders)
+        plan = coreset_server.next_stage(coreset, self._round_seed(round_, attempt), sums)
         if isinstance(plan, coreset_server.StagePlan):
-            # Every stage carries the round's FedIT settings too (base model hash, LoRA, feature options).
-            return StagePlan(
-                plan.name, plan.layout.vector_spec(), {**self.task_config(round_), **plan.broadcast}
-            )
+            ins = self.stage_instruction(plan.name, round_, plan.broadcast, coreset, attempt)
+            # Every coreset sum feeds the next plan: the cohort verifies it (StagePlan.verified).
+            return StagePlan(plan.name, plan.layout.vector_spec(), ins.wire(), verified=True)
         total = int(plan.summary.get("total_records", 0))
         selected = int(plan.summary.get("n_winners", 0))
         summary = {
@@ -136,10 +233,16 @@ class FedhdsServer(FeditServer):
             "records": total,
             "fraction": selected / total if total else 0.0,
         }
-        return self._train_stage(round_, model, {"mode": "fedhds", **plan.broadcast}, summary)
+        return self._train_stage(round_, model, plan.broadcast, summary, coreset, attempt)
 
     def _train_stage(
-        self, round_: int, model: NDArray[np.float32], selection: dict[str, Any], summary: dict[str, Any]
+        self,
+        round_: int,
+        model: NDArray[np.float32],
+        selection: Mapping[str, Any] | None,
+        summary: dict[str, Any],
+        coreset: CoresetConfig,
+        attempt: int,
     ) -> StagePlan:
         self.summaries[round_] = summary
         logs.event(
@@ -148,8 +251,8 @@ class FedhdsServer(FeditServer):
             round=round_,
             **{k: v for k, v in summary.items() if not isinstance(v, list)},
         )
-        config = {**self.task_config(round_), "selection": selection, "selection_summary": summary}
-        return StagePlan(TRAIN_STAGE, self.spec(model), config)
+        ins = self.stage_instruction(TRAIN_STAGE, round_, selection, coreset, attempt)
+        return StagePlan(TRAIN_STAGE, self.spec(model), ins.wire(), summary=summary)
 
     def apply(self, model: NDArray[np.float32], result: AggregateResult) -> NDArray[np.float32]:
         if float(result.values["weight"][0]) <= 0:
@@ -162,6 +265,7 @@ class FedhdsClient(FeditClient):
     """An institution's FedHDS half: coreset statistics in the coreset stages, training in ``train``."""
 
     name = NAME
+    instruction_type: type[FedhdsInstruction] = FedhdsInstruction
 
     def __init__(
         self, client_id: str, options: Mapping[str, Any], *, model_pool: ModelPool | None = None
@@ -173,6 +277,9 @@ class FedhdsClient(FeditClient):
         self.selection_s = 0.0
         self.records_trained = 0  # summed over rounds
         self.features: tuple[NDArray[np.int64], NDArray[np.float64]] | None = None
+        # This round's verified stage sums (reset at its PCA stage) and their contributors.
+        self._verified: list[Any] = []
+        self._verified_cohort: tuple[str, ...] = ()
 
     def preload_features(self, indices: NDArray[np.int64], features: NDArray[np.float64]) -> None:
         """Use features computed earlier from the same frozen base model (benchmarks compare several
@@ -184,19 +291,132 @@ class FedhdsClient(FeditClient):
         self.features = (indices, features)
         self._coreset = CoresetClient(indices, features)
 
-    def _features(self, round_: int, model: NDArray[np.float32], task_config: Mapping[str, Any]) -> Any:
+    def admit(
+        self,
+        round_: int,
+        model: NDArray[np.float32],
+        task_config: Mapping[str, Any],
+        session: SessionConfig,
+        policy: InstitutionPolicy,
+    ) -> int | None:
+        """Bounds, the per-cell floor, and a plan this institution derived itself from verified sums.
+
+        Every plan after PCA (space, allowed cells, clusters, ballots, winners) is a function of the
+        earlier stages' sums and public settings; the institution recomputes it from the sums it
+        verified (:meth:`observe_sum`) and refuses an instruction whose plan differs, so a server
+        cannot list a one-institution cell as allowed or pick a space, clusters or ballot of its own.
+        """
+        ins = FedhdsInstruction.parse(task_config)
+        self.check_selection(ins, session, policy)
+        if ins.stage == space_stage():
+            self._verified = []
+        elif ins.fedhds.selection == "fedhds":
+            self.check_plan(ins, session)
+        if ins.stage == TRAIN_STAGE:
+            return super().admit(round_, model, task_config, session, policy)
+        # A coreset stage: its vector spec follows from the public config and the plan.
+        self.check_instruction(ins, policy)
+        self._ensure_model(ins)
+        if session.spec.spec_hash() != coreset_stage_spec(ins).spec_hash():
+            raise Refused(
+                RefusalCategory.INCONSISTENCY, "the session's vector spec does not follow from the plan"
+            )
+        # Statistics per grid cell or cluster are released over the whole roster or not at all: a
+        # dropout would leave a cell allowed for c + 2 institutions summed over fewer.
+        return len(session.roster) if ins.stage not in (space_stage(), occupancy_stage()) else None
+
+    def observe_sum(self, round_: int, stage: str, result: AggregateResult) -> None:
+        from secfed.coreset.layout import CohortSum
+
+        self._verified.append(CohortSum(stage, result.values, len(result.contributors)))
+        self._verified_cohort = tuple(sorted(result.contributors))
+
+    def check_plan(self, ins: FedhdsInstruction, session: SessionConfig) -> None:
+        """The instruction's stage and plan must be the ones this institution derives from its sums."""
+        from secfed.coreset import server as coreset_server
+
+        if not self._verified:
+            raise Refused(
+                RefusalCategory.INCONSISTENCY,
+                f"stage {ins.stage!r} without the verified sums of this round's earlier stages",
+                field="stage",
+            )
+        if tuple(sorted(session.roster)) != self._verified_cohort:
+            raise Refused(
+                RefusalCategory.INCONSISTENCY,
+                "the stage's roster is not the previous stage's verified contributors",
+                field="roster",
+            )
+        try:
+            expected = coreset_server.next_stage(ins.coreset, ins.round_seed, self._verified)
+        except ValueError as exc:
+            raise Refused(
+                RefusalCategory.INCONSISTENCY, f"no plan follows from the verified sums: {exc}"
+            ) from exc
+        name = expected.name if isinstance(expected, coreset_server.StagePlan) else TRAIN_STAGE
+        if ins.stage != name:
+            raise Refused(RefusalCategory.INCONSISTENCY, f"the sums call for stage {name!r}", field="stage")
+        plan = ins.plan.wire() if ins.plan is not None else {}
+        for key in CoresetPlan.model_fields:
+            mismatch = _differs(expected.broadcast.get(key), plan.get(key))
+            if mismatch is not None:
+                raise Refused(
+                    RefusalCategory.INCONSISTENCY,
+                    f"differs from the plan the verified sums give ({mismatch})",
+                    field=f"plan.{key}",
+                )
+
+    def check_selection(
+        self, ins: FedhdsInstruction, session: SessionConfig, policy: InstitutionPolicy
+    ) -> None:
+        """The coreset settings within this institution's bounds, and a per-cell floor of c + 2 institutions."""
+        c = ins.coreset
+        sel = ins.fedhds
+        within(c.k0, 1, policy.max_k0, "coreset.k0")
+        within(c.dims, 1, policy.max_dims, "coreset.dims")
+        within(c.bins, 1, policy.max_bins, "coreset.bins")
+        within(
+            c.local_min_cluster_size, 2, policy.max_local_min_cluster_size, "coreset.local_min_cluster_size"
+        )
+        within(
+            c.global_min_cluster_size,
+            2,
+            policy.max_global_min_cluster_size,
+            "coreset.global_min_cluster_size",
+        )
+        within(c.max_fraction, 0.0, policy.max_selected_fraction, "coreset.max_fraction")
+        within(c.slot_buckets, 1, policy.max_slot_buckets, "coreset.slot_buckets")
+        within(c.slots_per_bucket, 1, policy.max_slots_per_bucket, "coreset.slots_per_bucket")
+        within(c.max_election_attempts, 1, policy.max_election_attempts, "coreset.max_election_attempts")
+        within(sel.feature_max_length, 8, policy.max_feature_length, "fedhds.feature_max_length")
+        within(sel.random_fraction, 0.0, policy.max_selected_fraction, "fedhds.random_fraction")
+        within(sel.selected_epochs, 0.0, policy.max_epochs, "fedhds.selected_epochs")
+        if c.feature_blocks != len(sel.feature_layers):
+            raise Refused(
+                RefusalCategory.INCONSISTENCY, "feature_blocks must equal the number of feature layers"
+            )
+        # A cell's statistics are released only when c + 2 institutions have centroids in it, c the
+        # larger of the server's colluder bound and this institution's own: two honest ones at least.
+        floor = ClientPolicy(policy.min_cohort, policy.colluding_fraction).assumed_colluders(session) + 2
+        if c.min_cohort < floor:
+            raise Refused(
+                RefusalCategory.BOUNDS,
+                f"cells need at least {floor} institutions for this institution (c + 2), the plan allows {c.min_cohort}",
+                field="coreset.min_cohort",
+            )
+
+    def _features(self, round_: int, model: NDArray[np.float32], ins: FedhdsInstruction) -> Any:
         """This round's CoresetClient (turbo features are computed once and reused)."""
         from secfed.coreset.client import CoresetClient
         from secfed.coreset.features import last_token_features
         from secfed.model.lora import vector_to_adapter
 
-        opts = task_config.get("fedhds", {})
-        per_round = opts.get("feature_model", "base") == "global"
+        per_round = ins.fedhds.feature_model == "global"
         if self._coreset is not None and (not per_round or self._features_round == round_):
             return self._coreset
-        peft = self._ensure_model(task_config)
-        layers = [int(x) for x in opts.get("feature_layers", [-1])]
-        max_length = int(opts.get("feature_max_length", 96))
+        peft = self._ensure_model(ins)
+        layers = list(ins.fedhds.feature_layers)
+        max_length = ins.fedhds.feature_max_length
         tokenizer = self._base.tokenizer
         if per_round:
             vector_to_adapter(peft, model)
@@ -216,61 +436,71 @@ class FedhdsClient(FeditClient):
     def compute(
         self, round_: int, model: NDArray[np.float32], task_config: Mapping[str, Any]
     ) -> dict[str, NDArray[np.float64]]:
-        stage = str(task_config.get("stage", ""))
-        if stage == TRAIN_STAGE:
-            return self._train(round_, model, task_config)
+        ins = FedhdsInstruction.parse(task_config)
+        if ins.stage == TRAIN_STAGE:
+            return self._train(round_, model, ins)
         started = time.perf_counter()
-        coreset = self._features(round_, model, task_config)
-        out: dict[str, NDArray[np.float64]] = coreset.contribute(task_config)
+        coreset = self._features(round_, model, ins)
+        out: dict[str, NDArray[np.float64]] = coreset.contribute(ins.broadcast())
+        # Statistics of the features under this stage's public plan (projection seed, space, cells):
+        # a retry with the same plan is the same input; a fresh projection is a new one.
+        indices, feats = self.features if self.features is not None else (np.zeros(0), np.zeros(0))
+        self._last_identity = release_identity(
+            "fedhds-stage",
+            hashlib.sha256(
+                np.ascontiguousarray(indices).tobytes() + np.ascontiguousarray(feats).tobytes()
+            ).digest(),
+            canonical_json({**ins.wire(), "train": None}),
+        )
         self.selection_s += time.perf_counter() - started
         return out
 
-    def _selected_indices(self, task_config: Mapping[str, Any]) -> NDArray[np.int64]:
-        selection = task_config.get("selection") or {}
-        if selection.get("mode") == "assigned":  # the INSECURE plaintext baseline: the server chose
-            return np.asarray(selection.get("assigned", {}).get(self.client_id, []), dtype=np.int64)
-        if selection.get("mode") == "random":
-            fraction = float((task_config.get("fedhds") or {}).get("random_fraction", 0.05))
-            k = min(len(self.records), max(1, round(fraction * len(self.records))))
+    def _selected_indices(self, ins: FedhdsInstruction) -> NDArray[np.int64]:
+        """The records this institution trains on: its own choice from the public selection, never a
+        list the server names (the server would then pick one institution's record to train on)."""
+        if ins.fedhds.selection == "random":
+            k = min(len(self.records), max(1, round(ins.fedhds.random_fraction * len(self.records))))
             # The institution's own secret randomness: the server does not learn which records.
             pool = list(range(len(self.records)))
             chosen = [pool.pop(secrets.randbelow(len(pool))) for _ in range(k)]
             return np.asarray(sorted(chosen), dtype=np.int64)
-        if self._coreset is None:
-            raise ValueError(
-                f"{NAME} client {self.client_id}: a train stage without this round's coreset stages"
+        if self._coreset is None or ins.plan is None:
+            raise Refused(
+                RefusalCategory.INCONSISTENCY,
+                f"{NAME} client {self.client_id}: a train stage without this round's coreset stages",
             )
-        picked: NDArray[np.int64] = self._coreset.selection(
-            {**selection, "stage": "coreset-selection"}
-        ).records
-        return picked
+        broadcast = ins.broadcast()
+        picked: NDArray[np.int64] = self._coreset.selection(broadcast).records
+        if len(picked):
+            return picked
+        nearest: NDArray[np.int64] = self._coreset.nearest_candidate(broadcast)
+        return nearest
 
     def _train(
-        self, round_: int, model: NDArray[np.float32], task_config: Mapping[str, Any]
+        self, round_: int, model: NDArray[np.float32], ins: FedhdsInstruction
     ) -> dict[str, NDArray[np.float64]]:
         from secfed.model.lora import adapter_to_vector, vector_to_adapter
-        from secfed.model.train import TrainSettings
 
         started = time.perf_counter()
-        indices = self._selected_indices(task_config)
+        indices = self._selected_indices(ins)
+        if len(indices) == 0:
+            raise Refused(RefusalCategory.DATA, "no record to train on")
         self.last_selected = indices
-        if len(indices) == 0:  # not a winner: zeros, so the server cannot tell who won
-            self.last_compute_s = time.perf_counter() - started
-            return {"delta": np.zeros(self._adapter_size(task_config)), "weight": np.zeros(1)}
         records = [self.records[int(i)] for i in indices]
         self.records_trained += len(records)
-        peft = self._ensure_model(task_config)
+        peft = self._ensure_model(ins)
         vector_to_adapter(peft, model)
-        epochs = float((task_config.get("fedhds") or {}).get("selected_epochs", 1.0))
-        train = {**task_config.get("train", {}), "epochs": epochs}
-        settings = TrainSettings(**{**train, "seed": int(task_config.get("seed", 0))})
-        stats, dp_trained = train_round(
-            self.privacy, peft, self._base.tokenizer, records, settings, task_config, round_, self.client_id
+        self._last_model = (round_, np.array(model, dtype=np.float32))
+        settings = dataclasses.replace(ins.train, epochs=ins.fedhds.selected_epochs)
+        stats, _dp = train_round(
+            self.privacy, peft, self._base.tokenizer, records, settings, ins.dp, round_, self.client_id
         )
         self.last_stats = stats
+        self._last_identity = None if _dp else self.update_identity(model, ins, records)
         delta = adapter_to_vector(peft).astype(np.float64) - model.astype(np.float64)
-        max_weight = int(task_config.get("max_weight", 16))
-        weight = float(max_weight if dp_trained else min(len(records), max_weight))
+        # A public weight: a winner and a non-winner, one record or five, weigh the same, so the
+        # weight sum reveals only the (public) number of contributors.
+        weight = float(ins.max_weight)
         self.last_compute_s = time.perf_counter() - started
         logs.event(
             log,
@@ -283,10 +513,80 @@ class FedhdsClient(FeditClient):
         )
         return {"delta": weight * delta, "weight": np.array([weight])}
 
-    def _adapter_size(self, task_config: Mapping[str, Any]) -> int:
-        from secfed.model.lora import adapter_size
 
-        return int(adapter_size(self._ensure_model(task_config)))
+def space_stage() -> str:
+    from secfed.coreset.space import PCA_STAGE
+
+    return PCA_STAGE
+
+
+def occupancy_stage() -> str:
+    from secfed.coreset.grid import OCCUPANCY_STAGE
+
+    return OCCUPANCY_STAGE
+
+
+def _differs(expected: Any, got: Any, path: str = "") -> str | None:
+    """Where two JSON values differ (numbers to 1e-9 relative: the same sums on another machine's
+    BLAS may round the last bits of a PCA basis differently), or None."""
+    if isinstance(expected, dict) and isinstance(got, dict):
+        if set(expected) != set(got):
+            return f"{path or 'value'} has keys {sorted(got)}, expected {sorted(expected)}"
+        for key in expected:
+            found = _differs(expected[key], got[key], f"{path}.{key}" if path else str(key))
+            if found is not None:
+                return found
+        return None
+    if isinstance(expected, list | tuple) and isinstance(got, list | tuple):
+        if len(expected) != len(got):
+            return f"{path or 'value'} has {len(got)} entries, expected {len(expected)}"
+        for k, (a, b) in enumerate(zip(expected, got, strict=True)):
+            found = _differs(a, b, f"{path}[{k}]")
+            if found is not None:
+                return found
+        return None
+    numbers = (int, float)
+    if isinstance(expected, numbers) and isinstance(got, numbers) and not isinstance(expected, bool):
+        if isinstance(got, bool) or not np.isclose(float(expected), float(got), rtol=1e-9, atol=1e-12):
+            return f"{path or 'value'} is {got}, expected {expected}"
+        return None
+    if expected != got:
+        return f"{path or 'value'} is {got!r}, expected {expected!r}"
+    return None
+
+
+def coreset_stage_spec(ins: FedhdsInstruction) -> Any:
+    """The vector spec of a coreset stage, rebuilt by the institution from the public config and plan."""
+    from secfed.coreset import election, grid, space
+    from secfed.coreset.space import SharedSpace
+
+    c = ins.coreset
+    if ins.stage == space.PCA_STAGE:
+        return space.pca_layout(c.k0, bound=c.bound, max_records=c.max_records).vector_spec()
+    plan = ins.plan
+    if plan is None or plan.space is None:
+        raise Refused(
+            RefusalCategory.INCONSISTENCY, f"stage {ins.stage!r} without a shared space", field="plan.space"
+        )
+    shared = SharedSpace.from_json(dict(plan.space))
+    if ins.stage == grid.OCCUPANCY_STAGE:
+        return grid.occupancy_layout(shared.grid).vector_spec()
+    if plan.allowed is None:
+        raise Refused(
+            RefusalCategory.INCONSISTENCY, f"stage {ins.stage!r} without allowed cells", field="plan.allowed"
+        )
+    if ins.stage == grid.HISTOGRAM_STAGE:
+        return grid.histogram_layout(
+            len(plan.allowed), c.dims, coord_bound=shared.coord_bound(c.bound), max_records=c.max_records
+        ).vector_spec()
+    if plan.ballot is None:
+        raise Refused(RefusalCategory.INCONSISTENCY, f"unknown coreset stage {ins.stage!r}", field="stage")
+    ballot = election.Ballot.from_json(dict(plan.ballot))
+    if ins.stage != election.election_stage(ballot.attempt):
+        raise Refused(
+            RefusalCategory.INCONSISTENCY, "the ballot is for another election", field="plan.ballot"
+        )
+    return election.election_layout(ballot).vector_spec()
 
 
 tasks.register(NAME, FedhdsServer, FedhdsClient, privacy_aware=True)

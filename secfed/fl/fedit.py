@@ -14,6 +14,7 @@ round and a client with different weights refuses to take part rather than corru
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import logging
 import secrets
 import threading
@@ -27,14 +28,21 @@ import numpy as np
 from numpy.typing import NDArray
 
 from secfed import logs
+from secfed.dp.policy import DpOptions
 from secfed.fl import tasks
+from secfed.fl.instruction import RoundInstruction, canonical_json
+from secfed.fl.policy import InstitutionPolicy, RefusalCategory, Refused, within
+from secfed.fl.releases import release_identity
+from secfed.fl.vectors import model_hash
+from secfed.model.settings import LoraSettings, TrainSettings
+from secfed.secagg.config import SessionConfig
 from secfed.secagg.messages import AggregateResult
 from secfed.secagg.spec import Segment, VectorSpec
 
 if TYPE_CHECKING:
     from secfed.data.formats import Record
     from secfed.dp.institution import InstitutionPrivacy
-    from secfed.model.train import TrainSettings, TrainStats
+    from secfed.model.train import TrainStats
 
 NAME = "fedit-lora"
 # transformers' model loading switches process-wide state (default dtype, meta-device init), so when
@@ -48,7 +56,7 @@ DELTA_FRAC_BITS = 32
 
 @dataclass(frozen=True)
 class FeditOptions:
-    """Server-side options (``[task.options]`` of the server config); sent to clients each round."""
+    """Server-side options (``[task.options]`` of the server config); the round instruction is built from them."""
 
     model: str = "smollm2-135m-instruct"
     lora: dict[str, Any] = field(default_factory=dict)
@@ -68,32 +76,60 @@ class FeditOptions:
         opts = cls(**options)
         if opts.max_weight < 1 or not opts.clip > 0:
             raise ValueError(f"{NAME} task: max_weight must be >= 1 and clip > 0")
-        from secfed.model.lora import LoraSettings
-        from secfed.model.train import TrainSettings
-
         lora_fields = set(LoraSettings.__dataclass_fields__)
         train_fields = set(TrainSettings.__dataclass_fields__) - {"seed"}
         if set(opts.lora) - lora_fields:
             raise ValueError(f"{NAME} task: unknown lora option(s) {sorted(set(opts.lora) - lora_fields)}")
         if set(opts.train) - train_fields:
             raise ValueError(f"{NAME} task: unknown train option(s) {sorted(set(opts.train) - train_fields)}")
-        if opts.dp is not None:
-            from secfed.dp.policy import DpOptions
-
-            try:
-                DpOptions.from_mapping(opts.dp)
-            except ValueError as exc:
-                raise ValueError(f"{NAME} task: {exc}") from exc
+        try:
+            opts.lora_settings()
+            opts.train_settings()
+            opts.dp_options()
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"{NAME} task: {exc}") from exc
         return opts
 
+    def lora_settings(self) -> LoraSettings:
+        return LoraSettings(**self.lora)
 
-def _lora_settings(raw: Mapping[str, Any]) -> Any:
-    from secfed.model.lora import LoraSettings
+    def train_settings(self) -> TrainSettings:
+        return TrainSettings(**{**self.train, "seed": self.seed})
 
-    values = dict(raw)
-    if "target_modules" in values:
-        values["target_modules"] = tuple(values["target_modules"])
-    return LoraSettings(**values)
+    def dp_options(self) -> DpOptions | None:
+        return DpOptions.from_mapping(self.dp) if self.dp is not None else None
+
+
+class FeditInstruction(RoundInstruction):
+    """Everything a FedIT institution acts on in a round (hashed into the session every advert signs).
+
+    ``init_seed`` is the public seed of round 0's adapter (:func:`secfed.model.lora.seeded_initial_vector`),
+    so an institution can check that the federation starts from the honest initialisation.
+    """
+
+    base_hash: str
+    lora: LoraSettings
+    train: TrainSettings
+    max_weight: int
+    clip: float
+    init_seed: int
+    dp: DpOptions | None
+
+
+def update_spec(adapter_size: int, max_weight: int, clip: float) -> VectorSpec:
+    """The one spec a FedIT update may be summed in: ``[w * delta, w]`` with public bounds.
+
+    Built by the server and rebuilt by every institution from the instruction; a session whose spec
+    differs (a weight cap with no room, a clip that does not match) is refused.
+    """
+    w = float(max_weight)
+    return VectorSpec(
+        (
+            Segment("delta", adapter_size, clip=w * clip, frac_bits=DELTA_FRAC_BITS),
+            Segment("weight", 1, clip=w, frac_bits=0),
+        ),
+        ring_bits=64,
+    )
 
 
 class FeditServer:
@@ -102,48 +138,40 @@ class FeditServer:
     name = NAME
 
     def __init__(self, options: Mapping[str, Any]) -> None:
-        import torch
-
         from secfed.model.loading import load_base_model
         from secfed.model.lora import adapter_size, apply_lora
 
         self.opts = FeditOptions.from_mapping(options)
         self.base = load_base_model(self.opts.model, device="cpu")
-        torch.manual_seed(self.opts.seed)
-        self.peft = apply_lora(self.base.model, _lora_settings(self.opts.lora))
+        self.peft = apply_lora(self.base.model, self.opts.lora_settings())
         self.size = adapter_size(self.peft)
 
     def initial_model(self) -> NDArray[np.float32]:
-        from secfed.model.lora import adapter_to_vector
+        from secfed.model.lora import seeded_initial_vector
 
-        return adapter_to_vector(self.peft)
+        return seeded_initial_vector(self.peft, self.opts.seed)
 
     def spec(self, model: NDArray[np.float32]) -> VectorSpec:
-        w = float(self.opts.max_weight)
-        return VectorSpec(
-            (
-                Segment("delta", self.size, clip=w * self.opts.clip, frac_bits=DELTA_FRAC_BITS),
-                Segment("weight", 1, clip=w, frac_bits=0),
-            ),
-            ring_bits=64,
+        return update_spec(self.size, self.opts.max_weight, self.opts.clip)
+
+    def instruction(self, stage: str) -> FeditInstruction:
+        o = self.opts
+        return FeditInstruction(
+            stage=stage,
+            base_hash=self.base.base_hash,
+            lora=o.lora_settings(),
+            train=o.train_settings(),
+            max_weight=o.max_weight,
+            clip=o.clip,
+            init_seed=o.seed,
+            dp=o.dp_options(),
         )
 
     def task_config(self, round_: int) -> dict[str, Any]:
-        return {
-            "base_hash": self.base.base_hash,
-            "lora": dict(self.opts.lora),
-            "train": dict(self.opts.train),
-            "max_weight": self.opts.max_weight,
-            "seed": self.opts.seed,
-            "dp": dict(self.opts.dp) if self.opts.dp is not None else None,
-        }
+        return self.instruction(tasks.UPDATE_STAGE).wire()
 
     def apply(self, model: NDArray[np.float32], result: AggregateResult) -> NDArray[np.float32]:
-        total = float(result.values["weight"][0])
-        if total <= 0:
-            raise ValueError(f"{NAME}: the cohort's total weight is zero")
-        updated: NDArray[np.float32] = (model + result.values["delta"] / total).astype(np.float32)
-        return updated
+        return weighted_mean_step(model, result)
 
     def export(self, model: NDArray[np.float32], directory: Path) -> None:
         """Write the global adapter as a peft directory (``PeftModel.from_pretrained`` loads it)."""
@@ -151,6 +179,15 @@ class FeditServer:
 
         vector_to_adapter(self.peft, model)
         save_adapter(self.peft, directory / "adapter")
+
+
+def weighted_mean_step(model: NDArray[np.float32], result: AggregateResult) -> NDArray[np.float32]:
+    """FedAvg over decoded sums: ``model + sum(w * delta) / sum(w)``."""
+    total = float(result.values["weight"][0])
+    if total <= 0:
+        raise ValueError(f"{NAME}: the cohort's total weight is zero")
+    updated: NDArray[np.float32] = (model + result.values["delta"] / total).astype(np.float32)
+    return updated
 
 
 @dataclass(frozen=True)
@@ -196,6 +233,14 @@ def client_records(client_id: str, opts: ClientDataOptions, base_dir: Path | Non
     return records
 
 
+def records_fingerprint(records: list[Record]) -> bytes:
+    """SHA-256 of the records' content, in order (what an update is computed from)."""
+    digest = hashlib.sha256()
+    for r in records:
+        digest.update(canonical_json([r.instruction, r.context, r.response, r.category]))
+    return digest.digest()
+
+
 #: In-process benchmarks run many institutions one after another in one process; they can share one
 #: loaded base model and adapter (each round starts by loading the global adapter, so nothing leaks
 #: from one institution's training into another's). Key: (model source, device).
@@ -206,6 +251,7 @@ class FeditClient:
     """Trains the adapter locally each round and returns its weighted delta (masked before upload)."""
 
     name = NAME
+    instruction_type: type[FeditInstruction] = FeditInstruction
 
     def __init__(
         self, client_id: str, options: Mapping[str, Any], *, model_pool: ModelPool | None = None
@@ -226,12 +272,17 @@ class FeditClient:
         self.privacy = InstitutionPrivacy(client_id, policy)
         self._base: Any = None
         self._peft: Any = None
-        self._lora: dict[str, Any] | None = None
+        self._lora: LoraSettings | None = None
         self._pool = model_pool
+        # The last global adapter this institution accepted, and its round: a later one may move by no
+        # more than the clip bound per round (a crafted jump is refused).
+        self._last_model: tuple[int, NDArray[np.float32]] | None = None
+        self._last_identity: bytes | None = None
+        self._fingerprint: bytes | None = None
         self.last_stats: Any = None
         self.last_compute_s = 0.0
 
-    def _ensure_model(self, task_config: Mapping[str, Any]) -> Any:
+    def _ensure_model(self, ins: FeditInstruction) -> Any:
         from secfed.model.loading import load_base_model
         from secfed.model.lora import apply_lora
 
@@ -242,47 +293,143 @@ class FeditClient:
                 )
             if self._base is None:
                 self._base = load_base_model(self.model_source, device=self.device)
-            if task_config.get("base_hash") != self._base.base_hash:
-                raise ValueError(
-                    f"{NAME} client {self.client_id}: the server's base model ({task_config.get('base_hash')}) "
-                    f"is not this institution's ({self._base.base_hash}); refusing to train on a different model"
+            if ins.base_hash != self._base.base_hash:
+                raise Refused(
+                    RefusalCategory.POLICY,
+                    f"the server's base model ({ins.base_hash}) is not this institution's "
+                    f"({self._base.base_hash}); refusing to train on a different model",
+                    field="base_hash",
                 )
-            lora = dict(task_config.get("lora", {}))
             if self._peft is None:
-                self._peft = apply_lora(self._base.model, _lora_settings(lora))
-                self._lora = lora
+                self._peft = apply_lora(self._base.model, ins.lora)
+                self._lora = ins.lora
                 if self._pool is not None:
-                    self._pool[(self.model_source, self.device)] = (self._base, self._peft, lora)
-            elif lora != self._lora:
-                raise ValueError(f"{NAME} client {self.client_id}: LoRA settings changed between rounds")
+                    self._pool[(self.model_source, self.device)] = (self._base, self._peft, ins.lora)
+            elif ins.lora != self._lora:
+                raise Refused(
+                    RefusalCategory.INCONSISTENCY, "LoRA settings changed between rounds", field="lora"
+                )
             return self._peft
+
+    def admit(
+        self,
+        round_: int,
+        model: NDArray[np.float32],
+        task_config: Mapping[str, Any],
+        session: SessionConfig,
+        policy: InstitutionPolicy,
+    ) -> int | None:
+        ins = self.instruction_type.parse(task_config)
+        self.check_instruction(ins, policy)
+        peft = self._ensure_model(ins)
+        from secfed.model.lora import adapter_size
+
+        expected = update_spec(adapter_size(peft), ins.max_weight, ins.clip)
+        if session.spec.spec_hash() != expected.spec_hash():
+            raise Refused(
+                RefusalCategory.INCONSISTENCY,
+                "the session's vector spec is not [max_weight * clip bounded delta, max_weight bounded weight]",
+            )
+        self.check_global_model(round_, model, ins, policy)
+        return None
+
+    def observe_sum(self, round_: int, stage: str, result: AggregateResult) -> None:
+        """One stage a round: no plan derives from a sum."""
+
+    def check_instruction(self, ins: FeditInstruction, policy: InstitutionPolicy) -> None:
+        """Every server-chosen training value within this institution's bounds (before any work)."""
+        within(ins.max_weight, 1, policy.max_weight, "max_weight")
+        within(ins.clip, 1e-12, policy.max_clip, "clip")
+        within(ins.lora.r, 1, policy.max_lora_rank, "lora.r")
+        t = ins.train
+        within(t.lr, policy.min_lr, policy.max_lr, "train.lr")
+        within(t.local_steps, 1, policy.max_local_steps, "train.local_steps")
+        if t.epochs is not None:
+            within(t.epochs, 0.0, policy.max_epochs, "train.epochs")
+        within(t.batch_size * t.grad_accum, 1, policy.max_batch_size, "train.batch_size")
+        within(t.max_length, 16, policy.max_length, "train.max_length")
+
+    def check_global_model(
+        self, round_: int, model: NDArray[np.float32], ins: FeditInstruction, policy: InstitutionPolicy
+    ) -> None:
+        """Round 0 starts from the public-seed adapter (or the one the institution names); later rounds
+        move by at most the clip bound per round from the last adapter this institution accepted.
+
+        An adapter crafted within that bound is not caught here: only DP covers it (README threat model).
+        """
+        from secfed.model.lora import seeded_initial_vector
+
+        if round_ == 0 or self._last_model is None:
+            allowed = {model_hash(seeded_initial_vector(self._peft, ins.init_seed)).hex()}
+            if policy.initial_adapter_sha256 is not None:
+                allowed.add(policy.initial_adapter_sha256)
+            if round_ == 0 and model_hash(model).hex() not in allowed:
+                raise Refused(
+                    RefusalCategory.POLICY,
+                    "round 0's adapter is neither the public-seed initialisation nor the one this "
+                    "institution's policy names",
+                    field="global_model",
+                )
+            if round_ > 0:
+                # A restarted institution has no earlier adapter to compare with; it accepts this one
+                # as its reference (the jump check resumes from the next round).
+                self._last_model = (round_, model)
+            return
+        last_round, last = self._last_model
+        if round_ < last_round:
+            raise Refused(
+                RefusalCategory.INCONSISTENCY, f"round {round_} after round {last_round}", field="round"
+            )
+        if last.shape != model.shape:
+            raise Refused(RefusalCategory.INCONSISTENCY, "the adapter changed shape", field="global_model")
+        # FedAvg of updates clipped to ±clip per coordinate moves each coordinate by at most clip per
+        # round (plus fixed-point rounding).
+        step = float(np.max(np.abs(model.astype(np.float64) - last.astype(np.float64)), initial=0.0))
+        bound = ins.clip * max(1, round_ - last_round) * (1 + 1e-6) + 1e-6
+        if step > bound:
+            raise Refused(
+                RefusalCategory.BOUNDS,
+                f"the global adapter moved by {step:.3g} since round {last_round}, more than the clip bound allows",
+                field="global_model",
+            )
+
+    def release_identity(
+        self, round_: int, model: NDArray[np.float32], task_config: Mapping[str, Any]
+    ) -> bytes | None:
+        return self._last_identity
+
+    def update_identity(
+        self, model: NDArray[np.float32], ins: FeditInstruction, records: list[Record]
+    ) -> bytes:
+        """A non-DP update is named by the model, the records and every setting but the public seed.
+
+        The seed is left out on purpose: two updates from the same model and records that differ only
+        in batch order are nearly the same value, so a re-run with another seed must count as the
+        same input (only DP covers such near-repeats)."""
+        settings = {**ins.wire(), "stage": "", "train": {**ins.wire()["train"], "seed": 0}}
+        return release_identity(
+            "fedit-update", model_hash(model), records_fingerprint(records), canonical_json(settings)
+        )
 
     def compute(
         self, round_: int, model: NDArray[np.float32], task_config: Mapping[str, Any]
     ) -> dict[str, NDArray[np.float64]]:
         from secfed.model.lora import adapter_to_vector, vector_to_adapter
-        from secfed.model.train import TrainSettings
 
+        ins = self.instruction_type.parse(task_config)
         started = time.perf_counter()
-        peft = self._ensure_model(task_config)
+        peft = self._ensure_model(ins)
         vector_to_adapter(peft, model)
-        settings = TrainSettings(**{**task_config.get("train", {}), "seed": int(task_config.get("seed", 0))})
+        self._last_model = (round_, np.array(model, dtype=np.float32))
         stats, dp_trained = train_round(
-            self.privacy,
-            peft,
-            self._base.tokenizer,
-            self.records,
-            settings,
-            task_config,
-            round_,
-            self.client_id,
+            self.privacy, peft, self._base.tokenizer, self.records, ins.train, ins.dp, round_, self.client_id
         )
         self.last_stats = stats
+        self._last_identity = None if dp_trained else self.update_identity(model, ins, self.records)
         delta = adapter_to_vector(peft).astype(np.float64) - model.astype(np.float64)
-        max_weight = int(task_config.get("max_weight", 16))
         # Under DP the weight must not depend on the data (a record count is a release DP-SGD does
         # not cover), so every DP round uses the public cap; otherwise FedAvg weights by data size.
-        weight = float(max_weight if dp_trained else min(len(self.records), max_weight))
+        weight = float(ins.max_weight if dp_trained else min(len(self.records), ins.max_weight))
         self.last_compute_s = time.perf_counter() - started
         logs.event(
             log,
@@ -304,7 +451,7 @@ def train_round(
     tokenizer: Any,
     records: list[Record],
     settings: TrainSettings,
-    task_config: Mapping[str, Any],
+    dp_options: DpOptions | None,
     round_: int,
     client_id: str,
 ) -> tuple[TrainStats, bool]:
@@ -313,12 +460,9 @@ def train_round(
     Returns the training stats and whether DP-SGD was used. Raises ValueError (a
     ``PrivacyRefusal``) when the institution's policy declines the round; it is already ledgered.
     """
-    from secfed.dp.policy import DpOptions
     from secfed.dp.sgd import train_local_dp
     from secfed.model.train import train_local
 
-    raw = task_config.get("dp")
-    dp_options = DpOptions.from_mapping(raw) if raw else None
     steps = settings.steps_for(len(records))
     dp = privacy.plan_round(round_, dp_options, len(records), steps)
     desc = f"{client_id} round {round_}"

@@ -17,6 +17,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from secfed.dp.policy import PrivacyPolicy
+from secfed.fl.policy import InstitutionPolicy
 from secfed.secagg.config import SessionConfig
 from secfed.secagg.messages import AggregateResult
 from secfed.secagg.spec import VectorSpec
@@ -61,6 +62,12 @@ class StagePlan:
     name: str
     spec: VectorSpec
     config: dict[str, Any]
+    # Public facts the server derived for its own record (e.g. the coreset selection summary); not
+    # sent to clients, kept in the round record and the audit report.
+    summary: Mapping[str, Any] | None = None
+    # A verified stage's sum feeds the next stage's plan: the server keeps its (small) masked inputs
+    # and shows the cohort the evidence, so every member recomputes the sum and checks the plan.
+    verified: bool = False
 
 
 @dataclass(frozen=True)
@@ -71,6 +78,7 @@ class StageResult:
     result: AggregateResult
     config: SessionConfig | None = None
     broadcast: Mapping[str, Any] | None = None  # the stage's public config, as sent to the cohort
+    summary: Mapping[str, Any] | None = None  # the server's public facts about the stage (StagePlan.summary)
 
     def audit_facts(self) -> dict[str, Any]:
         """What the server learned in this stage and under which SecAgg parameters (JSON-able)."""
@@ -94,6 +102,8 @@ class StageResult:
             )
         if self.broadcast is not None:
             facts["broadcast"] = {k: _compact(v) for k, v in self.broadcast.items()}
+        if self.summary is not None:
+            facts["summary"] = {k: _compact(v) for k, v in self.summary.items()}
         return facts
 
 
@@ -109,21 +119,34 @@ def _compact(value: Any) -> Any:
 class StagedServerTask(ServerTask, Protocol):
     """A task whose round has several stages; the server learns each stage's cohort sum only."""
 
-    def next_stage(self, round_: int, model: Vector, done: Sequence[StageResult]) -> StagePlan | None:
+    def next_stage(
+        self, round_: int, model: Vector, done: Sequence[StageResult], *, colluders: int, attempt: int
+    ) -> StagePlan | None:
         """The next stage given the sums of the stages done so far this round (empty: a new attempt
         starts, so forget any state of an earlier attempt), or None when the round is complete and
-        :meth:`ServerTask.apply` receives the last stage's result."""
+        :meth:`ServerTask.apply` receives the last stage's result. ``colluders`` is the consortium's
+        bound on colluding clients in this attempt's cohort (statistics per cell need ``c + 2``);
+        ``attempt`` the attempt's number, unique across server restarts (a retry must draw fresh
+        public randomness: its inputs may not repeat an earlier attempt's, see secfed.fl.releases)."""
         ...
 
 
 UPDATE_STAGE = "update"
 
 
-def next_stage(task: ServerTask, round_: int, model: Vector, done: Sequence[StageResult]) -> StagePlan | None:
+def next_stage(
+    task: ServerTask,
+    round_: int,
+    model: Vector,
+    done: Sequence[StageResult],
+    *,
+    colluders: int,
+    attempt: int,
+) -> StagePlan | None:
     """The coordinator's view of any task as staged; a plain task has the single stage ``"update"``."""
     staged = getattr(task, "next_stage", None)
     if staged is not None:
-        plan: StagePlan | None = staged(round_, model, done)
+        plan: StagePlan | None = staged(round_, model, done, colluders=colluders, attempt=attempt)
         return plan
     if done:
         return None
@@ -133,6 +156,23 @@ def next_stage(task: ServerTask, round_: int, model: Vector, done: Sequence[Stag
 class ClientTask(Protocol):
     name: str
 
+    def admit(
+        self,
+        round_: int,
+        model: Vector,
+        task_config: Mapping[str, Any],
+        session: SessionConfig,
+        policy: InstitutionPolicy,
+    ) -> int | None:
+        """Check the server's instruction against this institution's own policy, before any work.
+
+        Parses ``task_config`` with the task's instruction type (unknown, missing or mistyped fields
+        are refused) and checks every server-chosen value, the session's vector spec included, against
+        ``policy``. Raises :class:`~secfed.fl.policy.Refused` (or another ValueError) to decline.
+        Returns the fewest contributors the stage's sum may have when the task needs more than the
+        SecAgg floor (the whole roster, for statistics per grid cell), else None."""
+        ...
+
     def compute(
         self, round_: int, model: Vector, task_config: Mapping[str, Any]
     ) -> dict[str, NDArray[np.float64]]:
@@ -140,6 +180,19 @@ class ClientTask(Protocol):
 
         Called once per stage of the round; ``task_config["stage"]`` names it. Raising ValueError
         declines the stage (the client tells the server, which goes on without it)."""
+        ...
+
+    def observe_sum(self, round_: int, stage: str, result: AggregateResult) -> None:
+        """The sum of a ``verified`` stage this institution took part in, recomputed and checked by it.
+
+        A staged task derives the next stage's plan from these sums itself and compares it with the
+        server's instruction (see :meth:`admit`); one-stage tasks ignore them."""
+        ...
+
+    def release_identity(self, round_: int, model: Vector, task_config: Mapping[str, Any]) -> bytes | None:
+        """The release identity (:mod:`secfed.fl.releases`) of the input the last :meth:`compute`
+        returned: a hash of what it is computed from, so the same input is never summed twice. None
+        for an input covered by its own DP guarantee (it may be re-submitted)."""
         ...
 
 

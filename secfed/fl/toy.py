@@ -19,6 +19,11 @@ import numpy as np
 from numpy.typing import NDArray
 
 from secfed.fl import tasks
+from secfed.fl.instruction import RoundInstruction, canonical_json
+from secfed.fl.policy import InstitutionPolicy, RefusalCategory, Refused, within
+from secfed.fl.releases import release_identity
+from secfed.fl.vectors import model_hash
+from secfed.secagg.config import SessionConfig
 from secfed.secagg.messages import AggregateResult
 from secfed.secagg.spec import Segment, VectorSpec
 
@@ -41,6 +46,25 @@ class ToyOptions:
         if opts.dim < 1 or opts.max_weight < 1 or opts.clip <= 0:
             raise ValueError("toy task: dim and max_weight must be >= 1 and clip > 0")
         return opts
+
+
+class ToyInstruction(RoundInstruction):
+    """What a toy client acts on: the model's size and the weight cap (its spec follows from them)."""
+
+    dim: int
+    max_weight: int
+    clip: float
+    frac_bits: int
+
+
+def toy_spec(ins: ToyInstruction) -> VectorSpec:
+    """The one spec a toy round may sum; the server builds it and every client checks it is this one."""
+    return VectorSpec(
+        (
+            Segment("x", ins.dim, clip=ins.max_weight * ins.clip, frac_bits=ins.frac_bits),
+            Segment("w", 1, clip=float(ins.max_weight), frac_bits=0),
+        )
+    )
 
 
 def initial_model(dim: int) -> NDArray[np.float32]:
@@ -75,21 +99,17 @@ class ToyServer:
     def initial_model(self) -> NDArray[np.float32]:
         return initial_model(self.opts.dim)
 
-    def spec(self, model: NDArray[np.float32]) -> VectorSpec:
-        return VectorSpec(
-            (
-                Segment(
-                    "x",
-                    self.opts.dim,
-                    clip=self.opts.max_weight * self.opts.clip,
-                    frac_bits=self.opts.frac_bits,
-                ),
-                Segment("w", 1, clip=float(self.opts.max_weight), frac_bits=0),
-            )
+    def _instruction(self) -> ToyInstruction:
+        o = self.opts
+        return ToyInstruction(
+            stage=tasks.UPDATE_STAGE, dim=o.dim, max_weight=o.max_weight, clip=o.clip, frac_bits=o.frac_bits
         )
 
+    def spec(self, model: NDArray[np.float32]) -> VectorSpec:
+        return toy_spec(self._instruction())
+
     def task_config(self, round_: int) -> dict[str, Any]:
-        return {"dim": self.opts.dim, "max_weight": self.opts.max_weight}
+        return self._instruction().wire()
 
     def apply(self, model: NDArray[np.float32], result: AggregateResult) -> NDArray[np.float32]:
         total_weight = float(result.values["w"][0])
@@ -107,6 +127,41 @@ class ToyClient:
     def __init__(self, client_id: str, options: Mapping[str, Any]) -> None:
         self.client_id = client_id
         self.opts = ToyOptions.from_mapping(options)
+
+    def admit(
+        self,
+        round_: int,
+        model: NDArray[np.float32],
+        task_config: Mapping[str, Any],
+        session: SessionConfig,
+        policy: InstitutionPolicy,
+    ) -> int | None:
+        ins = ToyInstruction.parse(task_config)
+        if ins.stage != tasks.UPDATE_STAGE:
+            raise Refused(RefusalCategory.INCONSISTENCY, f"unknown stage {ins.stage!r}", field="stage")
+        if (ins.dim, ins.max_weight, ins.frac_bits) != (
+            self.opts.dim,
+            self.opts.max_weight,
+            self.opts.frac_bits,
+        ):
+            raise Refused(RefusalCategory.POLICY, "settings differ from this institution's toy options")
+        within(ins.max_weight, 1, policy.max_weight, "max_weight")
+        within(ins.clip, 0.0, policy.max_clip, "clip")
+        if session.spec.spec_hash() != toy_spec(ins).spec_hash():
+            raise Refused(
+                RefusalCategory.INCONSISTENCY,
+                "the session's vector spec does not follow from the instruction",
+            )
+        return None
+
+    def observe_sum(self, round_: int, stage: str, result: AggregateResult) -> None:
+        """One stage a round: no plan derives from a sum."""
+
+    def release_identity(
+        self, round_: int, model: NDArray[np.float32], task_config: Mapping[str, Any]
+    ) -> bytes | None:
+        # The samples are a function of the client id; the input of the model and the settings.
+        return release_identity(NAME, self.client_id, model_hash(model), canonical_json(dict(task_config)))
 
     def compute(
         self, round_: int, model: NDArray[np.float32], task_config: Mapping[str, Any]

@@ -26,6 +26,8 @@ class Preset:
     task: str
     task_options: Mapping[str, Any] = field(default_factory=dict)
     phase_timeout_s: float = 10.0
+    # The compute phase's deadline (local training); None: the same as a SecAgg phase's.
+    compute_timeout_s: float | None = None
     max_attempts: int = 3
     min_cohort: int = 3
     participation: float = 1.0
@@ -122,6 +124,7 @@ PRESETS: Mapping[str, Preset] = MappingProxyType(
             evaluate=True,
             torch_threads=1,
             phase_timeout_s=600.0,
+            compute_timeout_s=1200.0,
         ),
     }
 )

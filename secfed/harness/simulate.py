@@ -56,7 +56,7 @@ _SERVER_LINGER_S = 15.0  # the server waits up to 10 s for every client to hear 
 # After the server exits, a client still running never heard "finished" (it polls at least every
 # second while the server lingers for it) and will only retry until it gives up: end it soon.
 _CLIENT_GRACE_S = 3.0
-_PHASES_PER_ATTEMPT = len(UPLOAD_PHASES)
+_PHASES_PER_ATTEMPT = len(UPLOAD_PHASES) - 1  # SecAgg phases; the compute phase has its own deadline
 
 
 @dataclass(frozen=True)
@@ -91,6 +91,10 @@ class SimulationOptions:
         return client_ids(self.clients)
 
     @property
+    def compute_timeout_s(self) -> float:
+        return self.preset.compute_timeout_s or self.phase_timeout_s
+
+    @property
     def deadline_s(self) -> float:
         """The whole run's time limit: every phase of every attempt timing out, per round and restart.
 
@@ -99,7 +103,9 @@ class SimulationOptions:
         """
         if self.timeout_s is not None:
             return self.timeout_s
-        per_round = self.preset.max_attempts * _PHASES_PER_ATTEMPT * self.phase_timeout_s
+        per_round = self.preset.max_attempts * (
+            _PHASES_PER_ATTEMPT * self.phase_timeout_s + self.compute_timeout_s
+        )
         return 60.0 + (self.rounds + len(self.server_kills)) * per_round + _SERVER_LINGER_S
 
 
@@ -579,6 +585,7 @@ def run_simulation(opts: SimulationOptions) -> dict[str, Any]:
             "participation": preset.participation,
             "min_cohort": preset.min_cohort,
             "phase_timeout_s": float(opts.phase_timeout_s),
+            "compute_timeout_s": float(opts.compute_timeout_s),
             "max_attempts": preset.max_attempts,
             "seed": preset.seed,
         },

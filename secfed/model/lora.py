@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -21,6 +22,7 @@ import torch
 from numpy.typing import NDArray
 
 from secfed.model.loading import base_hash_of, register_base_hash
+from secfed.model.settings import LoraSettings as LoraSettings
 
 if TYPE_CHECKING:
     from peft import PeftModel
@@ -40,32 +42,6 @@ warnings.filterwarnings("ignore", message=r".*is_gradient_checkpointing.*", cate
 
 class AdapterError(ValueError):
     """An adapter does not fit the model it is being loaded into, or its files are inconsistent."""
-
-
-@dataclass(frozen=True)
-class LoraSettings:
-    """LoRA hyper-parameters; part of the federation's task config, so every client builds the same shape."""
-
-    r: int = 8
-    alpha: int = 16
-    dropout: float = 0.05
-    target_modules: tuple[str, ...] = ("q_proj", "v_proj")
-
-    def __post_init__(self) -> None:
-        # Configs arrive from TOML/JSON, where sequences are lists; keep the dataclass hashable.
-        modules: Any = self.target_modules
-        if not isinstance(modules, tuple):
-            object.__setattr__(self, "target_modules", tuple(modules))
-        if self.r < 1:
-            raise ValueError(f"LoRA rank r must be >= 1, got {self.r}")
-        if not self.alpha > 0:
-            raise ValueError(f"LoRA alpha must be > 0, got {self.alpha}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"LoRA dropout must be in [0, 1), got {self.dropout}")
-        if not self.target_modules or not all(isinstance(m, str) and m for m in self.target_modules):
-            raise ValueError(
-                f"LoRA target_modules must be non-empty module names, got {self.target_modules!r}"
-            )
 
 
 def _has_lora_layers(model: torch.nn.Module) -> bool:
@@ -176,6 +152,34 @@ def vector_to_adapter(peft_model: PeftModel, vector: NDArray[Any]) -> None:
         adapter_to_vector(peft_model), values
     ):
         raise AdapterError("vector_to_adapter: the adapter does not hold the vector after loading it")
+
+
+def seeded_initial_vector(peft_model: PeftModel, seed: int) -> NDArray[np.float32]:
+    """The federation's round-0 adapter, a pure function of the adapter's shape and the public seed.
+
+    peft draws LoRA A from torch's global generator on the model's device, so the same seed gives
+    different adapters on CPU and CUDA; an institution could then not check that round 0's global
+    adapter is the honest initialisation rather than one crafted to make its update reveal its data.
+    Here every ``lora_A`` is drawn from a CPU generator seeded by ``seed``, uniform in
+    ``±1/sqrt(fan_in)`` (peft's kaiming-uniform bound), and every ``lora_B`` is zero, so the adapted
+    model starts equal to the base model.
+    """
+    generator = torch.Generator(device="cpu").manual_seed(int(seed) % 2**63)
+    parts: list[torch.Tensor] = []
+    for key, tensor in adapter_state(peft_model).items():
+        if "lora_A" in key:
+            bound = 1.0 / math.sqrt(tensor.shape[1])
+            parts.append(
+                (torch.rand(tensor.numel(), generator=generator, dtype=torch.float64) * 2 - 1) * bound
+            )
+        elif "lora_B" in key:
+            parts.append(torch.zeros(tensor.numel(), dtype=torch.float64))
+        else:
+            raise AdapterError(f"seeded_initial_vector: unexpected adapter tensor {key!r}")
+    if not parts:
+        return np.zeros(0, dtype=np.float32)
+    out: NDArray[np.float32] = torch.cat(parts).to(torch.float32).numpy().copy()
+    return out
 
 
 def settings_of(peft_model: PeftModel) -> LoraSettings:

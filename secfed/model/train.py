@@ -9,7 +9,6 @@ Seeded and reproducible: batch order comes from a generator seeded by (seed, rou
 
 from __future__ import annotations
 
-import math
 import sys
 import time
 from collections.abc import Sequence
@@ -20,45 +19,8 @@ import torch
 from tqdm import tqdm
 
 from secfed.data.formats import Record
-from secfed.data.prompts import PromptStyle, TokenizedExample, collate, tokenize_example
-
-
-@dataclass(frozen=True)
-class TrainSettings:
-    """Local optimisation of one round. ``local_steps`` counts optimizer steps (after accumulation);
-    setting ``epochs`` instead trains for that many passes over the local data (rounded up to steps)."""
-
-    local_steps: int = 10
-    epochs: float | None = None
-    batch_size: int = 4
-    grad_accum: int = 1
-    max_length: int = 256
-    lr: float = 3e-4
-    weight_decay: float = 0.0
-    style: PromptStyle = "chat"
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        if self.local_steps < 1 or self.batch_size < 1 or self.grad_accum < 1:
-            raise ValueError("local_steps, batch_size and grad_accum must be >= 1")
-        if not (self.lr > 0 and math.isfinite(self.lr)) or self.max_length < 16:
-            raise ValueError("lr must be > 0 and max_length >= 16")
-        if self.epochs is not None and not self.epochs > 0:
-            raise ValueError("epochs must be > 0")
-
-    def batch_for(self, n_records: int) -> int:
-        """Sequences per micro-batch: ``batch_size``, but never more than there are records.
-
-        A coreset winner trains on one to three records; filling a batch of four with copies of the
-        same record would cost up to four times the compute for the same gradient, and weight a
-        record twice next to its neighbours.
-        """
-        return max(1, min(self.batch_size, n_records))
-
-    def steps_for(self, n_records: int) -> int:
-        if self.epochs is None:
-            return self.local_steps
-        return max(1, math.ceil(self.epochs * n_records / (self.batch_for(n_records) * self.grad_accum)))
+from secfed.data.prompts import TokenizedExample, collate, tokenize_example
+from secfed.model.settings import TrainSettings as TrainSettings
 
 
 @dataclass(frozen=True)

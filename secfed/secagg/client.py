@@ -25,7 +25,15 @@ from cryptography import x509
 from numpy.typing import ArrayLike, NDArray
 
 from secfed.crypto import aead, shamir
-from secfed.crypto.agreement import AgreementError, KeyPair, agree, generate_keypair, private_to_bytes
+from secfed.crypto.agreement import (
+    AgreementError,
+    KeyPair,
+    agree,
+    generate_keypair,
+    private_from_bytes,
+    private_to_bytes,
+    public_of,
+)
 from secfed.crypto.identity import Identity, IdentityError, TrustAnchor, verify_signature
 from secfed.crypto.prg import MaskAccumulator
 from secfed.secagg import derive
@@ -44,20 +52,26 @@ from secfed.secagg.errors import (
     ShareDecryptionError,
     SignatureError,
 )
-from secfed.secagg.fixedpoint import EncodeReport, encode
+from secfed.secagg.fixedpoint import EncodeReport, decode, encode
 from secfed.secagg.graph import CompleteGraph, Neighbourhood
 from secfed.secagg.messages import (
     AdvertBroadcast,
     AdvertiseKeys,
+    AggregateResult,
+    ComputeReady,
     ConsistencyRequest,
     ConsistencySignature,
+    MaskedInputRequest,
     MaskedInputUpload,
     ShareKeysRelay,
     ShareKeysUpload,
+    SumEvidence,
     UnmaskRequest,
     UnmaskResponse,
     consistency_payload,
+    masked_input_payload,
 )
+from secfed.secagg.unmask import remove_masks
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -90,13 +104,24 @@ class ClientSession:
         trust: TrustAnchor,
         config: SessionConfig,
         model_hash: bytes,
-        inputs: Mapping[str, ArrayLike],
+        inputs: Mapping[str, ArrayLike] | None = None,
         policy: ClientPolicy | None = None,
         graph: Neighbourhood | None = None,
+        min_contributors: int | None = None,
+        abandoned: tuple[bytes, ...] = (),
     ) -> None:
         self._phase = Phase.CONFIGURE
         self.client_id = identity.client_id
-        (policy or ClientPolicy()).check(config)
+        policy = policy or ClientPolicy()
+        policy.check(config)
+        # The fewest contributors a sum this client helps unmask may have: at least c + 2, with c the
+        # larger of the server's colluder bound and this institution's own, so any released sum
+        # holds two honest institutions whatever c the server controls.
+        self._floor = max(policy.release_floor(config), min_contributors or 0)
+        if self._floor > len(config.roster):
+            raise ConfigError(
+                Phase.CONFIGURE, f"needs {self._floor} contributors, the roster has {len(config.roster)}"
+            )
         if self.client_id not in config.roster:
             raise ConfigError(
                 Phase.CONFIGURE, "this client is not in the round roster", client_id=self.client_id
@@ -124,6 +149,10 @@ class ClientSession:
         self._sid = b""
         self._u1: frozenset[str] = frozenset()
         self._u2: frozenset[str] = frozenset()
+        self._ready_sent = False
+        self._abandoned = tuple(abandoned)
+        # Per earlier session id: the peers whose verified advert attests they abandoned it.
+        self.abandonments: dict[bytes, set[str]] = {}
         self._u3: tuple[str, ...] = ()
         self.encode_report: EncodeReport | None = None
 
@@ -134,6 +163,11 @@ class ClientSession:
     @property
     def session_id(self) -> bytes:
         return self._sid
+
+    @property
+    def u2(self) -> frozenset[str]:
+        """The clients that shared keys (known once the shares are relayed)."""
+        return self._u2
 
     @property
     def holds_secrets(self) -> bool:
@@ -158,6 +192,7 @@ class ClientSession:
             pk_mask=self._mask_keys.public,
             signature=b"",
             cert_chain=self._identity.chain_der(),
+            abandoned=self._abandoned,
         )
         self._phase = Phase.ADVERTISE
         return replace(unsigned, signature=self._identity.sign(unsigned.signed_payload()))
@@ -191,6 +226,9 @@ class ClientSession:
             raise InvalidAdvertError(phase, "public keys are reused across adverts")
         self._adverts = {a.client_id: a for a in msg.adverts}
         self._u1 = frozenset(ids)
+        for advert in msg.adverts:
+            for earlier in advert.abandoned:
+                self.abandonments.setdefault(earlier, set()).add(advert.client_id)
         self._sid = derive.session_id(self._config.round, self._digest, msg.adverts)
 
         self._b_seed = os.urandom(32)
@@ -256,10 +294,13 @@ class ClientSession:
             raise SignatureError(phase, "advert signature does not verify", client_id=who) from exc
         self._certs[who] = peer.certificate
 
-    # -- phase 3 -------------------------------------------------------------------------------
+    # -- phase 3: open the shares, then compute ----------------------------------------------
     @_aborts_on_error
-    def on_share_relay(self, msg: ShareKeysRelay) -> MaskedInputUpload:
-        """Open the shares addressed to this client, then mask and upload its input."""
+    def on_share_relay(self, msg: ShareKeysRelay) -> None:
+        """Open the shares addressed to this client; every check passes before any local work starts.
+
+        The local computation (training, features) runs after this, and :meth:`ready` reports it done.
+        """
         self._expect(Phase.SHARE_KEYS)
         phase = Phase.SHARE_KEYS
         self._check_session(msg.session_id, phase)
@@ -294,19 +335,57 @@ class ClientSession:
             self._peer_s_shares[sender] = s_raw
             self._peer_b_shares[sender] = b_raw
         self._u2 = u2
+        self._phase = Phase.COMPUTE
 
+    @_aborts_on_error
+    def ready(self, inputs: Mapping[str, ArrayLike] | None = None) -> ComputeReady:
+        """Report the local computation done; ``inputs`` (unless given at construction) wait for the request.
+
+        Nothing leaves the client here: the input is masked and sent only once the server opens the
+        masked-input phase, so an attempt that fails before then has released nothing.
+        """
+        self._expect(Phase.COMPUTE)
+        if self._ready_sent:
+            raise PhaseOrderError(Phase.COMPUTE, "ready was already sent", client_id=self.client_id)
+        if inputs is not None:
+            self._inputs = inputs
+        if self._inputs is None:
+            raise PhaseOrderError(Phase.COMPUTE, "no input to contribute", client_id=self.client_id)
+        self._ready_sent = True
+        return ComputeReady(session_id=self._sid, sender=self.client_id)
+
+    @_aborts_on_error
+    def on_masked_input_request(self, msg: MaskedInputRequest) -> MaskedInputUpload:
+        """Mask this client's input against every peer in U2 and upload it (the input is then released)."""
+        self._expect(Phase.COMPUTE)
+        phase = Phase.MASKED_INPUT
+        self._check_session(msg.session_id, phase)
+        if not self._ready_sent:
+            raise PhaseOrderError(phase, "masked input requested before this client was ready")
+        ready = frozenset(msg.ready)
+        if len(ready) != len(msg.ready) or not ready <= self._u2 or self.client_id not in ready:
+            raise InconsistentViewError(
+                phase, "the ready set is not a duplicate-free subset of U2 containing this client"
+            )
+        if len(ready) < self._floor:
+            raise BelowThresholdError(
+                phase, f"only {len(ready)} clients are ready; at least {self._floor} needed"
+            )
         assert self._inputs is not None
         ring, self.encode_report = encode(self._inputs, self._config.spec)
         self._inputs = None
-        self._mask_in_place(ring, peers)
+        self._mask_in_place(ring, self._graph.neighbours(self.client_id, self._u2))
         self._phase = Phase.MASKED_INPUT
         spec = self._config.spec
-        return MaskedInputUpload(
+        unsigned = MaskedInputUpload(
             session_id=self._sid,
             sender=self.client_id,
             spec_hash=spec.spec_hash(),
             segments={name: ring[a:b] for name, (a, b) in spec.offsets().items()},
         )
+        assert self._b_seed is not None
+        commitment = derive.b_commitment(self._sid, self.client_id, self._b_seed)
+        return replace(unsigned, signature=self._identity.sign(masked_input_payload(unsigned, commitment)))
 
     def _mask_in_place(self, ring: NDArray[np.unsignedinteger], peers: frozenset[str]) -> None:
         """``y = x + PRG(b) + sum_{v after me} PRG(s_uv) - sum_{v before me} PRG(s_uv)`` in the ring."""
@@ -339,9 +418,10 @@ class ClientSession:
             raise InconsistentViewError(
                 phase, "U3 is not a duplicate-free subset of U2 containing this client"
             )
-        floor = max(self._config.threshold, self._config.min_cohort)
-        if len(u3) < floor:
-            raise BelowThresholdError(phase, f"only {len(u3)} masked inputs; at least {floor} are needed")
+        if len(u3) < self._floor:
+            raise BelowThresholdError(
+                phase, f"only {len(u3)} masked inputs; at least {self._floor} are needed"
+            )
         self._u3 = tuple(sorted(u3))
         signature = self._identity.sign(consistency_payload(self._sid, self._config.model_hash, self._u3))
         self._phase = Phase.CONSISTENCY
@@ -387,6 +467,75 @@ class ClientSession:
         self._phase = Phase.DONE
         return UnmaskResponse(
             session_id=self._sid, sender=self.client_id, b_shares=b_shares, s_shares=s_shares
+        )
+
+    # -- after the session: verify its sum ------------------------------------------------------
+    def verify_sum(self, evidence: SumEvidence) -> AggregateResult:
+        """Recompute this session's sum from the server's evidence, checking every piece of it.
+
+        Runs after this client's unmask response (only public session state is used). Each masked
+        input must carry its sender's signature (over the commitment to its self-mask seed), the
+        survivors must be exactly the U3 this client signed, each revealed seed must match its
+        commitment and each dropped client's mask key its advertised public key. The result is the
+        true cohort sum: a server can withhold it, never forge it.
+        """
+        phase = Phase.DONE
+        if self._phase is not Phase.DONE:
+            raise PhaseOrderError(self._phase, "a sum is verified only after this client's unmask response")
+        self._check_session(evidence.session_id, phase)
+        u3 = set(self._u3)
+        dropped = self._u2 - u3
+        if set(evidence.inputs) != u3 or set(evidence.b_seeds) != u3 or set(evidence.b_commitments) != u3:
+            raise InconsistentViewError(phase, "the evidence's survivors are not the U3 this client signed")
+        if set(evidence.mask_keys) != dropped:
+            raise InconsistentViewError(phase, "the evidence's dropped set differs from U2 minus U3")
+        spec = self._config.spec
+        total = np.zeros(spec.total_length, dtype=spec.dtype)
+        offsets = spec.offsets()
+        for who in sorted(u3):
+            msg = evidence.inputs[who]
+            commitment = evidence.b_commitments[who]
+            if msg.sender != who or msg.session_id != self._sid or msg.spec_hash != spec.spec_hash():
+                raise InconsistentViewError(
+                    phase, "a masked input is for another sender or session", client_id=who
+                )
+            try:
+                verify_signature(self._certs[who], msg.signature, masked_input_payload(msg, commitment))
+            except IdentityError as exc:
+                raise SignatureError(phase, "masked input signature does not verify", client_id=who) from exc
+            if derive.b_commitment(self._sid, who, evidence.b_seeds[who]) != commitment:
+                raise SignatureError(
+                    phase, "revealed self-mask seed does not match its commitment", client_id=who
+                )
+            for name, (a, b) in offsets.items():
+                arr = np.asarray(msg.segments.get(name))
+                if arr.dtype != np.dtype(spec.dtype) or arr.shape != (b - a,):
+                    raise InconsistentViewError(phase, f"segment {name!r} is malformed", client_id=who)
+                view = total[a:b]
+                np.add(view, arr, out=view)
+        for who, key in evidence.mask_keys.items():
+            try:
+                ok = public_of(private_from_bytes(key)) == self._adverts[who].pk_mask
+            except (AgreementError, ValueError):
+                ok = False
+            if not ok:
+                raise SignatureError(phase, "revealed mask key is not the advertised one", client_id=who)
+        remove_masks(
+            total,
+            self._config,
+            self._sid,
+            survivors=self._u3,
+            b_seeds=evidence.b_seeds,
+            mask_keys=evidence.mask_keys,
+            pk_mask={u: a.pk_mask for u, a in self._adverts.items()},
+            graph=self._graph,
+        )
+        return AggregateResult(
+            session_id=self._sid,
+            contributors=self._u3,
+            dropped=tuple(c for c in self._config.roster if c in dropped),
+            ring_sum=total,
+            values=decode(total, spec),
         )
 
     # -- helpers -------------------------------------------------------------------------------

@@ -51,6 +51,9 @@ class SessionConfig:
     spec: VectorSpec
     model_hash: bytes
     label: str = "fedavg"
+    #: Hash of the round instruction the clients act on (``secfed.fl.instruction``): inside the
+    #: digest every advert signs, so a server that hands one member different settings gets an abort.
+    instruction_hash: bytes = bytes(32)
 
     def validate(self) -> None:
         """Raise :class:`ConfigError` if the configuration is unsafe or malformed."""
@@ -83,6 +86,8 @@ class SessionConfig:
             raise fail(f"threshold {self.threshold} is below min_cohort {self.min_cohort}")
         if len(self.model_hash) != 32:
             raise fail("model_hash must be 32 bytes (SHA-256)")
+        if len(self.instruction_hash) != 32:
+            raise fail("instruction_hash must be 32 bytes (SHA-256)")
         try:
             self.spec.check_overflow(n)
         except ValueError as exc:
@@ -96,7 +101,7 @@ class SessionConfig:
         """SHA-256 over every field, length-prefixed; signed inside each key advertisement."""
         return hashlib.sha256(
             encode_fields(
-                b"secfed/secagg/config/v1",
+                b"secfed/secagg/config/v2",
                 PROTOCOL_VERSION,
                 self.round,
                 self.label,
@@ -107,6 +112,7 @@ class SessionConfig:
                 self.min_cohort,
                 self.spec.spec_hash(),
                 self.model_hash,
+                self.instruction_hash,
             )
         ).digest()
 
@@ -122,10 +128,27 @@ class ClientPolicy:
     min_cohort: int = 3
     colluding_fraction: Fraction = Fraction(1, 3)
 
+    def assumed_colluders(self, config: SessionConfig) -> int:
+        """c: the larger of the server's stated colluder bound and this institution's own."""
+        return max(config.n_colluding, math.floor(len(config.roster) * self.colluding_fraction))
+
+    def release_floor(self, config: SessionConfig) -> int:
+        """The fewest contributors a released sum may have: ``max(t, min_cohort, c + 2)``.
+
+        With c + 2, any sum holds at least two honest institutions whatever c the server controls, so
+        colluders subtracting their own inputs never isolate one honest institution's value.
+        """
+        return max(config.threshold, config.min_cohort, self.min_cohort, self.assumed_colluders(config) + 2)
+
     def check(self, config: SessionConfig) -> None:
         config.validate()
         n = len(config.roster)
-        assumed = max(config.n_colluding, math.floor(n * self.colluding_fraction))
+        assumed = self.assumed_colluders(config)
+        if n < assumed + 2:
+            raise ConfigError(
+                Phase.CONFIGURE,
+                f"a roster of {n} cannot hold {assumed} colluders and two honest institutions",
+            )
         need = required_threshold(n, assumed)
         if config.threshold < need:
             raise ConfigError(

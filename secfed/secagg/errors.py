@@ -18,6 +18,7 @@ class Phase(StrEnum):
     CONFIGURE = "configure"
     ADVERTISE = "advertise"
     SHARE_KEYS = "share-keys"
+    COMPUTE = "compute"  # local computation (training, features), after every advert was cross-checked
     MASKED_INPUT = "masked-input"
     CONSISTENCY = "consistency"
     UNMASK = "unmask"

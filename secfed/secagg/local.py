@@ -21,6 +21,7 @@ from secfed.secagg.messages import (
     AdvertBroadcast,
     AggregateResult,
     ConsistencyRequest,
+    MaskedInputRequest,
     ShareKeysRelay,
     UnmaskRequest,
     UnmaskResponse,
@@ -31,7 +32,14 @@ T = TypeVar("T")
 U = TypeVar("U")
 
 #: The phases in which a client uploads, in order; a client "dropped at" one of them sends nothing from then on.
-UPLOAD_PHASES = (Phase.ADVERTISE, Phase.SHARE_KEYS, Phase.MASKED_INPUT, Phase.CONSISTENCY, Phase.UNMASK)
+UPLOAD_PHASES = (
+    Phase.ADVERTISE,
+    Phase.SHARE_KEYS,
+    Phase.COMPUTE,
+    Phase.MASKED_INPUT,
+    Phase.CONSISTENCY,
+    Phase.UNMASK,
+)
 
 
 @dataclass
@@ -72,6 +80,9 @@ class LocalRouter:
         return msg
 
     def route_relay(self, recipient: str, msg: ShareKeysRelay) -> ShareKeysRelay:
+        return msg
+
+    def route_masked_input_request(self, recipient: str, msg: MaskedInputRequest) -> MaskedInputRequest:
         return msg
 
     def route_consistency(self, recipient: str, msg: ConsistencyRequest) -> ConsistencyRequest:
@@ -124,12 +135,23 @@ class LocalRouter:
             relays = timed(srv.close_share_keys, None, Phase.SHARE_KEYS)
 
             for cid, relay in relays.items():
-                if alive(cid, Phase.MASKED_INPUT):
+                if alive(cid, Phase.COMPUTE):
                     rl = self.route_relay(cid, relay)
+                    timed(
+                        partial(clients[cid].on_share_relay, rl),
+                        run.client_seconds[Phase.COMPUTE],
+                        Phase.COMPUTE,
+                    )
+                    upload(cid, Phase.COMPUTE, clients[cid].ready, srv.receive_ready)
+            go = timed(srv.close_compute, None, Phase.COMPUTE)
+
+            for cid in go.ready:
+                if alive(cid, Phase.MASKED_INPUT):
+                    mr = self.route_masked_input_request(cid, go)
                     upload(
                         cid,
                         Phase.MASKED_INPUT,
-                        partial(clients[cid].on_share_relay, rl),
+                        partial(clients[cid].on_masked_input_request, mr),
                         srv.receive_masked_input,
                     )
             request = timed(srv.close_masked_input, None, Phase.MASKED_INPUT)

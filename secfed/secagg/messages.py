@@ -7,6 +7,7 @@ whatever order a relay puts it in.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -18,6 +19,7 @@ from secfed.secagg.config import PROTOCOL_VERSION
 
 ADVERT_CONTEXT = b"secfed/secagg/advertise/v1"
 CONSISTENCY_CONTEXT = b"secfed/secagg/consistency/v1"
+MASKED_INPUT_CONTEXT = b"secfed/secagg/masked-input/v1"
 
 
 @dataclass(frozen=True)
@@ -32,9 +34,13 @@ class AdvertiseKeys:
     pk_mask: bytes
     signature: bytes
     cert_chain: tuple[bytes, ...]
+    # Sessions of this round the client joined and abandoned without unmasking (secrets erased): its
+    # signed word that no share of it will reveal them (see secfed.fl.releases).
+    abandoned: tuple[bytes, ...] = ()
 
     def signed_payload(self) -> bytes:
-        """The exact bytes the signature covers: context, version, round, id, keys, model and config."""
+        """The exact bytes the signature covers: context, version, round, id, keys, model, config and
+        the abandoned sessions."""
         return encode_fields(
             ADVERT_CONTEXT,
             PROTOCOL_VERSION,
@@ -44,6 +50,8 @@ class AdvertiseKeys:
             self.pk_mask,
             self.model_hash,
             self.config_digest,
+            len(self.abandoned),
+            *self.abandoned,
         )
 
 
@@ -76,18 +84,73 @@ class ShareKeysRelay:
     ciphertexts: Mapping[str, bytes]
 
 
+@dataclass(frozen=True)
+class ComputeReady:
+    """Compute-phase upload: this client has computed its input and will upload it when asked.
+
+    Nothing private has left the client yet: a session aborted before the masked-input phase opens
+    released nothing, and the client may reuse its computed input in a retry.
+    """
+
+    session_id: bytes
+    sender: str
+
+
+@dataclass(frozen=True)
+class MaskedInputRequest:
+    """Masked-input relay: the clients that are ready (their inputs are what this session sums)."""
+
+    session_id: bytes
+    ready: tuple[str, ...]
+
+
 @dataclass(frozen=True, eq=False)
 class MaskedInputUpload:
-    """Phase 3 upload: the masked ring vector, one array per segment."""
+    """Phase 3 upload: the masked ring vector, one array per segment, signed by its sender.
+
+    The signature (over :func:`masked_input_payload`) lets any cohort member check, later, that a
+    masked input the server shows it really is the sender's: the basis of verified sums.
+    """
 
     session_id: bytes
     sender: str
     spec_hash: bytes
     segments: Mapping[str, NDArray[np.unsignedinteger]]
+    signature: bytes = b""
 
     @property
     def nbytes(self) -> int:
         return sum(int(a.nbytes) for a in self.segments.values())
+
+
+def masked_input_payload(msg: MaskedInputUpload, b_commitment: bytes) -> bytes:
+    """What a client signs with its masked input: session, sender, spec, the vector's digest and the
+    commitment to its self-mask seed (so a revealed seed can be checked against the signer's word)."""
+    digest = hashlib.sha256()
+    for name in sorted(msg.segments):
+        values = np.ascontiguousarray(msg.segments[name])
+        digest.update(encode_fields(name, values.dtype.str.replace(">", "<").replace("=", "<")))
+        digest.update(values.astype(values.dtype.newbyteorder("<"), copy=False).tobytes())
+    return encode_fields(
+        MASKED_INPUT_CONTEXT, msg.session_id, msg.sender, msg.spec_hash, digest.digest(), b_commitment
+    )
+
+
+@dataclass(frozen=True, eq=False)
+class SumEvidence:
+    """What lets a cohort member recompute a session's sum itself, every piece checkable.
+
+    ``inputs``: the survivors' signed masked inputs; ``b_commitments`` and ``b_seeds``: each
+    survivor's commitment and its reconstructed self-mask seed; ``mask_keys``: each dropped client's
+    reconstructed mask private key. The server learned all of it anyway; showing it to the cohort
+    lets each institution derive the next stage's plan from a sum it checked, not from the server's word.
+    """
+
+    session_id: bytes
+    inputs: Mapping[str, MaskedInputUpload]
+    b_commitments: Mapping[str, bytes]
+    b_seeds: Mapping[str, bytes]
+    mask_keys: Mapping[str, bytes]
 
 
 @dataclass(frozen=True)

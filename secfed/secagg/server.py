@@ -19,9 +19,8 @@ import numpy as np
 from cryptography import x509
 
 from secfed.crypto import shamir
-from secfed.crypto.agreement import AgreementError, agree, private_from_bytes, public_of
+from secfed.crypto.agreement import private_from_bytes, public_of
 from secfed.crypto.identity import IdentityError, TrustAnchor, verify_signature
-from secfed.crypto.prg import MaskAccumulator
 from secfed.secagg import derive
 from secfed.secagg.config import SessionConfig
 from secfed.secagg.errors import (
@@ -38,17 +37,30 @@ from secfed.secagg.messages import (
     AdvertBroadcast,
     AdvertiseKeys,
     AggregateResult,
+    ComputeReady,
     ConsistencyRequest,
     ConsistencySignature,
+    MaskedInputRequest,
     MaskedInputUpload,
     ShareKeysRelay,
     ShareKeysUpload,
+    SumEvidence,
     UnmaskRequest,
     UnmaskResponse,
     consistency_payload,
+    masked_input_payload,
 )
+from secfed.secagg.unmask import remove_masks
 
-_ORDER = [Phase.ADVERTISE, Phase.SHARE_KEYS, Phase.MASKED_INPUT, Phase.CONSISTENCY, Phase.UNMASK, Phase.DONE]
+_ORDER = [
+    Phase.ADVERTISE,
+    Phase.SHARE_KEYS,
+    Phase.COMPUTE,
+    Phase.MASKED_INPUT,
+    Phase.CONSISTENCY,
+    Phase.UNMASK,
+    Phase.DONE,
+]
 _MAX_CIPHERTEXT = 1024
 # How many share subsets to try when a reconstruction fails its check (a peer sent a corrupt share).
 _MAX_RECONSTRUCTION_TRIES = 256
@@ -68,8 +80,14 @@ class ServerSession:
         *,
         trust: TrustAnchor | None = None,
         graph: Neighbourhood | None = None,
+        keep_inputs: bool = False,
     ) -> None:
+        """``keep_inputs`` keeps every masked input (for small vectors only) so that, once the sum is
+        known, :meth:`evidence` lets every contributor recompute and so verify it."""
         config.validate()
+        self._keep_inputs = keep_inputs
+        self._inputs: dict[str, MaskedInputUpload] = {}
+        self._evidence: SumEvidence | None = None
         self._config = config
         self._digest = config.digest()
         self._trust = trust
@@ -80,6 +98,8 @@ class ServerSession:
         self._sid = b""
         self._share_uploads: dict[str, ShareKeysUpload] = {}
         self._u2: frozenset[str] = frozenset()
+        self._ready_from: set[str] = set()
+        self._ready: frozenset[str] = frozenset()
         self._sum = np.zeros(0, dtype=config.spec.dtype)
         self._inputs_from: set[str] = set()
         self._u3: tuple[str, ...] = ()
@@ -105,7 +125,8 @@ class ServerSession:
         return {
             Phase.ADVERTISE: frozenset(self._config.roster),
             Phase.SHARE_KEYS: frozenset(self._adverts),
-            Phase.MASKED_INPUT: self._u2,
+            Phase.COMPUTE: self._u2,
+            Phase.MASKED_INPUT: self._ready,
             Phase.CONSISTENCY: frozenset(self._u3),
             Phase.UNMASK: frozenset(self._signatures),
         }.get(self._phase, frozenset())
@@ -115,6 +136,7 @@ class ServerSession:
         return {
             Phase.ADVERTISE: frozenset(self._adverts),
             Phase.SHARE_KEYS: frozenset(self._share_uploads),
+            Phase.COMPUTE: frozenset(self._ready_from),
             Phase.MASKED_INPUT: frozenset(self._inputs_from),
             Phase.CONSISTENCY: frozenset(self._signatures),
             Phase.UNMASK: frozenset(self._unmask),
@@ -144,6 +166,8 @@ class ServerSession:
             raise bad("advert names another global model")
         if len(msg.pk_cipher) != 32 or len(msg.pk_mask) != 32 or not msg.cert_chain:
             raise bad("malformed keys or empty certificate chain")
+        if len(msg.abandoned) > 64 or any(len(sid) != 32 for sid in msg.abandoned):
+            raise bad("malformed list of abandoned sessions")
         if peer_chain is not None and (not peer_chain or peer_chain[0] != msg.cert_chain[0]):
             raise bad("the advert's certificate is not the TLS peer's certificate")
         if self._trust is not None:
@@ -196,9 +220,30 @@ class ServerSession:
             )
             for v in u2
         }
+        self._phase = Phase.COMPUTE
+        return relays
+
+    # -- local computation ---------------------------------------------------------------------
+    def receive_ready(self, msg: ComputeReady) -> None:
+        """A client of U2 has finished its local computation (nothing private is in this message)."""
+        who = msg.sender
+        self._expect(Phase.COMPUTE, who)
+        self._check_member(who, self._u2, Phase.COMPUTE, msg.session_id)
+        if who in self._ready_from:
+            raise self._malformed(Phase.COMPUTE, who)("duplicate ready notice")
+        self._ready_from.add(who)
+
+    def close_compute(self) -> MaskedInputRequest:
+        """Fix the ready set and open the masked-input phase for it (a short phase: inputs are computed)."""
+        self._expect(Phase.COMPUTE, None)
+        floor = max(self._config.threshold, self._config.min_cohort)
+        self._require(len(self._ready_from), floor, Phase.COMPUTE, "clients ready")
+        self._ready = frozenset(self._ready_from)
         self._sum = np.zeros(self._config.spec.total_length, dtype=self._config.spec.dtype)
         self._phase = Phase.MASKED_INPUT
-        return relays
+        return MaskedInputRequest(
+            session_id=self._sid, ready=tuple(c for c in self._config.roster if c in self._ready)
+        )
 
     # -- phase 3 -------------------------------------------------------------------------------
     def receive_masked_input(self, msg: MaskedInputUpload) -> None:
@@ -206,7 +251,7 @@ class ServerSession:
         who = msg.sender
         self._expect(Phase.MASKED_INPUT, who)
         bad = self._malformed(Phase.MASKED_INPUT, who)
-        self._check_member(who, self._u2, Phase.MASKED_INPUT, msg.session_id)
+        self._check_member(who, self._ready, Phase.MASKED_INPUT, msg.session_id)
         if who in self._inputs_from:
             raise bad("duplicate masked input")
         spec = self._config.spec
@@ -223,9 +268,17 @@ class ServerSession:
                 raise bad(f"segment {seg.name!r} must be a {np.dtype(spec.dtype).name} array")
             if arr.shape != (seg.length,):
                 raise bad(f"segment {seg.name!r} has shape {arr.shape}, expected ({seg.length},)")
+        if who in self._certs:
+            payload = masked_input_payload(msg, self._share_uploads[who].b_commitment)
+            try:
+                verify_signature(self._certs[who], msg.signature, payload)
+            except IdentityError as exc:
+                raise bad("masked input signature does not verify") from exc
         for name, (start, stop) in spec.offsets().items():
             view = self._sum[start:stop]
             np.add(view, msg.segments[name], out=view)
+        if self._keep_inputs:
+            self._inputs[who] = msg
         self._inputs_from.add(who)
 
     def close_masked_input(self) -> ConsistencyRequest:
@@ -290,41 +343,45 @@ class ServerSession:
         self._expect(Phase.UNMASK, None)
         t = self._config.threshold
         self._require(len(self._unmask), t, Phase.UNMASK, "unmask responses")
-        spec = self._config.spec
-        n, bits, spec_hash = spec.total_length, spec.ring_bits, spec.spec_hash()
-        acc = MaskAccumulator(self._sum)
-        for v in self._u3:
-            commitment = self._share_uploads[v].b_commitment
-            b_seed = self._reconstruct(
+        b_seeds = {
+            v: self._reconstruct(
                 v,
                 [r.b_shares[v] for r in self._unmask.values() if v in r.b_shares],
-                self._b_check(v, commitment),
+                self._b_check(v, self._share_uploads[v].b_commitment),
             )
-            acc.add(b_seed, salt=self._sid, label=derive.self_label(v, spec_hash, n, bits), sign=-1)
-        for u in self._dropped:
-            pk = self._adverts[u].pk_mask
-            raw_key = self._reconstruct(
+            for v in self._u3
+        }
+        mask_keys = {
+            u: self._reconstruct(
                 u,
                 [r.s_shares[u] for r in self._unmask.values() if u in r.s_shares],
-                _s_check(pk),
+                _s_check(self._adverts[u].pk_mask),
             )
-            private = private_from_bytes(raw_key)
-            pos_u = self._config.position(u)
-            for v in sorted(self._graph.neighbours(u, self._u3), key=self._config.position):
-                try:
-                    seed = agree(private, self._adverts[v].pk_mask)
-                except AgreementError as exc:
-                    raise UnmaskError(Phase.UNMASK, f"pair key agreement failed: {exc}", client_id=v) from exc
-                v_first = self._config.position(v) < pos_u
-                low, high = (v, u) if v_first else (u, v)
-                # v added +PRG when it came first in roster order, -PRG otherwise: undo that.
-                acc.add(
-                    seed,
-                    salt=self._sid,
-                    label=derive.pair_label(low, high, spec_hash, n, bits),
-                    sign=-1 if v_first else 1,
-                )
+            for u in self._dropped
+        }
         ring_sum = self._sum
+        remove_masks(
+            ring_sum,
+            self._config,
+            self._sid,
+            survivors=self._u3,
+            b_seeds=b_seeds,
+            mask_keys=mask_keys,
+            pk_mask={u: a.pk_mask for u, a in self._adverts.items()},
+            graph=self._graph,
+        )
+        if self._keep_inputs:
+            # What a verifier needs to recompute this sum itself (every piece checkable: the inputs
+            # carry their senders' signatures, the seeds match their commitments, the keys their
+            # advertised public halves). Nothing here is more than the server itself learned.
+            self._evidence = SumEvidence(
+                session_id=self._sid,
+                inputs={u: self._inputs[u] for u in self._u3},
+                b_commitments={u: self._share_uploads[u].b_commitment for u in self._u3},
+                b_seeds=b_seeds,
+                mask_keys=mask_keys,
+            )
+        self._inputs = {}
         self._phase = Phase.DONE
         self._share_uploads.clear()
         self._unmask.clear()
@@ -333,8 +390,12 @@ class ServerSession:
             contributors=self._u3,
             dropped=self._dropped,
             ring_sum=ring_sum,
-            values=decode(ring_sum, spec),
+            values=decode(ring_sum, self._config.spec),
         )
+
+    def evidence(self) -> SumEvidence | None:
+        """After :meth:`finalize` of a session that keeps its inputs: the material to verify its sum."""
+        return self._evidence
 
     def _b_check(self, owner: str, commitment: bytes) -> Callable[[bytes], bool]:
         return lambda secret: derive.b_commitment(self._sid, owner, secret) == commitment

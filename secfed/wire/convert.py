@@ -18,7 +18,6 @@ are tested without a network and usable from any transport.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Final, cast
 
 import numpy as np
@@ -26,17 +25,21 @@ from google.protobuf.message import DecodeError
 from numpy.typing import NDArray
 
 from secfed.fl.plaintext import PlaintextInput
+from secfed.fl.policy import Refusal
 from secfed.proto.v1 import federation_pb2 as pb
 from secfed.secagg.config import SessionConfig
 from secfed.secagg.errors import Phase
 from secfed.secagg.messages import (
     AdvertBroadcast,
     AdvertiseKeys,
+    ComputeReady,
     ConsistencyRequest,
     ConsistencySignature,
+    MaskedInputRequest,
     MaskedInputUpload,
     ShareKeysRelay,
     ShareKeysUpload,
+    SumEvidence,
     UnmaskRequest,
     UnmaskResponse,
 )
@@ -52,6 +55,8 @@ __all__ = [
     "advert_broadcast_to_proto",
     "advert_from_proto",
     "advert_to_proto",
+    "compute_ready_from_proto",
+    "compute_ready_to_proto",
     "consistency_request_from_proto",
     "consistency_request_to_proto",
     "consistency_signature_from_proto",
@@ -59,6 +64,8 @@ __all__ = [
     "envelope_from_bytes",
     "envelope_to_bytes",
     "masked_input_from_proto",
+    "masked_input_request_from_proto",
+    "masked_input_request_to_proto",
     "masked_input_to_proto",
     "phase_from_proto",
     "phase_to_proto",
@@ -74,6 +81,8 @@ __all__ = [
     "share_keys_upload_to_proto",
     "spec_from_proto",
     "spec_to_proto",
+    "sum_evidence_from_proto",
+    "sum_evidence_to_proto",
     "unmask_request_from_proto",
     "unmask_request_to_proto",
     "unmask_response_from_proto",
@@ -87,18 +96,6 @@ MAX_ENVELOPE_BYTES: Final = 2**31 - 1
 Bytes = bytes | bytearray | memoryview
 
 
-@dataclass(frozen=True)
-class Refusal:
-    """A client declines a round (e.g. its privacy budget is spent), so the server counts it out now.
-
-    Not a SecAgg message -- a refusal happens before or instead of a session -- which is why it is
-    defined here rather than in :mod:`secfed.secagg.messages`.
-    """
-
-    round: int
-    reason: str
-
-
 UploadMessage = (
     AdvertiseKeys
     | ShareKeysUpload
@@ -107,8 +104,9 @@ UploadMessage = (
     | UnmaskResponse
     | Refusal
     | PlaintextInput
+    | ComputeReady
 )
-RelayMessage = AdvertBroadcast | ShareKeysRelay | ConsistencyRequest | UnmaskRequest
+RelayMessage = AdvertBroadcast | ShareKeysRelay | MaskedInputRequest | ConsistencyRequest | UnmaskRequest
 
 # ---------------------------------------------------------------------------------------------------
 # Enums
@@ -118,6 +116,7 @@ _PHASE_TO_PB: Final[dict[Phase, pb.Phase]] = {
     Phase.CONFIGURE: pb.PHASE_CONFIGURE,
     Phase.ADVERTISE: pb.PHASE_ADVERTISE,
     Phase.SHARE_KEYS: pb.PHASE_SHARE_KEYS,
+    Phase.COMPUTE: pb.PHASE_COMPUTE,
     Phase.MASKED_INPUT: pb.PHASE_MASKED_INPUT,
     Phase.CONSISTENCY: pb.PHASE_CONSISTENCY,
     Phase.UNMASK: pb.PHASE_UNMASK,
@@ -202,6 +201,7 @@ def session_config_to_proto(config: SessionConfig) -> pb.SessionConfigMsg:
         spec=spec_to_proto(config.spec),
         model_hash=config.model_hash,
         label=config.label,
+        instruction_hash=config.instruction_hash,
     )
 
 
@@ -224,6 +224,7 @@ def session_config_from_proto(
         spec=spec_from_proto(msg.spec, max_total_length=max_total_length),
         model_hash=bytes(msg.model_hash),
         label=msg.label,
+        instruction_hash=bytes(msg.instruction_hash),
     )
 
 
@@ -242,6 +243,7 @@ def advert_to_proto(m: AdvertiseKeys) -> pb.AdvertiseKeys:
         pk_mask=m.pk_mask,
         signature=m.signature,
         cert_chain=list(m.cert_chain),
+        abandoned=list(m.abandoned),
     )
 
 
@@ -255,6 +257,7 @@ def advert_from_proto(msg: pb.AdvertiseKeys) -> AdvertiseKeys:
         pk_mask=bytes(msg.pk_mask),
         signature=bytes(msg.signature),
         cert_chain=tuple(bytes(c) for c in msg.cert_chain),
+        abandoned=tuple(bytes(s) for s in msg.abandoned),
     )
 
 
@@ -316,6 +319,27 @@ def share_keys_relay_from_proto(msg: pb.ShareKeysRelay) -> ShareKeysRelay:
 
 
 # ---------------------------------------------------------------------------------------------------
+# Local computation
+# ---------------------------------------------------------------------------------------------------
+
+
+def compute_ready_to_proto(m: ComputeReady) -> pb.ComputeReady:
+    return pb.ComputeReady(session_id=m.session_id, sender=m.sender)
+
+
+def compute_ready_from_proto(msg: pb.ComputeReady) -> ComputeReady:
+    return ComputeReady(session_id=bytes(msg.session_id), sender=msg.sender)
+
+
+def masked_input_request_to_proto(m: MaskedInputRequest) -> pb.MaskedInputRequest:
+    return pb.MaskedInputRequest(session_id=m.session_id, ready=list(m.ready))
+
+
+def masked_input_request_from_proto(msg: pb.MaskedInputRequest) -> MaskedInputRequest:
+    return MaskedInputRequest(session_id=bytes(msg.session_id), ready=tuple(msg.ready))
+
+
+# ---------------------------------------------------------------------------------------------------
 # Phase 3: masked input
 # ---------------------------------------------------------------------------------------------------
 
@@ -338,7 +362,11 @@ def masked_input_to_proto(m: MaskedInputUpload) -> pb.MaskedInputUpload:
         little = a.astype(a.dtype.newbyteorder("<"), copy=False)
         segments.append(pb.Segment(name=name, dtype=tag, data=little.tobytes()))
     return pb.MaskedInputUpload(
-        session_id=m.session_id, sender=m.sender, spec_hash=m.spec_hash, segments=segments
+        session_id=m.session_id,
+        sender=m.sender,
+        spec_hash=m.spec_hash,
+        segments=segments,
+        signature=m.signature,
     )
 
 
@@ -396,6 +424,37 @@ def masked_input_from_proto(msg: pb.MaskedInputUpload, spec: VectorSpec | None =
         sender=msg.sender,
         spec_hash=bytes(msg.spec_hash),
         segments=segments,
+        signature=bytes(msg.signature),
+    )
+
+
+def sum_evidence_to_proto(m: SumEvidence) -> pb.SumEvidence:
+    return pb.SumEvidence(
+        session_id=m.session_id,
+        inputs=[masked_input_to_proto(m.inputs[k]) for k in sorted(m.inputs)],
+        b_commitments=dict(m.b_commitments),
+        b_seeds=dict(m.b_seeds),
+        mask_keys=dict(m.mask_keys),
+    )
+
+
+def sum_evidence_from_proto(msg: pb.SumEvidence, spec: VectorSpec) -> SumEvidence:
+    """Decode evidence for a session of ``spec`` (every masked input is checked against it)."""
+    inputs: dict[str, MaskedInputUpload] = {}
+    for i, raw in enumerate(msg.inputs):
+        try:
+            upload = masked_input_from_proto(raw, spec)
+        except WireError as exc:
+            raise WireError(f"inputs[{i}].{exc.field}", exc.detail) from exc
+        if upload.sender in inputs:
+            raise WireError(f"inputs[{i}].sender", "duplicate sender")
+        inputs[upload.sender] = upload
+    return SumEvidence(
+        session_id=bytes(msg.session_id),
+        inputs=inputs,
+        b_commitments=dict(msg.b_commitments),
+        b_seeds=dict(msg.b_seeds),
+        mask_keys=dict(msg.mask_keys),
     )
 
 
@@ -511,6 +570,7 @@ _KIND_MEMBER: Final[dict[int, str]] = {
     int(pb.UPLOAD_KIND_UNMASK_RESPONSE): "unmask_response",
     int(pb.UPLOAD_KIND_REFUSAL): "refusal",
     int(pb.UPLOAD_KIND_PLAINTEXT_INPUT): "plaintext_input",
+    int(pb.UPLOAD_KIND_COMPUTE_READY): "compute_ready",
 }
 
 
@@ -528,6 +588,8 @@ def upload_kind(message: UploadMessage) -> pb.UploadKind:
         return pb.UPLOAD_KIND_UNMASK_RESPONSE
     if isinstance(message, PlaintextInput):
         return pb.UPLOAD_KIND_PLAINTEXT_INPUT
+    if isinstance(message, ComputeReady):
+        return pb.UPLOAD_KIND_COMPUTE_READY
     return pb.UPLOAD_KIND_REFUSAL
 
 
@@ -545,6 +607,8 @@ def envelope_to_bytes(message: UploadMessage) -> tuple[pb.UploadKind, bytes]:
         env = pb.UploadEnvelope(unmask_response=unmask_response_to_proto(message))
     elif isinstance(message, PlaintextInput):
         env = pb.UploadEnvelope(plaintext_input=plaintext_input_to_proto(message))
+    elif isinstance(message, ComputeReady):
+        env = pb.UploadEnvelope(compute_ready=compute_ready_to_proto(message))
     else:
         env = pb.UploadEnvelope(refusal=refusal_to_proto(message))
     return upload_kind(message), env.SerializeToString()
@@ -584,6 +648,8 @@ def envelope_from_bytes(kind: int, data: Bytes, *, spec: VectorSpec | None = Non
             return unmask_response_from_proto(env.unmask_response)
         if held == "plaintext_input":
             return plaintext_input_from_proto(env.plaintext_input)
+        if held == "compute_ready":
+            return compute_ready_from_proto(env.compute_ready)
         return refusal_from_proto(env.refusal)
     except WireError as exc:
         raise WireError(f"{held}.{exc.field}", exc.detail) from exc
@@ -600,6 +666,8 @@ def relay_into_instruction(instruction: pb.Instruction, relay: RelayMessage) -> 
         instruction.advert_broadcast.CopyFrom(advert_broadcast_to_proto(relay))
     elif isinstance(relay, ShareKeysRelay):
         instruction.share_keys_relay.CopyFrom(share_keys_relay_to_proto(relay))
+    elif isinstance(relay, MaskedInputRequest):
+        instruction.masked_input_request.CopyFrom(masked_input_request_to_proto(relay))
     elif isinstance(relay, ConsistencyRequest):
         instruction.consistency_request.CopyFrom(consistency_request_to_proto(relay))
     else:
@@ -613,6 +681,8 @@ def relay_from_instruction(instruction: pb.Instruction) -> RelayMessage | None:
         return advert_broadcast_from_proto(instruction.advert_broadcast)
     if step == "share_keys_relay":
         return share_keys_relay_from_proto(instruction.share_keys_relay)
+    if step == "masked_input_request":
+        return masked_input_request_from_proto(instruction.masked_input_request)
     if step == "consistency_request":
         return consistency_request_from_proto(instruction.consistency_request)
     if step == "unmask_request":

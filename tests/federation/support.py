@@ -14,6 +14,7 @@ from client.config import RetryPolicy
 from client.faults import Fault
 from client.runtime import ClientReport, ClientRuntime
 from secfed.fl import toy
+from secfed.fl.policy import InstitutionPolicy
 from secfed.fl.tasks import client_task
 from secfed.pki.consortium import loopback_consortium, provision
 from secfed.pki.kit import load_kit
@@ -29,13 +30,20 @@ def provision_kits(root: Path, n_clients: int) -> Path:
     return provision(consortium, root / "pki").out
 
 
+def _plan(overrides: dict[str, Any]) -> dict[str, Any]:
+    """Test federations run toy tasks: the compute phase waits as long as any other phase."""
+    values = {"rounds": 2, "phase_timeout_s": 5.0, **overrides}
+    values.setdefault("compute_timeout_s", values["phase_timeout_s"])
+    return values
+
+
 def server_config(pki: Path, state_dir: Path, roster: tuple[str, ...], **plan: Any) -> ServerConfig:
     return ServerConfig(
         listen="127.0.0.1:0",
         kit=pki / "server",
         state_db=state_dir / "state.sqlite",
         roster=roster,
-        plan=RoundPlan(**{"rounds": 2, "phase_timeout_s": 5.0, **plan}),
+        plan=RoundPlan(**_plan(plan)),
         task="toy-mean",
         task_options=dict(TOY),
     )
@@ -72,7 +80,7 @@ class Federation:
             address=self.address,
             retry=RetryPolicy(initial_backoff_s=0.05, max_backoff_s=0.5, give_up_after_s=30),
             fault=fault,
-            allow_insecure_plaintext=allow_plaintext,
+            policy=InstitutionPolicy(allow_insecure_baselines=allow_plaintext),
             audit_ledger=self.audit_ledger(cid),
         )
         holder = ClientThread(cid, threading.Thread(name=f"client-{cid}", daemon=True, target=lambda: None))

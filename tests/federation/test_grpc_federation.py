@@ -74,8 +74,6 @@ def test_insecure_plaintext_baseline_is_refused_unless_allowed(tmp_path: Path) -
     (record,) = rounds_log(fed)
     assert record["secure"] is False
     assert record["contributors"] == ["inst00", "inst01", "inst02"]  # inst03 refused: its data never left
-    assert fed.server.coordinator.refusals == [
-        (0, "inst03", "this client does not allow insecure plaintext aggregation")
-    ]
+    assert fed.server.coordinator.refusals == [(0, "inst03", "policy")]
     check_plaintext_sums([record], frac_bits=18)  # float32 transport: values ~10 carry ~1e-6 rounding each
     assert fed.clients["inst03"].report is not None and fed.clients["inst03"].report.rounds_completed == []

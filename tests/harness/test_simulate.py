@@ -125,8 +125,10 @@ def test_server_killed_mid_round_and_after_a_round_resumes(
     Whatever happens, no completed round may be lost or repeated, the database must pass its audit
     and no session id may be used twice; and the run must then finish all its rounds.
 
-    The order is chosen so neither kill races the federation. The hang holds round 1's masked-input
-    phase open for a whole phase timeout, so the mid-round kill finds a live session. Once inst03 hangs,
+    The order is chosen so neither kill races the federation. The hang holds round 1's compute phase
+    open for a whole timeout, so the mid-round kill finds a live session. (It hangs before any masked
+    input is released: a round whose inputs had left cannot be re-summed, see
+    ``test_a_retry_never_re_sums_a_released_input``.) Once inst03 hangs,
     every later round waits a phase timeout for it at Advertise, so the after-round-2 kill lands before
     round 3 can complete. (Killing after round 0 first raced a toy round of ~50 ms: the kill could
     land after inst03 had already hung in round 1, leaving the retried round 1 nothing to hold open.)
@@ -135,7 +137,7 @@ def test_server_killed_mid_round_and_after_a_round_resumes(
     code, result = simulate(
         out,
         *("--preset", "smoke", "--clients", "4", "--rounds", "4", "--phase-timeout", "2"),
-        *("--fault", "inst03=hang@1:masked-input"),
+        *("--fault", "inst03=hang@1:compute"),
         *("--kill-server-mid-round", "1", "--kill-server-after-round", "2"),
     )
     kills = result["server_kills"]

@@ -84,18 +84,13 @@ class RecordingRuntime(ClientRuntime):
         super()._handle(stub, ins)
 
     def _upload(
-        self,
-        stub: pb_grpc.FederationStub,
-        ins: pb.Instruction,
-        phase: Phase,
-        make: Callable[[], convert.UploadMessage],
+        self, stub: pb_grpc.FederationStub, ins: pb.Instruction, phase: Phase, message: convert.UploadMessage
     ) -> None:
-        message = make()
         kind, payload = convert.envelope_to_bytes(message)
         sid = getattr(message, "session_id", b"")
         self.uploads.append(Upload(self._session_round, phase, int(kind), payload, sid))
-        super()._upload(stub, ins, phase, lambda: message)
-        if self._session is not None:  # the runtime drops its session when an upload is refused
+        super()._upload(stub, ins, phase, message)
+        if self.participant.session is not None:  # the runtime drops its session when an upload is refused
             self.acked.append((self._session_round, phase))
             self.acked_event.set()
 

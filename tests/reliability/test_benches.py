@@ -29,17 +29,17 @@ pytestmark = pytest.mark.timeout(240)
 
 @pytest.fixture(scope="module")
 def load_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any], Path]:
-    # 6 clients (threshold 5) and 2 failures per round: attempts abort and are retried, clients die,
-    # hang and are restarted mid-round.
+    # 7 clients (threshold 5: a session survives 2 dropouts) and 2 failures per round: clients die,
+    # hang and are restarted mid-round, attempts abort and are retried.
     out = tmp_path_factory.mktemp("load") / "run"
     opts = LoadOptions(
-        clients=6,
+        clients=7,
         rounds=2,
-        dropout=0.34,
+        dropout=0.29,
         phase_timeout_s=2.0,
         seed=0,
         workdir=out,
-        startup_batch=6,
+        startup_batch=7,
         progress=False,
     )
     return run_load(opts), out
@@ -48,7 +48,11 @@ def load_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any], 
 def test_load_every_round_completes_exactly_or_aborts_cleanly(load_run: tuple[dict[str, Any], Path]) -> None:
     result, _ = load_run
     assert result["ok"], result["problems"]
-    assert result["rounds_completed"] + result["rounds_aborted"] == 2
+    # Every round completes exactly, or aborts; a round whose inputs had been released in an attempt
+    # that might have been unmasked is never retried (no differencing), and the run stops there.
+    assert result["rounds_completed"] + result["rounds_aborted"] + result["rounds_not_run"] == 2
+    if result["rounds_not_run"]:
+        assert "refused: released" in result["finished_reason"]
     assert result["wrong_sums"] == 0 and result["integrity"]["ok"]
     faults = result["faults"]
     assert faults["planned"] == 4 and faults["kills_fired"] >= 1 and result["client_restarts"] >= 1

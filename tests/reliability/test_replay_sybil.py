@@ -30,6 +30,7 @@ from secfed.pki.issue import revoke
 from secfed.pki.kit import load_kit
 from secfed.proto.v1 import federation_pb2 as pb
 from secfed.secagg.errors import Phase
+from secfed.secagg.local import UPLOAD_PHASES
 from secfed.wire import chunks, convert
 from tests.federation import rawclient as rc
 from tests.federation.support import Federation, check_plaintext_sums, rounds_log
@@ -93,22 +94,23 @@ def test_uploads_of_an_earlier_round_are_refused_at_every_phase(tmp_path: Path) 
     assert kinds[(Phase.ADVERTISE, Phase.ADVERTISE)] == "MalformedInputError"
 
 
-PHASES = (Phase.ADVERTISE, Phase.SHARE_KEYS, Phase.MASKED_INPUT, Phase.CONSISTENCY, Phase.UNMASK)
+PHASES = UPLOAD_PHASES  # every phase in which a client uploads, the compute phase included
 
 
 def abort_then_retry(
     fed: Federation, on_retry: Callable[[Phase, list[Upload]], None]
 ) -> tuple[list[Running], list[BaseException]]:
-    """Round 0, attempt 1 aborts: two of four clients stall in masked-input (below the threshold of 3);
-    attempt 2 is a fresh session. Before each of inst01's uploads in attempt 2, ``on_retry(phase,
-    attempt_1_uploads)`` runs; the stalled clients' own attempt-1 masked inputs then arrive, late, in
-    attempt 2. Returns the clients and any error raised in the hook."""
+    """Round 0, attempt 1 aborts: two of four clients stall in the compute phase (below the threshold of
+    3), before any masked input left, so the retry may sum the same inputs; attempt 2 is a fresh
+    session. Before each of inst01's uploads in attempt 2, ``on_retry(phase, attempt_1_uploads)``
+    runs; the stalled clients' own attempt-1 ready notices then arrive, late, in attempt 2. Returns
+    the clients and any error raised in the hook."""
     release = threading.Event()
     errors: list[BaseException] = []
     old: list[Upload] = []
 
     def stall(round_: int, phase: Phase) -> None:
-        if phase is Phase.MASKED_INPUT and not release.is_set():
+        if phase is Phase.COMPUTE and not release.is_set():
             release.wait(30)
 
     def hook(round_: int, phase: Phase) -> None:
@@ -136,14 +138,14 @@ def abort_then_retry(
         release.set()
     join_all(clients)
     [aborted] = fed.server.coordinator.aborted_attempts
-    assert aborted[:2] == (0, 1) and "masked-input" in aborted[2], aborted
-    assert [u.phase for u in old] == [Phase.ADVERTISE, Phase.SHARE_KEYS, Phase.MASKED_INPUT], old
-    for c in stalled:  # their stale attempt-1 masked inputs went out in attempt 2, and were refused
+    assert aborted[:2] == (0, 1) and "compute" in aborted[2], aborted
+    assert [u.phase for u in old] == [Phase.ADVERTISE, Phase.SHARE_KEYS, Phase.COMPUTE], old
+    for c in stalled:  # their stale attempt-1 ready notices went out in attempt 2, and were refused
         assert c.report is not None and 0 in c.report.rounds_completed
         recorder = c.runtime
         assert isinstance(recorder, RecordingRuntime)
-        assert (0, Phase.MASKED_INPUT) in recorder.acked  # attempt 2's, after the refused stale one
-        assert [u.phase for u in recorder.uploads].count(Phase.MASKED_INPUT) == 2
+        assert (0, Phase.COMPUTE) in recorder.acked  # attempt 2's, after the refused stale one
+        assert [u.phase for u in recorder.uploads].count(Phase.COMPUTE) == 2
     return clients, errors
 
 
@@ -161,7 +163,7 @@ def test_uploads_of_an_aborted_attempt_are_refused_in_the_retry(tmp_path: Path) 
 
     _, errors = abort_then_retry(fed, replay_all)
     assert errors == [], errors
-    assert len(refused) == 4 * 3  # three old uploads at each of the four later phases
+    assert len(refused) == 5 * 3  # three old uploads at each of the five later phases
     [record] = rounds_log(fed)
     assert record["contributors"] == list(ALL)  # the replays cost nobody their place
     check_plaintext_sums([record])

@@ -26,6 +26,7 @@ import pytest
 from secfed.pki.kit import load_kit
 from secfed.secagg.client import ClientSession
 from secfed.secagg.errors import Phase
+from secfed.secagg.local import UPLOAD_PHASES
 from secfed.wire import chunks, convert
 from server.config import Limits
 from server.runtime import FederationServer
@@ -46,7 +47,7 @@ from tests.reliability.support import (
 
 pytestmark = pytest.mark.timeout(90)
 
-UPLOAD_PHASES = (Phase.ADVERTISE, Phase.SHARE_KEYS, Phase.MASKED_INPUT, Phase.CONSISTENCY, Phase.UNMASK)
+UPLOAD_PHASES = UPLOAD_PHASES  # every phase in which a client uploads, the compute phase included
 VICTIM = "inst04"
 OTHERS = ("inst00", "inst01", "inst02", "inst03")
 
@@ -80,7 +81,7 @@ def test_restarted_client_stays_out_of_the_running_session(tmp_path: Path, phase
         assert [ins.round_start.round for ins in second.runtime.round_starts] == [1]  # type: ignore[attr-defined]
         contributed = phase in (Phase.CONSISTENCY, Phase.UNMASK)  # its masked input was already in
         assert (VICTIM in r0["contributors"]) == contributed
-        assert r0["dropped"] == ([VICTIM] if phase is Phase.MASKED_INPUT else [])
+        assert r0["dropped"] == ([VICTIM] if phase in (Phase.COMPUTE, Phase.MASKED_INPUT) else [])
         assert set(r0["contributors"]) - {VICTIM} == set(OTHERS)
     # ... and it takes part again from the next round on.
     assert VICTIM in r1["contributors"] and 1 in second.report.rounds_completed

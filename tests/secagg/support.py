@@ -12,6 +12,7 @@ from secfed.crypto.identity import Identity, TrustAnchor
 from secfed.pki.issue import CertificateAuthority, create_ca, issue_client
 from secfed.secagg.client import ClientSession
 from secfed.secagg.config import SessionConfig, default_colluding, required_threshold
+from secfed.secagg.messages import MaskedInputUpload, ShareKeysRelay
 from secfed.secagg.server import ServerSession
 from secfed.secagg.spec import Segment, VectorSpec
 
@@ -110,3 +111,12 @@ def make_session(
         for c in roster
     }
     return Session(config, ServerSession(config, trust=consortium.trust), clients, inputs)
+
+
+def masked_inputs(s: Session, relays: dict[str, ShareKeysRelay]) -> dict[str, MaskedInputUpload]:
+    """Honest compute phase: every relay opened, every client ready, then each client's masked input."""
+    for cid, relay in relays.items():
+        s.clients[cid].on_share_relay(relay)
+        s.server.receive_ready(s.clients[cid].ready())
+    go = s.server.close_compute()
+    return {cid: s.clients[cid].on_masked_input_request(go) for cid in go.ready}

@@ -29,6 +29,7 @@ from secfed.secagg.errors import (
 from secfed.secagg.messages import (
     AdvertBroadcast,
     ConsistencyRequest,
+    MaskedInputRequest,
     ShareKeysRelay,
     ShareKeysUpload,
     UnmaskRequest,
@@ -61,9 +62,12 @@ class LyingServer:
 
     def through_masked_input(self) -> tuple[bytes, dict[str, ShareKeysUpload]]:
         uploads = self.share(self.adverts())
+        sid = uploads[self.roster[0]].session_id
         for c in self.roster:
             self.clients[c].on_share_relay(self.relay(uploads, c))
-        return uploads[self.roster[0]].session_id, uploads
+            self.clients[c].ready()
+            self.clients[c].on_masked_input_request(MaskedInputRequest(sid, self.roster))
+        return sid, uploads
 
     def through_consistency(self) -> tuple[bytes, dict[str, bytes]]:
         sid, _ = self.through_masked_input()

@@ -13,7 +13,7 @@ from secfed.secagg.errors import BelowThresholdError, LateMessageError, Phase
 from secfed.secagg.fixedpoint import decode, encode
 from secfed.secagg.local import UPLOAD_PHASES, LocalRouter
 from secfed.secagg.messages import AggregateResult
-from tests.secagg.support import Consortium, Session, make_session, small_spec
+from tests.secagg.support import Consortium, Session, make_session, masked_inputs, small_spec
 
 
 def assert_exact(session: Session, result: AggregateResult) -> None:
@@ -89,8 +89,7 @@ def test_masked_input_after_declared_dropped_is_refused_and_undecodable(consorti
         srv.receive_shares(c.on_advert_broadcast(bc))
     relays = srv.close_share_keys()
     late_input = None
-    for cid, relay in relays.items():
-        masked = s.clients[cid].on_share_relay(relay)
+    for cid, masked in masked_inputs(s, relays).items():
         if cid == late:
             late_input = masked
         else:
@@ -151,7 +150,7 @@ def test_masked_vector_of_constant_input_is_uniform(consortium: Consortium) -> N
         srv.receive_shares(c.on_advert_broadcast(bc))
     relays = srv.close_share_keys()
     cid = s.config.roster[0]
-    y = s.clients[cid].on_share_relay(relays[cid]).segments["delta"]
+    y = masked_inputs(s, relays)[cid].segments["delta"]
 
     def chi2(words: np.ndarray) -> float:
         counts = np.bincount((words >> np.uint32(26)).astype(np.int64), minlength=64)

@@ -10,7 +10,7 @@ import pytest
 
 from secfed.secagg.errors import MalformedInputError, Phase
 from secfed.secagg.messages import MaskedInputUpload
-from tests.secagg.support import Consortium, Session, make_session
+from tests.secagg.support import Consortium, Session, make_session, masked_inputs
 
 
 def drive_to_masked_input(s: Session) -> dict[str, MaskedInputUpload]:
@@ -21,7 +21,7 @@ def drive_to_masked_input(s: Session) -> dict[str, MaskedInputUpload]:
     for c in s.clients.values():
         srv.receive_shares(c.on_advert_broadcast(bc))
     relays = srv.close_share_keys()
-    return {cid: s.clients[cid].on_share_relay(relay) for cid, relay in relays.items()}
+    return masked_inputs(s, relays)
 
 
 def finish(s: Session, masked: dict[str, MaskedInputUpload]) -> None:

@@ -18,6 +18,7 @@ from secfed.secagg.messages import (
     AdvertBroadcast,
     AggregateResult,
     ConsistencyRequest,
+    MaskedInputRequest,
     ShareKeysRelay,
     UnmaskRequest,
 )
@@ -71,7 +72,9 @@ class TwoStageTask(MeanTask):
         self.fail_at = fail_at
         self.calls: list[tuple[int, tuple[str, ...]]] = []
 
-    def next_stage(self, round_: int, model: np.ndarray, done: Sequence[StageResult]) -> StagePlan | None:
+    def next_stage(
+        self, round_: int, model: np.ndarray, done: Sequence[StageResult], *, colluders: int, attempt: int
+    ) -> StagePlan | None:
         self.calls.append((round_, tuple(d.name for d in done)))
         if self.fail_at is not None and [d.name for d in done] == [self.fail_at]:
             raise ValueError("inconsistent statistics")
@@ -153,7 +156,10 @@ class FakeClient:
         if isinstance(msg, AdvertBroadcast):
             self.coordinator.upload(self.cid, self.session.on_advert_broadcast(msg))
         elif isinstance(msg, ShareKeysRelay):
-            self.coordinator.upload(self.cid, self.session.on_share_relay(msg))
+            self.session.on_share_relay(msg)
+            self.coordinator.upload(self.cid, self.session.ready())
+        elif isinstance(msg, MaskedInputRequest):
+            self.coordinator.upload(self.cid, self.session.on_masked_input_request(msg))
         elif isinstance(msg, ConsistencyRequest):
             self.coordinator.upload(self.cid, self.session.on_consistency_request(msg))
         elif isinstance(msg, UnmaskRequest):

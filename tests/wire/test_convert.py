@@ -495,9 +495,11 @@ def test_full_session_over_the_wire_sums_exactly(consortium: Consortium, ring_bi
     for c in s.clients.values():
         s.server.receive_shares(through_upload(c.on_advert_broadcast(broadcast), spec))
     for cid, relay in s.server.close_share_keys().items():
-        s.server.receive_masked_input(
-            through_upload(s.clients[cid].on_share_relay(through_instruction(relay)), spec)
-        )
+        s.clients[cid].on_share_relay(through_instruction(relay))
+        s.server.receive_ready(through_upload(s.clients[cid].ready(), spec))
+    go = through_instruction(s.server.close_compute())
+    for cid in go.ready:
+        s.server.receive_masked_input(through_upload(s.clients[cid].on_masked_input_request(go), spec))
     request = through_instruction(s.server.close_masked_input())
     for c in s.clients.values():
         s.server.receive_consistency(through_upload(c.on_consistency_request(request), spec))

@@ -18,6 +18,7 @@ class Phase(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     PHASE_UNMASK: _ClassVar[Phase]
     PHASE_DONE: _ClassVar[Phase]
     PHASE_ABORTED: _ClassVar[Phase]
+    PHASE_COMPUTE: _ClassVar[Phase]
 
 class RingDtype(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -43,6 +44,7 @@ class UploadKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     UPLOAD_KIND_UNMASK_RESPONSE: _ClassVar[UploadKind]
     UPLOAD_KIND_REFUSAL: _ClassVar[UploadKind]
     UPLOAD_KIND_PLAINTEXT_INPUT: _ClassVar[UploadKind]
+    UPLOAD_KIND_COMPUTE_READY: _ClassVar[UploadKind]
 PHASE_UNSPECIFIED: Phase
 PHASE_CONFIGURE: Phase
 PHASE_ADVERTISE: Phase
@@ -52,6 +54,7 @@ PHASE_CONSISTENCY: Phase
 PHASE_UNMASK: Phase
 PHASE_DONE: Phase
 PHASE_ABORTED: Phase
+PHASE_COMPUTE: Phase
 RING_DTYPE_UNSPECIFIED: RingDtype
 RING_DTYPE_UINT32: RingDtype
 RING_DTYPE_UINT64: RingDtype
@@ -68,6 +71,7 @@ UPLOAD_KIND_CONSISTENCY_SIGNATURE: UploadKind
 UPLOAD_KIND_UNMASK_RESPONSE: UploadKind
 UPLOAD_KIND_REFUSAL: UploadKind
 UPLOAD_KIND_PLAINTEXT_INPUT: UploadKind
+UPLOAD_KIND_COMPUTE_READY: UploadKind
 
 class JoinRequest(_message.Message):
     __slots__ = ("software_version", "capabilities", "protocol_version")
@@ -108,7 +112,7 @@ class PollRequest(_message.Message):
     def __init__(self, last_instruction_id: _Optional[int] = ..., round: _Optional[int] = ..., session_id: _Optional[bytes] = ..., phase: _Optional[_Union[Phase, str]] = ...) -> None: ...
 
 class Instruction(_message.Message):
-    __slots__ = ("instruction_id", "session_id", "deadline_unix_ms", "wait", "round_start", "advert_broadcast", "share_keys_relay", "consistency_request", "unmask_request", "finished", "session_aborted")
+    __slots__ = ("instruction_id", "session_id", "deadline_unix_ms", "wait", "round_start", "advert_broadcast", "share_keys_relay", "consistency_request", "unmask_request", "finished", "session_aborted", "masked_input_request")
     INSTRUCTION_ID_FIELD_NUMBER: _ClassVar[int]
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     DEADLINE_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
@@ -120,6 +124,7 @@ class Instruction(_message.Message):
     UNMASK_REQUEST_FIELD_NUMBER: _ClassVar[int]
     FINISHED_FIELD_NUMBER: _ClassVar[int]
     SESSION_ABORTED_FIELD_NUMBER: _ClassVar[int]
+    MASKED_INPUT_REQUEST_FIELD_NUMBER: _ClassVar[int]
     instruction_id: int
     session_id: bytes
     deadline_unix_ms: int
@@ -131,7 +136,8 @@ class Instruction(_message.Message):
     unmask_request: UnmaskRequest
     finished: Finished
     session_aborted: SessionAborted
-    def __init__(self, instruction_id: _Optional[int] = ..., session_id: _Optional[bytes] = ..., deadline_unix_ms: _Optional[int] = ..., wait: _Optional[_Union[Wait, _Mapping]] = ..., round_start: _Optional[_Union[RoundStart, _Mapping]] = ..., advert_broadcast: _Optional[_Union[AdvertBroadcast, _Mapping]] = ..., share_keys_relay: _Optional[_Union[ShareKeysRelay, _Mapping]] = ..., consistency_request: _Optional[_Union[ConsistencyRequest, _Mapping]] = ..., unmask_request: _Optional[_Union[UnmaskRequest, _Mapping]] = ..., finished: _Optional[_Union[Finished, _Mapping]] = ..., session_aborted: _Optional[_Union[SessionAborted, _Mapping]] = ...) -> None: ...
+    masked_input_request: MaskedInputRequest
+    def __init__(self, instruction_id: _Optional[int] = ..., session_id: _Optional[bytes] = ..., deadline_unix_ms: _Optional[int] = ..., wait: _Optional[_Union[Wait, _Mapping]] = ..., round_start: _Optional[_Union[RoundStart, _Mapping]] = ..., advert_broadcast: _Optional[_Union[AdvertBroadcast, _Mapping]] = ..., share_keys_relay: _Optional[_Union[ShareKeysRelay, _Mapping]] = ..., consistency_request: _Optional[_Union[ConsistencyRequest, _Mapping]] = ..., unmask_request: _Optional[_Union[UnmaskRequest, _Mapping]] = ..., finished: _Optional[_Union[Finished, _Mapping]] = ..., session_aborted: _Optional[_Union[SessionAborted, _Mapping]] = ..., masked_input_request: _Optional[_Union[MaskedInputRequest, _Mapping]] = ...) -> None: ...
 
 class Wait(_message.Message):
     __slots__ = ("retry_after_ms",)
@@ -140,20 +146,57 @@ class Wait(_message.Message):
     def __init__(self, retry_after_ms: _Optional[int] = ...) -> None: ...
 
 class RoundStart(_message.Message):
-    __slots__ = ("round", "task", "task_config", "session", "global_model", "insecure_plaintext")
+    __slots__ = ("round", "task", "task_config", "session", "global_model", "insecure_plaintext", "previous_stage")
     ROUND_FIELD_NUMBER: _ClassVar[int]
     TASK_FIELD_NUMBER: _ClassVar[int]
     TASK_CONFIG_FIELD_NUMBER: _ClassVar[int]
     SESSION_FIELD_NUMBER: _ClassVar[int]
     GLOBAL_MODEL_FIELD_NUMBER: _ClassVar[int]
     INSECURE_PLAINTEXT_FIELD_NUMBER: _ClassVar[int]
+    PREVIOUS_STAGE_FIELD_NUMBER: _ClassVar[int]
     round: int
     task: str
     task_config: bytes
     session: SessionConfigMsg
     global_model: ModelRef
     insecure_plaintext: bool
-    def __init__(self, round: _Optional[int] = ..., task: _Optional[str] = ..., task_config: _Optional[bytes] = ..., session: _Optional[_Union[SessionConfigMsg, _Mapping]] = ..., global_model: _Optional[_Union[ModelRef, _Mapping]] = ..., insecure_plaintext: _Optional[bool] = ...) -> None: ...
+    previous_stage: SumEvidence
+    def __init__(self, round: _Optional[int] = ..., task: _Optional[str] = ..., task_config: _Optional[bytes] = ..., session: _Optional[_Union[SessionConfigMsg, _Mapping]] = ..., global_model: _Optional[_Union[ModelRef, _Mapping]] = ..., insecure_plaintext: _Optional[bool] = ..., previous_stage: _Optional[_Union[SumEvidence, _Mapping]] = ...) -> None: ...
+
+class SumEvidence(_message.Message):
+    __slots__ = ("session_id", "inputs", "b_commitments", "b_seeds", "mask_keys")
+    class BCommitmentsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: bytes
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[bytes] = ...) -> None: ...
+    class BSeedsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: bytes
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[bytes] = ...) -> None: ...
+    class MaskKeysEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: bytes
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[bytes] = ...) -> None: ...
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    INPUTS_FIELD_NUMBER: _ClassVar[int]
+    B_COMMITMENTS_FIELD_NUMBER: _ClassVar[int]
+    B_SEEDS_FIELD_NUMBER: _ClassVar[int]
+    MASK_KEYS_FIELD_NUMBER: _ClassVar[int]
+    session_id: bytes
+    inputs: _containers.RepeatedCompositeFieldContainer[MaskedInputUpload]
+    b_commitments: _containers.ScalarMap[str, bytes]
+    b_seeds: _containers.ScalarMap[str, bytes]
+    mask_keys: _containers.ScalarMap[str, bytes]
+    def __init__(self, session_id: _Optional[bytes] = ..., inputs: _Optional[_Iterable[_Union[MaskedInputUpload, _Mapping]]] = ..., b_commitments: _Optional[_Mapping[str, bytes]] = ..., b_seeds: _Optional[_Mapping[str, bytes]] = ..., mask_keys: _Optional[_Mapping[str, bytes]] = ...) -> None: ...
 
 class ModelRef(_message.Message):
     __slots__ = ("hash", "size_bytes", "dtype")
@@ -206,7 +249,7 @@ class UploadChunk(_message.Message):
     def __init__(self, header: _Optional[_Union[UploadHeader, _Mapping]] = ..., data: _Optional[bytes] = ...) -> None: ...
 
 class UploadEnvelope(_message.Message):
-    __slots__ = ("advertise_keys", "share_keys", "masked_input", "consistency_signature", "unmask_response", "refusal", "plaintext_input")
+    __slots__ = ("advertise_keys", "share_keys", "masked_input", "consistency_signature", "unmask_response", "refusal", "plaintext_input", "compute_ready")
     ADVERTISE_KEYS_FIELD_NUMBER: _ClassVar[int]
     SHARE_KEYS_FIELD_NUMBER: _ClassVar[int]
     MASKED_INPUT_FIELD_NUMBER: _ClassVar[int]
@@ -214,6 +257,7 @@ class UploadEnvelope(_message.Message):
     UNMASK_RESPONSE_FIELD_NUMBER: _ClassVar[int]
     REFUSAL_FIELD_NUMBER: _ClassVar[int]
     PLAINTEXT_INPUT_FIELD_NUMBER: _ClassVar[int]
+    COMPUTE_READY_FIELD_NUMBER: _ClassVar[int]
     advertise_keys: AdvertiseKeys
     share_keys: ShareKeysUpload
     masked_input: MaskedInputUpload
@@ -221,7 +265,8 @@ class UploadEnvelope(_message.Message):
     unmask_response: UnmaskResponse
     refusal: Refusal
     plaintext_input: PlaintextInput
-    def __init__(self, advertise_keys: _Optional[_Union[AdvertiseKeys, _Mapping]] = ..., share_keys: _Optional[_Union[ShareKeysUpload, _Mapping]] = ..., masked_input: _Optional[_Union[MaskedInputUpload, _Mapping]] = ..., consistency_signature: _Optional[_Union[ConsistencySignature, _Mapping]] = ..., unmask_response: _Optional[_Union[UnmaskResponse, _Mapping]] = ..., refusal: _Optional[_Union[Refusal, _Mapping]] = ..., plaintext_input: _Optional[_Union[PlaintextInput, _Mapping]] = ...) -> None: ...
+    compute_ready: ComputeReady
+    def __init__(self, advertise_keys: _Optional[_Union[AdvertiseKeys, _Mapping]] = ..., share_keys: _Optional[_Union[ShareKeysUpload, _Mapping]] = ..., masked_input: _Optional[_Union[MaskedInputUpload, _Mapping]] = ..., consistency_signature: _Optional[_Union[ConsistencySignature, _Mapping]] = ..., unmask_response: _Optional[_Union[UnmaskResponse, _Mapping]] = ..., refusal: _Optional[_Union[Refusal, _Mapping]] = ..., plaintext_input: _Optional[_Union[PlaintextInput, _Mapping]] = ..., compute_ready: _Optional[_Union[ComputeReady, _Mapping]] = ...) -> None: ...
 
 class PlaintextInput(_message.Message):
     __slots__ = ("round", "sender", "segments")
@@ -326,7 +371,7 @@ class VectorSpecMsg(_message.Message):
     def __init__(self, ring_bits: _Optional[int] = ..., segments: _Optional[_Iterable[_Union[SegmentSpec, _Mapping]]] = ...) -> None: ...
 
 class SessionConfigMsg(_message.Message):
-    __slots__ = ("round", "roster", "threshold", "n_colluding", "min_cohort", "spec", "model_hash", "label")
+    __slots__ = ("round", "roster", "threshold", "n_colluding", "min_cohort", "spec", "model_hash", "label", "instruction_hash")
     ROUND_FIELD_NUMBER: _ClassVar[int]
     ROSTER_FIELD_NUMBER: _ClassVar[int]
     THRESHOLD_FIELD_NUMBER: _ClassVar[int]
@@ -335,6 +380,7 @@ class SessionConfigMsg(_message.Message):
     SPEC_FIELD_NUMBER: _ClassVar[int]
     MODEL_HASH_FIELD_NUMBER: _ClassVar[int]
     LABEL_FIELD_NUMBER: _ClassVar[int]
+    INSTRUCTION_HASH_FIELD_NUMBER: _ClassVar[int]
     round: int
     roster: _containers.RepeatedScalarFieldContainer[str]
     threshold: int
@@ -343,10 +389,11 @@ class SessionConfigMsg(_message.Message):
     spec: VectorSpecMsg
     model_hash: bytes
     label: str
-    def __init__(self, round: _Optional[int] = ..., roster: _Optional[_Iterable[str]] = ..., threshold: _Optional[int] = ..., n_colluding: _Optional[int] = ..., min_cohort: _Optional[int] = ..., spec: _Optional[_Union[VectorSpecMsg, _Mapping]] = ..., model_hash: _Optional[bytes] = ..., label: _Optional[str] = ...) -> None: ...
+    instruction_hash: bytes
+    def __init__(self, round: _Optional[int] = ..., roster: _Optional[_Iterable[str]] = ..., threshold: _Optional[int] = ..., n_colluding: _Optional[int] = ..., min_cohort: _Optional[int] = ..., spec: _Optional[_Union[VectorSpecMsg, _Mapping]] = ..., model_hash: _Optional[bytes] = ..., label: _Optional[str] = ..., instruction_hash: _Optional[bytes] = ...) -> None: ...
 
 class AdvertiseKeys(_message.Message):
-    __slots__ = ("client_id", "round", "config_digest", "model_hash", "pk_cipher", "pk_mask", "signature", "cert_chain")
+    __slots__ = ("client_id", "round", "config_digest", "model_hash", "pk_cipher", "pk_mask", "signature", "cert_chain", "abandoned")
     CLIENT_ID_FIELD_NUMBER: _ClassVar[int]
     ROUND_FIELD_NUMBER: _ClassVar[int]
     CONFIG_DIGEST_FIELD_NUMBER: _ClassVar[int]
@@ -355,6 +402,7 @@ class AdvertiseKeys(_message.Message):
     PK_MASK_FIELD_NUMBER: _ClassVar[int]
     SIGNATURE_FIELD_NUMBER: _ClassVar[int]
     CERT_CHAIN_FIELD_NUMBER: _ClassVar[int]
+    ABANDONED_FIELD_NUMBER: _ClassVar[int]
     client_id: str
     round: int
     config_digest: bytes
@@ -363,7 +411,8 @@ class AdvertiseKeys(_message.Message):
     pk_mask: bytes
     signature: bytes
     cert_chain: _containers.RepeatedScalarFieldContainer[bytes]
-    def __init__(self, client_id: _Optional[str] = ..., round: _Optional[int] = ..., config_digest: _Optional[bytes] = ..., model_hash: _Optional[bytes] = ..., pk_cipher: _Optional[bytes] = ..., pk_mask: _Optional[bytes] = ..., signature: _Optional[bytes] = ..., cert_chain: _Optional[_Iterable[bytes]] = ...) -> None: ...
+    abandoned: _containers.RepeatedScalarFieldContainer[bytes]
+    def __init__(self, client_id: _Optional[str] = ..., round: _Optional[int] = ..., config_digest: _Optional[bytes] = ..., model_hash: _Optional[bytes] = ..., pk_cipher: _Optional[bytes] = ..., pk_mask: _Optional[bytes] = ..., signature: _Optional[bytes] = ..., cert_chain: _Optional[_Iterable[bytes]] = ..., abandoned: _Optional[_Iterable[bytes]] = ...) -> None: ...
 
 class AdvertBroadcast(_message.Message):
     __slots__ = ("round", "config_digest", "adverts")
@@ -413,6 +462,22 @@ class ShareKeysRelay(_message.Message):
     ciphertexts: _containers.ScalarMap[str, bytes]
     def __init__(self, session_id: _Optional[bytes] = ..., recipient: _Optional[str] = ..., u2: _Optional[_Iterable[str]] = ..., ciphertexts: _Optional[_Mapping[str, bytes]] = ...) -> None: ...
 
+class ComputeReady(_message.Message):
+    __slots__ = ("session_id", "sender")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    SENDER_FIELD_NUMBER: _ClassVar[int]
+    session_id: bytes
+    sender: str
+    def __init__(self, session_id: _Optional[bytes] = ..., sender: _Optional[str] = ...) -> None: ...
+
+class MaskedInputRequest(_message.Message):
+    __slots__ = ("session_id", "ready")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    READY_FIELD_NUMBER: _ClassVar[int]
+    session_id: bytes
+    ready: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, session_id: _Optional[bytes] = ..., ready: _Optional[_Iterable[str]] = ...) -> None: ...
+
 class Segment(_message.Message):
     __slots__ = ("name", "dtype", "data")
     NAME_FIELD_NUMBER: _ClassVar[int]
@@ -424,16 +489,18 @@ class Segment(_message.Message):
     def __init__(self, name: _Optional[str] = ..., dtype: _Optional[_Union[RingDtype, str]] = ..., data: _Optional[bytes] = ...) -> None: ...
 
 class MaskedInputUpload(_message.Message):
-    __slots__ = ("session_id", "sender", "spec_hash", "segments")
+    __slots__ = ("session_id", "sender", "spec_hash", "segments", "signature")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     SENDER_FIELD_NUMBER: _ClassVar[int]
     SPEC_HASH_FIELD_NUMBER: _ClassVar[int]
     SEGMENTS_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
     session_id: bytes
     sender: str
     spec_hash: bytes
     segments: _containers.RepeatedCompositeFieldContainer[Segment]
-    def __init__(self, session_id: _Optional[bytes] = ..., sender: _Optional[str] = ..., spec_hash: _Optional[bytes] = ..., segments: _Optional[_Iterable[_Union[Segment, _Mapping]]] = ...) -> None: ...
+    signature: bytes
+    def __init__(self, session_id: _Optional[bytes] = ..., sender: _Optional[str] = ..., spec_hash: _Optional[bytes] = ..., segments: _Optional[_Iterable[_Union[Segment, _Mapping]]] = ..., signature: _Optional[bytes] = ...) -> None: ...
 
 class ConsistencyRequest(_message.Message):
     __slots__ = ("session_id", "u3")
