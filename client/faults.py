@@ -15,18 +15,9 @@ from dataclasses import dataclass
 from typing import Literal
 
 from secfed.secagg.errors import Phase
+from secfed.secagg.local import UPLOAD_PHASES
 
-_UPLOAD_PHASES = {
-    p.value: p
-    for p in (
-        Phase.ADVERTISE,
-        Phase.SHARE_KEYS,
-        Phase.COMPUTE,
-        Phase.MASKED_INPUT,
-        Phase.CONSISTENCY,
-        Phase.UNMASK,
-    )
-}
+_UPLOAD_PHASES = {p.value: p for p in UPLOAD_PHASES}
 _SPEC = re.compile(r"^(kill|hang)@(\d+):([a-z-]+)$")
 
 

@@ -51,10 +51,17 @@ NOT_COVERED = (
     "Hyper-parameter choices and any tuning done by looking at results are not accounted for.",
     "Coreset selection statistics (PCA sums, centroid histograms, election slots) are released as "
     "secure-aggregation sums over the cohort without DP noise: the cohort sums themselves are not "
-    "covered by epsilon.",
+    "covered by epsilon. They are shown to the cohort's members as well (with the evidence that lets "
+    "each verify them before it acts on the next plan), so every member learns what the server learns.",
+    "The number of institutions with a centroid in each grid cell is released for every cell (it decides "
+    "which cells are summed further, at least c + 2 institutions each).",
     "The base model and anything it memorised before federated tuning.",
     "The FedAvg weight and number of rounds an institution took part in, and its participation and "
-    "refusals, are visible to the server.",
+    "refusals (by category: policy, bounds, budget, inconsistency, released, data), are visible to "
+    "the server, as are the session ids an institution attests it abandoned without unmasking.",
+    "Adapters a server crafts within the clip bound, and near-repeats of an input (the same records "
+    "under a nearby global model, the same features under many projections), are not refused: only "
+    "DP covers them.",
     "Secure aggregation protects individual updates only while fewer than the stated colluding bound "
     "of institutions collude with the server; it does not protect the cohort sum.",
     "DP noise is drawn from torch's generator seeded from the OS CSPRNG, not from a CSPRNG itself.",

@@ -28,23 +28,37 @@ from typing import Any, Literal
 
 import numpy as np
 
-from secfed.bench.lying import Consortium, Lie, LyingRun, drive, make_consortium, resign
+from secfed.bench.inprocess import Consortium, LyingRun, drive, make_consortium
+from secfed.bench.lying import Lie, resign
 from secfed.bench.stats import add_output_arguments, emit
 from secfed.fl.participant import Relay, StageStart
 from secfed.fl.releases import ReleaseLog
 from secfed.fl.vectors import model_hash
 from secfed.secagg.messages import MaskedInputUpload
 
-__all__ = ["ATTACKS", "Attack", "World", "run_catalogue"]
+__all__ = [
+    "ATTACKS",
+    "Attack",
+    "World",
+    "fedhds_world",
+    "fedit_world",
+    "mutated",
+    "run_catalogue",
+    "set_path",
+    "toy_world",
+]
 
 VICTIM = "inst00"
 
 
 @dataclass(frozen=True)
 class Attack:
+    """One lying server; ``expect`` is the outcome the defences give (the tests hold them to it)."""
+
     name: str
     cls: str
     run: Callable[[World], tuple[str, str]]
+    expect: str = "refused"
 
 
 class World:
@@ -78,7 +92,7 @@ def _ids(n: int) -> list[str]:
 
 
 # -- worlds ------------------------------------------------------------------------------------
-def _toy(n: int = 4) -> tuple[Any, dict[str, Any], Consortium]:
+def toy_world(n: int = 4) -> tuple[Any, dict[str, Any], Consortium]:
     from secfed.fl.toy import ToyClient, ToyServer
 
     ids = _ids(n)
@@ -89,7 +103,7 @@ def _data(i: int, n: int) -> dict[str, Any]:
     return {"data": "builtin", "n_clients": n, "client_index": i, "train_per_category": 3, "partition": "iid"}
 
 
-def _fedit(world: World, n: int = 4, **options: Any) -> tuple[Any, dict[str, Any], Consortium]:
+def fedit_world(world: World, n: int = 4, **options: Any) -> tuple[Any, dict[str, Any], Consortium]:
     from secfed.fl.fedit import FeditClient, FeditServer
 
     ids = _ids(n)
@@ -108,7 +122,7 @@ def _fedit(world: World, n: int = 4, **options: Any) -> tuple[Any, dict[str, Any
     return server, clients, make_consortium(ids)
 
 
-def _fedhds(world: World, n: int = 5, **options: Any) -> tuple[Any, dict[str, Any], Consortium]:
+def fedhds_world(world: World, n: int = 5, **options: Any) -> tuple[Any, dict[str, Any], Consortium]:
     from secfed.fl.fedhds import FedhdsClient, FedhdsServer
 
     ids = _ids(n)
@@ -175,11 +189,11 @@ class _Mutate(Lie):
     def start(self, cid: str, start: StageStart) -> StageStart:
         if not self.to(cid) or (self.stage is not None and start.task_config.get("stage") != self.stage):
             return start
-        config = _set_path(start.task_config, self.path, self.value)
+        config = set_path(start.task_config, self.path, self.value)
         return resign(start, config) if self.sign else replace(start, task_config=config)
 
 
-def _set_path(doc: Mapping[str, Any], path: str, value: Callable[[Any], Any]) -> dict[str, Any]:
+def set_path(doc: Mapping[str, Any], path: str, value: Callable[[Any], Any]) -> dict[str, Any]:
     """A deep copy of ``doc`` with the value at dotted ``path`` replaced by ``value(old)``."""
     import copy
 
@@ -265,7 +279,7 @@ def _toy_split(
     field: str, value: Callable[[Any], Any], sign: bool = True
 ) -> Callable[[World], tuple[str, str]]:
     def attack(world: World) -> tuple[str, str]:
-        server, clients, consortium = _toy()
+        server, clients, consortium = toy_world()
         run = drive(server, clients, consortium, rounds=1, lie=_Mutate(field, value, to=_others, sign=sign))
         return _split_view(run)
 
@@ -274,7 +288,7 @@ def _toy_split(
 
 def _fedit_split(field: str, value: Callable[[Any], Any]) -> Callable[[World], tuple[str, str]]:
     def attack(world: World) -> tuple[str, str]:
-        server, clients, consortium = _fedit(world)
+        server, clients, consortium = fedit_world(world)
         run = drive(
             server, clients, consortium, rounds=1, lie=_Mutate(field, value, to=_others), max_attempts=1
         )
@@ -288,7 +302,7 @@ def _fedhds_lie(lie: Lie, *, expect_honest: int | None = 0) -> Callable[[World],
     (``expect_honest`` of them; None: a lie aimed at one member, which may be left out of the round)."""
 
     def attack(world: World) -> tuple[str, str]:
-        server, clients, consortium = _fedhds(world)
+        server, clients, consortium = fedhds_world(world)
         run = drive(server, clients, consortium, rounds=1, lie=lie, max_attempts=1)
         outcome = _split_view(run)
         if outcome[0] == "succeeded" or expect_honest is None:
@@ -313,7 +327,7 @@ class _SplitRelay(Lie):
 
 
 def _fedit_split_relay(world: World) -> tuple[str, str]:
-    server, clients, consortium = _fedit(world)
+    server, clients, consortium = fedit_world(world)
     lie = _SplitRelay("train.lr", lambda v: v * 10)
     run = drive(server, clients, consortium, rounds=1, lie=lie, max_attempts=1)
     outcome, detail = _split_view(run)
@@ -332,7 +346,7 @@ def _plan_lie(stage_prefix: str, field: str, value: Callable[[Any], Any]) -> Lie
                 return start
             if (start.task_config.get("plan") or {}).get(field) is None:
                 return start
-            return resign(start, _set_path(start.task_config, f"plan.{field}", value))
+            return resign(start, set_path(start.task_config, f"plan.{field}", value))
 
     return PlanLie()
 
@@ -363,7 +377,7 @@ def _differencing_toy(restart: bool) -> Callable[[World], tuple[str, str]]:
     """Round 0 completes; the server re-runs it without the victim (same model, same instruction)."""
 
     def attack(world: World) -> tuple[str, str]:
-        server, clients, consortium = _toy()
+        server, clients, consortium = toy_world()
         logs = world.path(f"releases-toy-{restart}")
         releases = {c: ReleaseLog(logs / f"{c}.jsonl") for c in clients}
         first = drive(server, clients, consortium, rounds=1, releases=releases)
@@ -393,7 +407,7 @@ def _differencing_toy(restart: bool) -> Callable[[World], tuple[str, str]]:
 
 def _differencing_fedit_seed(world: World) -> tuple[str, str]:
     """FedIT round 0 completes; the server re-runs it without the victim under another public seed."""
-    server, clients, consortium = _fedit(world)
+    server, clients, consortium = fedit_world(world)
     first = drive(server, clients, consortium, rounds=1, max_attempts=1)
     if len(first.stages) != 1:
         return "succeeded", f"the honest round did not complete: {first.finished_reason}"
@@ -416,7 +430,7 @@ def _differencing_fedit_seed(world: World) -> tuple[str, str]:
 
 def _differencing_pca(world: World) -> tuple[str, str]:
     """FedHDS: the PCA stage completes; the server restarts the round without the victim, same seed."""
-    server, clients, consortium = _fedhds(world)
+    server, clients, consortium = fedhds_world(world)
     first = drive(
         server,
         clients,
@@ -441,7 +455,7 @@ def _differencing_pca(world: World) -> tuple[str, str]:
 def _honest_retry_fedhds(world: World) -> tuple[str, str]:
     """FedHDS: a member drops in the histogram stage; the coordinator retries the round. The retry must
     not re-sum the PCA statistics of the same projection over the smaller cohort."""
-    server, clients, consortium = _fedhds(world)
+    server, clients, consortium = fedhds_world(world)
     from secfed.secagg.messages import MaskedInputRequest
 
     dropped = {"done": False}
@@ -474,7 +488,7 @@ def _train_floor(n: int) -> Callable[[World], tuple[str, str]]:
     """FedHDS train stage with tiny data: every contributor of the train sum must have trained."""
 
     def attack(world: World) -> tuple[str, str]:
-        server, clients, consortium = _fedhds(world, n=n)
+        server, clients, consortium = fedhds_world(world, n=n)
         run = drive(server, clients, consortium, rounds=1, max_attempts=1)
         train = [s for s in run.stages if s.name == "train"]
         if not train:
@@ -494,21 +508,21 @@ def _train_floor(n: int) -> Callable[[World], tuple[str, str]]:
 
 
 def _round0_adapter(world: World) -> tuple[str, str]:
-    server, clients, consortium = _fedit(world)
+    server, clients, consortium = fedit_world(world)
     crafted = _Model(lambda m, r: m + 0.05 if r == 0 else None)
     run = drive(server, clients, consortium, rounds=1, lie=crafted, max_attempts=1)
     return _no_sum_after(run, 0)
 
 
 def _adapter_jump(world: World) -> tuple[str, str]:
-    server, clients, consortium = _fedit(world, clip=0.5)
+    server, clients, consortium = fedit_world(world, clip=0.5)
     jump = _Model(lambda m, r: m + 10.0 if r == 1 else None)
     run = drive(server, clients, consortium, rounds=2, lie=jump, max_attempts=1)
     return _no_sum_after(run, 1)
 
 
 def _insecure(world: World) -> tuple[str, str]:
-    server, clients, consortium = _toy()
+    server, clients, consortium = toy_world()
 
     class Plaintext(Lie):
         def start(self, cid: str, start: StageStart) -> StageStart:
@@ -527,7 +541,7 @@ def _session_floor(
     """The server lowers a SecAgg parameter of the session (threshold, colluder bound, cohort floor)."""
 
     def attack(world: World) -> tuple[str, str]:
-        server, clients, consortium = _toy(6)
+        server, clients, consortium = toy_world(6)
 
         class Lower(Lie):
             def start(self, cid: str, start: StageStart) -> StageStart:
@@ -542,13 +556,13 @@ def _session_floor(
 
 
 def _unknown_field(world: World) -> tuple[str, str]:
-    server, clients, consortium = _toy()
+    server, clients, consortium = toy_world()
     lie = _Mutate("assigned", lambda _: {VICTIM: [0]}, to=_everyone)
     return _no_sum_after(drive(server, clients, consortium, rounds=1, lie=lie, max_attempts=1), 0)
 
 
 def _missing_field(world: World) -> tuple[str, str]:
-    server, clients, consortium = _toy()
+    server, clients, consortium = toy_world()
 
     class Drop(Lie):
         def start(self, cid: str, start: StageStart) -> StageStart:
@@ -563,7 +577,7 @@ def _fedhds_assigned(world: World) -> tuple[str, str]:
 
 
 def _chosen_records(world: World, lie: Lie) -> tuple[str, str]:
-    server, clients, consortium = _fedhds(world)
+    server, clients, consortium = fedhds_world(world)
     run = drive(server, clients, consortium, rounds=1, lie=lie, max_attempts=1)
     if any(s.name == "train" for s in run.stages):
         return "succeeded", "a train sum was released under the server's record choice"
@@ -580,7 +594,7 @@ def _chosen_winners(world: World) -> tuple[str, str]:
 def _relay_lie(world: World) -> tuple[str, str]:
     """A lying relay on top of the instruction checks: the masked-input request names a ready set
     without the victim's peers, so its input would be summed with few others."""
-    server, clients, consortium = _toy(6)
+    server, clients, consortium = toy_world(6)
 
     class Shrink(Lie):
         def relay(self, cid: str, msg: Relay) -> Relay:
@@ -641,6 +655,7 @@ ATTACKS: tuple[Attack, ...] = (
         "fedhds: the victim gets other grid bins",
         "split-view",
         _fedhds_lie(_Mutate("coreset.bins", lambda v: v + 1, to=_victim), expect_honest=None),
+        "contained",
     ),
     # 2. Server-chosen training records.
     Attack("fedhds: the server names the victim's record ('assigned')", "chosen-records", _fedhds_assigned),
@@ -701,10 +716,11 @@ ATTACKS: tuple[Attack, ...] = (
         "fedhds: honest dropout in the histogram, then the coordinator's retry",
         "differencing",
         _honest_retry_fedhds,
+        "contained",
     ),
     # 5. Data-bearing floor of the train sum.
-    Attack("fedhds: train sum of 3 institutions with tiny data", "train-floor", _train_floor(3)),
-    Attack("fedhds: train sum of 6 institutions with tiny data", "train-floor", _train_floor(6)),
+    Attack("fedhds: train sum of 3 institutions with tiny data", "train-floor", _train_floor(3), "contained"),
+    Attack("fedhds: train sum of 6 institutions with tiny data", "train-floor", _train_floor(6), "contained"),
     # 6. Colluder floor.
     Attack(
         "fedhds: cells of 2 institutions allowed (below c + 2)",
@@ -713,7 +729,7 @@ ATTACKS: tuple[Attack, ...] = (
     ),
     Attack("session: colluder bound claimed 0", "colluder-floor", _session_floor("n_colluding", 0)),
     Attack("session: threshold lowered to 3 of 6", "colluder-floor", _session_floor("threshold", 3)),
-    Attack("relay: masked-input request to a ready set of 2", "colluder-floor", _relay_lie),
+    Attack("relay: masked-input request to a ready set of 2", "colluder-floor", _relay_lie, "contained"),
     # 7. The global model.
     Attack("fedit: crafted round-0 adapter", "global-model", _round0_adapter),
     Attack("fedit: adapter jump beyond the clip bound", "global-model", _adapter_jump),

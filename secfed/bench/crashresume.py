@@ -390,6 +390,9 @@ def run_trial(
         last_start = time.monotonic()
         for k in range(n_kills):
             aim, delay = _wait_for_kill_moment(fed, opts.rounds, last_start, pace, rng)
+            if fed.server is None or not fed.server.alive():
+                kills.append({"kill": k, "fired": False, "aim": aim, "why": "the server had already ended"})
+                break
             if len(fed.records) >= opts.rounds:
                 kills.append(
                     {"kill": k, "fired": False, "aim": aim, "why": "all rounds were already completed"}
@@ -463,11 +466,16 @@ def _trial_result(
     final = snapshot(layout.state_db)
     problems = list(problems)
     findings: list[str] = []
+    # A kill that lands after enough members unmasked leaves their inputs possibly summed: the round
+    # is never re-summed (secfed.fl.releases), so the federation stops there, by design.
+    stopped_released = "refused: released" in (fed.finished_reason() or "")
+    if stopped_released:
+        findings.append(f"the federation stopped by the no-differencing rule: {fed.finished_reason()}")
     # The database is the record of what completed; rounds.jsonl is a copy written after each commit.
     # A line the log lacks is a finding of its own (the server died between the two writes); a line
     # the database contradicts, or a round in neither, is a problem.
     db_numbers = sorted(final.rounds)
-    if db_numbers != list(range(opts.rounds)):
+    if db_numbers != list(range(len(db_numbers) if stopped_released else opts.rounds)):
         problems.append(f"the state database holds rounds {db_numbers}, expected 0..{opts.rounds - 1}")
     logged = [int(rec.get("round", -1)) for rec in records]
     gaps = sorted(set(final.rounds) - set(logged))
@@ -518,16 +526,17 @@ def _trial_result(
     if witness is None or witness.error or not witness.sessions:
         problems.append(f"the key witness saw no session ({witness.error if witness else 'not started'})")
     final_exit = fed.server_runs[-1].returncode if fed.server_runs else None
-    if final_exit != 0:
+    if final_exit != 0 and not stopped_released:
         problems.append(f"the server's last run exited with {final_exit}")
     exits = {cid: proc.returncode for cid, proc in clients.items()}
-    if any(code != 0 for code in exits.values()):
+    if any(code != 0 for code in exits.values()) and not stopped_released:
         problems.append(f"client processes did not all finish normally: {exits}")
     resumed = len(final.rounds) == opts.rounds and final_exit == 0
     return {
         "trial": index,
         "ok": not problems,
         "resumed": resumed,
+        "stopped_released": stopped_released,
         "kills": kills,
         "kills_fired": sum(1 for k in kills if k.get("fired")),
         "server_restarts": max(0, len(fed.server_runs) - 1),

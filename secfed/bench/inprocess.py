@@ -1,31 +1,267 @@
-"""A whole federation in one process, for benchmarks that compare training methods, not transports.
+"""A whole federation in one process: the one in-process runner of benchmarks and adversarial tests.
 
-The real coordinator and the real SecAgg client state machines (fresh X25519 keys, masks, Shamir
-shares, consistency signatures, unmasking) exchange their messages by function call instead of
-gRPC, one client at a time. Training dominates these benchmarks by orders of magnitude, so this
-measures what matters (quality, data used, training time) on a 2-core machine without ten processes
-fighting over memory; the transport is measured by ``secfed bench round`` and ``secfed bench load``.
+The real coordinator and the real institutions (each a :class:`~secfed.fl.participant.Participant`,
+exactly as behind ``secfed client``: instruction checks, policy, compute phase, release log) exchange
+their messages by function call instead of gRPC, one client at a time. Training dominates the
+method benchmarks by orders of magnitude, so this measures what matters (quality, data used, training
+time) on a 2-core machine without ten processes fighting over memory; the transport is measured by
+``secfed bench round`` and ``secfed bench load``.
 
-Secure and plaintext aggregation use the same driver, so their difference is only the protocol.
-The coordinator lives in the server package: imported lazily, as benchmarks compose the system.
+:func:`drive` takes a :class:`~secfed.bench.lying.Lie`, a hook on every message the server sends,
+which the adversarial catalogue uses to play a lying server; :func:`run_inprocess` is the honest run.
+The coordinator's clock is simulated: when no institution has anything to do, it jumps past the open
+phase's deadline, as a real one would run out. The coordinator lives in the server package: imported
+lazily, as benchmarks compose the system.
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from numpy.typing import NDArray
 
-from secfed.crypto.identity import TrustAnchor
+from secfed.crypto.identity import Identity, TrustAnchor
 from secfed.fl.participant import Participant, StageStart, Upload
 from secfed.fl.plaintext import PlaintextInput
 from secfed.fl.policy import InstitutionPolicy, Refusal
+from secfed.fl.releases import ReleaseLog
 from secfed.fl.tasks import ClientTask, ServerTask, StageResult
-from secfed.pki.issue import create_ca, issue_client
-from secfed.secagg.messages import MaskedInputUpload
+from secfed.pki.issue import CertificateAuthority, create_ca, issue_client
+from secfed.secagg.errors import SecAggError
+from secfed.secagg.messages import AdvertiseKeys, MaskedInputUpload
+from secfed.secagg.server import ServerSession
+
+if TYPE_CHECKING:
+    from secfed.bench.lying import Lie
+
+__all__ = [
+    "Consortium",
+    "InProcessRun",
+    "LyingRun",
+    "Member",
+    "drive",
+    "make_consortium",
+    "result_values",
+    "run_inprocess",
+]
+
+
+@dataclass
+class Clock:
+    """The coordinator's clock; the driver moves it past a deadline when nobody has anything to do."""
+
+    now: float = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@dataclass
+class Consortium:
+    ca: CertificateAuthority
+    trust: TrustAnchor
+    identities: dict[str, Identity]
+
+
+def make_consortium(ids: list[str] | tuple[str, ...]) -> Consortium:
+    ca = create_ca("secfed in-process CA")
+    return Consortium(ca, TrustAnchor(ca.certificate), {cid: issue_client(ca, cid) for cid in ids})
+
+
+@dataclass
+class Member:
+    """One institution: its participant, and what the lying server saw of it."""
+
+    cid: str
+    participant: Participant
+    violations: list[str] = field(default_factory=list)
+    refusals: list[tuple[int, str]] = field(default_factory=list)
+    last_instruction: int = -1
+    finished: bool = False
+
+
+@dataclass
+class LyingRun:
+    """Everything a lying server obtained, and how the institutions reacted."""
+
+    stages: list[StageResult] = field(default_factory=list)  # every stage sum it obtained, in order
+    # Per stage sum: the instruction hash each contributor had been handed.
+    handed: list[dict[str, bytes]] = field(default_factory=list)
+    finished_reason: str = ""
+    aborted: list[tuple[int, int, str]] = field(default_factory=list)
+    members: dict[str, Member] = field(default_factory=dict)
+    model: NDArray[np.float32] | None = None
+    stage_results: list[list[StageResult]] = field(default_factory=list)  # per completed round
+    server_refusals: list[tuple[int, str, str]] = field(default_factory=list)  # (round, client, category)
+    seconds: float = 0.0
+    upload_values: int = 0  # values the institutions masked (or sent in the clear) and uploaded
+
+    @property
+    def violations(self) -> dict[str, list[str]]:
+        return {cid: m.violations for cid, m in self.members.items() if m.violations}
+
+    @property
+    def refusals(self) -> dict[str, list[tuple[int, str]]]:
+        return {cid: m.refusals for cid, m in self.members.items() if m.refusals}
+
+    def split_sums(self) -> list[int]:
+        """Indices of stage sums whose contributors had been handed different instructions."""
+        return [i for i, handed in enumerate(self.handed) if len(set(handed.values())) > 1]
+
+
+def drive(
+    task: ServerTask,
+    members: Mapping[str, ClientTask],
+    consortium: Consortium,
+    *,
+    rounds: int,
+    lie: Lie | None = None,
+    policy: InstitutionPolicy | None = None,
+    secure: bool = True,
+    seed: int = 0,
+    min_cohort: int = 3,
+    releases: Mapping[str, ReleaseLog] | None = None,
+    participants: Mapping[str, Participant] | None = None,
+    max_attempts: int = 2,
+    initial_model: NDArray[np.float32] | None = None,
+    first_round: int = 0,
+    first_attempt: int = 1,
+    drop: Callable[[str, int, str, Any], bool] | None = None,
+    max_steps: int = 20_000,
+) -> LyingRun:
+    """Run ``rounds`` rounds under ``lie``; ``drop(cid, round, stage, message)`` silences a client.
+
+    ``participants`` reuses institutions across runs (their release logs and verified sums persist,
+    as across a server restart); otherwise fresh ones are made with ``policy`` and ``releases``.
+    """
+    from secfed.bench.lying import Lie
+    from server.coordinator import Coordinator, Finished, RoundPlan, RoundStart, Wait
+
+    lie = lie or Lie()
+    started = time.perf_counter()
+    policy = policy or InstitutionPolicy()
+    run = LyingRun()
+    for cid, client in members.items():
+        participant = (participants or {}).get(cid) or Participant(
+            consortium.identities[cid],
+            consortium.trust,
+            client,
+            policy=policy,
+            releases=(releases or {}).get(cid),
+        )
+        member = Member(cid, participant)
+        participant_refusal = member.refusals
+
+        def note(
+            round_: int, category: str, exc: ValueError, sink: list[tuple[int, str]] = participant_refusal
+        ) -> None:
+            sink.append((round_, f"{category}: {exc}"))
+
+        participant._on_refusal = note
+        run.members[cid] = member
+    clock = Clock()
+    plan = RoundPlan(
+        rounds=first_round + rounds,
+        min_cohort=min_cohort,
+        phase_timeout_s=10.0,
+        compute_timeout_s=10.0,
+        max_attempts=max_attempts,
+        seed=seed,
+        secure=secure,
+    )
+    coordinator = Coordinator(
+        roster=tuple(members),
+        plan=plan,
+        task=task,
+        initial_model=np.asarray(
+            initial_model if initial_model is not None else task.initial_model(), np.float32
+        ),
+        trust=consortium.trust,
+        clock=clock,
+        first_round=first_round,
+        first_attempt=first_attempt,
+    )
+    handed: dict[str, bytes] = {}
+    seen: set[int] = set()
+    for _ in range(max_steps):
+        if coordinator.finished_reason is not None:
+            break
+        progressed = False
+        for m in run.members.values():
+            if m.finished:
+                continue
+            pending = coordinator.poll(m.cid)
+            ins = pending.instruction
+            if isinstance(ins, Finished):
+                m.finished = True
+                continue
+            if isinstance(ins, Wait) or pending.instruction_id == m.last_instruction:
+                continue
+            m.last_instruction = pending.instruction_id
+            progressed = True
+            try:
+                if isinstance(ins, RoundStart):
+                    honest = StageStart(
+                        ins.config, ins.task, ins.task_config, coordinator.model, ins.secure, ins.evidence
+                    )
+                    start = lie.start(m.cid, honest)
+                    handed[m.cid] = start.config.instruction_hash
+                    stage = str(ins.task_config.get("stage", ""))
+                    if drop is not None and drop(m.cid, ins.config.round, stage, ins):
+                        continue
+                    answer: Upload | None = m.participant.start(start)
+                else:
+                    message = lie.relay(m.cid, ins.message)
+                    stage = str(coordinator._attempt.stage) if coordinator._attempt is not None else ""
+                    if drop is not None and drop(m.cid, coordinator.round, stage, message):
+                        continue
+                    answer = m.participant.relay(message)
+            except SecAggError as exc:
+                m.violations.append(str(exc))
+                m.participant.abandon()
+                continue
+            if isinstance(answer, Refusal):
+                with contextlib.suppress(SecAggError):  # a refusal after the attempt ended
+                    coordinator.refuse(m.cid, answer.round, answer.reason)
+            elif answer is not None:
+                lie.upload(m.cid, answer)
+                if isinstance(answer, MaskedInputUpload | PlaintextInput):
+                    run.upload_values += sum(int(np.asarray(v).size) for v in answer.segments.values())
+                try:
+                    coordinator.upload(m.cid, answer)
+                except SecAggError as exc:
+                    session = coordinator._attempt.session if coordinator._attempt is not None else None
+                    if (
+                        lie.accept_any_advert
+                        and isinstance(answer, AdvertiseKeys)
+                        and isinstance(session, ServerSession)
+                    ):
+                        session._adverts[m.cid] = answer
+                        coordinator.upload_accepted(m.cid)
+                    else:
+                        m.violations.append(f"upload refused: {exc}")
+        attempt = coordinator._attempt
+        current = list(attempt.done) if attempt is not None else []
+        for st in [*(st for stages in coordinator.stage_results for st in stages), *current]:
+            if id(st) not in seen:  # a sum the server obtained (also in an attempt that later failed)
+                seen.add(id(st))
+                run.stages.append(st)
+                run.handed.append({c: handed.get(c, b"") for c in st.result.contributors})
+        if not progressed:
+            clock.now += 1000.0
+            coordinator.tick()
+    run.finished_reason = coordinator.finished_reason or "did not finish"
+    run.aborted = list(coordinator.aborted_attempts)
+    run.model = coordinator.model
+    run.stage_results = coordinator.stage_results
+    run.server_refusals = list(coordinator.refusals)
+    run.seconds = time.perf_counter() - started
+    return run
 
 
 @dataclass
@@ -40,14 +276,6 @@ class InProcessRun:
     upload_values: int = 0  # values each client masked and sent, summed over clients and stages
 
 
-@dataclass
-class _Member:
-    cid: str
-    participant: Participant
-    last_instruction: int = -1
-    finished: bool = False
-
-
 def run_inprocess(
     task: ServerTask,
     clients: Mapping[str, ClientTask],
@@ -58,76 +286,28 @@ def run_inprocess(
     min_cohort: int = 3,
     policy: InstitutionPolicy | None = None,
 ) -> InProcessRun:
-    """Run ``rounds`` rounds of ``task`` over ``clients`` (id -> client half) and return the outcome.
-
-    Each institution is a :class:`~secfed.fl.participant.Participant`, exactly as behind ``secfed
-    client``: the same instruction checks, policy, compute phase and release log (in memory here).
-    """
-    from server.coordinator import Coordinator, Finished, RoundPlan, RoundStart, Wait
-
-    ca = create_ca("secfed in-process benchmark CA")
-    trust = TrustAnchor(ca.certificate)
-    policy = policy or InstitutionPolicy(allow_insecure_baselines=not secure)
-    members = {
-        cid: _Member(cid, Participant(issue_client(ca, cid), trust, t, policy=policy))
-        for cid, t in clients.items()
-    }
-    plan = RoundPlan(
+    """Run ``rounds`` rounds of ``task`` over ``clients`` (id -> client half) with an honest server."""
+    run = drive(
+        task,
+        clients,
+        make_consortium(tuple(clients)),
         rounds=rounds,
-        min_cohort=min_cohort,
-        phase_timeout_s=1e9,
-        compute_timeout_s=1e9,
-        max_attempts=1,
-        seed=seed,
+        policy=policy or InstitutionPolicy(allow_insecure_baselines=not secure),
         secure=secure,
+        seed=seed,
+        min_cohort=min_cohort,
+        max_attempts=1,
     )
-    coordinator = Coordinator(
-        roster=tuple(members),
-        plan=plan,
-        task=task,
-        initial_model=np.asarray(task.initial_model(), dtype=np.float32),
-        trust=trust,
-    )
-    uploaded = 0
-    started = time.perf_counter()
-    while coordinator.finished_reason is None:
-        progressed = False
-        for m in members.values():
-            if m.finished:
-                continue
-            pending = coordinator.poll(m.cid)
-            ins = pending.instruction
-            if isinstance(ins, Finished):
-                m.finished = True
-                continue
-            if isinstance(ins, Wait) or pending.instruction_id == m.last_instruction:
-                continue
-            m.last_instruction = pending.instruction_id
-            progressed = True
-            if isinstance(ins, RoundStart):
-                start = StageStart(
-                    ins.config, ins.task, ins.task_config, coordinator.model, ins.secure, ins.evidence
-                )
-                answer: Upload | None = m.participant.start(start)
-            else:
-                answer = m.participant.relay(ins.message)
-            if isinstance(answer, Refusal):
-                coordinator.refuse(m.cid, answer.round, answer.reason)
-            elif answer is not None:
-                if isinstance(answer, MaskedInputUpload | PlaintextInput):
-                    uploaded += sum(int(np.asarray(v).size) for v in answer.segments.values())
-                coordinator.upload(m.cid, answer)
-        if not progressed and coordinator.finished_reason is None:
-            raise RuntimeError("in-process federation stalled: no client had anything to do")
+    assert run.model is not None
     return InProcessRun(
-        model=coordinator.model,
-        stage_results=coordinator.stage_results,
-        refusals=list(coordinator.refusals),
-        aborted=list(coordinator.aborted_attempts),
-        finished_reason=coordinator.finished_reason,
-        seconds=time.perf_counter() - started,
-        compute_s={cid: m.participant.compute_seconds for cid, m in members.items()},
-        upload_values=uploaded,
+        model=run.model,
+        stage_results=run.stage_results,
+        refusals=run.server_refusals,
+        aborted=run.aborted,
+        finished_reason=run.finished_reason,
+        seconds=run.seconds,
+        compute_s={cid: m.participant.compute_seconds for cid, m in run.members.items()},
+        upload_values=run.upload_values,
     )
 
 

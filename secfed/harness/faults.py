@@ -13,13 +13,11 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from secfed.secagg.errors import Phase
+from secfed.secagg.local import UPLOAD_PHASES as SECAGG_UPLOAD_PHASES
 
 __all__ = ["UPLOAD_PHASES", "ClientFault", "parse_faults"]
 
-UPLOAD_PHASES: tuple[str, ...] = tuple(
-    p.value for p in (Phase.ADVERTISE, Phase.SHARE_KEYS, Phase.MASKED_INPUT, Phase.CONSISTENCY, Phase.UNMASK)
-)
+UPLOAD_PHASES: tuple[str, ...] = tuple(p.value for p in SECAGG_UPLOAD_PHASES)
 _SYNTAX = re.compile(r"^(?P<client>[^=\s]+)=(?P<action>kill|hang)@(?P<round>\d+):(?P<phase>[a-z-]+)$")
 
 

@@ -115,12 +115,17 @@ def test_crash_resume_small() -> None:
         CrashResumeOptions(trials=2, rounds=3, max_kills=2, phase_timeout_s=3.0, seed=3, progress=False)
     )
     assert result["ok"], [t["problems"] for t in result["trial_results"]]
-    assert result["trials"] == result["trials_resumed"] == 2
+    trials = result["trial_results"]
+    # A trial resumes to the end, or stops where a kill left released inputs that may have been
+    # summed (they are never re-summed over another cohort): never a lost or repeated round.
+    assert all(t["resumed"] or t["stopped_released"] for t in trials)
     assert result["kills"] >= 2 and result["rounds_lost"] == result["rounds_repeated"] == 0
     assert result["keys_reused"] == 0 and result["session_ids_reused"] == 0
     assert result["witness_keys_checked"] > 0
     # Every committed round's model checked against the plaintext update (log gaps are findings).
-    assert result["models_checked"] == 2 * 3 and result["wrong_sums"] == 0
+    assert (
+        result["models_checked"] == sum(t["rounds_completed"] for t in trials) and result["wrong_sums"] == 0
+    )
 
 
 def test_key_witness_reports_a_reused_key() -> None:
