@@ -405,6 +405,53 @@ def _differencing_toy(restart: bool) -> Callable[[World], tuple[str, str]]:
     return attack
 
 
+def _crash_before_unmask(world: World) -> tuple[str, str]:
+    """Honest: the masked inputs are in, then the coordinator goes silent (a crash) before anyone
+    unmasks. The retry re-sums the same inputs, which is safe: every member attests, in its signed
+    advert, that it abandoned the first session without unmasking, so it can never be unmasked."""
+    server, clients, consortium = toy_world()
+    from secfed.secagg.messages import ConsistencyRequest
+
+    silenced: set[str] = set()
+
+    def drop(cid: str, round_: int, stage: str, msg: Any) -> bool:
+        # The first consistency request of each member is lost with the crashed coordinator.
+        if isinstance(msg, ConsistencyRequest) and cid not in silenced:
+            silenced.add(cid)
+            return True
+        return False
+
+    run = drive(server, clients, consortium, rounds=1, drop=drop, max_attempts=2)
+    if not run.finished_reason.startswith("completed"):
+        return "refused", f"the retry did not complete: {run.finished_reason}"
+    return (
+        "contained",
+        f"the retry re-summed the inputs over the same cohort after {len(run.aborted)} abort(s)",
+    )
+
+
+def _unmask_then_retry_without_victim(world: World) -> tuple[str, str]:
+    """Malicious: two members unmask (with one colluder's shares that is t), the server calls the
+    session failed and re-runs the round without the victim. The two cannot attest abandonment, so
+    the quorum fails and nobody re-releases: no second sum of the same inputs."""
+    server, clients, consortium = toy_world()
+    from secfed.secagg.messages import UnmaskRequest
+
+    seen = {"unmask": 0, "attempt2": False}
+
+    def drop(cid: str, round_: int, stage: str, msg: Any) -> bool:
+        if isinstance(msg, UnmaskRequest) and cid in (VICTIM, "inst03"):
+            seen["unmask"] += 1
+            return True
+        return seen["unmask"] >= 2 and cid == VICTIM  # the victim is left out of the re-run
+
+    run = drive(server, clients, consortium, rounds=1, drop=drop, max_attempts=2)
+    pairs = [s for s in run.stages if VICTIM not in s.result.contributors]
+    if pairs:
+        return "succeeded", "the round was summed again without the victim"
+    return "refused", _reactions(run)
+
+
 def _differencing_fedit_seed(world: World) -> tuple[str, str]:
     """FedIT round 0 completes; the server re-runs it without the victim under another public seed."""
     server, clients, consortium = fedit_world(world)
@@ -710,6 +757,17 @@ ATTACKS: tuple[Attack, ...] = (
     ),
     Attack(
         "fedit: completed round re-run under another public seed", "differencing", _differencing_fedit_seed
+    ),
+    Attack(
+        "toy: coordinator silent after the masked inputs, then its retry",
+        "differencing",
+        _crash_before_unmask,
+        "contained",
+    ),
+    Attack(
+        "toy: two members unmask, the session is called failed, re-run without the victim",
+        "differencing",
+        _unmask_then_retry_without_victim,
     ),
     Attack("fedhds: completed PCA re-run without the victim", "differencing", _differencing_pca),
     Attack(
