@@ -103,11 +103,13 @@ def _data(i: int, n: int) -> dict[str, Any]:
     return {"data": "builtin", "n_clients": n, "client_index": i, "train_per_category": 3, "partition": "iid"}
 
 
-def fedit_world(world: World, n: int = 4, **options: Any) -> tuple[Any, dict[str, Any], Consortium]:
+def fedit_world(
+    world: World, n: int = 4, server_class: type[Any] | None = None, **options: Any
+) -> tuple[Any, dict[str, Any], Consortium]:
     from secfed.fl.fedit import FeditClient, FeditServer
 
     ids = _ids(n)
-    server = FeditServer(
+    server = (server_class or FeditServer)(
         {
             "model": str(world.model),
             "train": {"local_steps": 1, "batch_size": 2, "max_length": 48, "lr": 1e-3},
@@ -437,13 +439,15 @@ def _unmask_then_retry_without_victim(world: World) -> tuple[str, str]:
     server, clients, consortium = toy_world()
     from secfed.secagg.messages import UnmaskRequest
 
-    seen = {"unmask": 0, "attempt2": False}
+    withheld: set[str] = set()
 
     def drop(cid: str, round_: int, stage: str, msg: Any) -> bool:
-        if isinstance(msg, UnmaskRequest) and cid in (VICTIM, "inst03"):
-            seen["unmask"] += 1
+        # In the first session the victim and inst03 are never asked to unmask (only inst01 and
+        # inst02 answer); then the victim is left out of the re-run.
+        if isinstance(msg, UnmaskRequest) and cid in (VICTIM, "inst03") and cid not in withheld:
+            withheld.add(cid)
             return True
-        return seen["unmask"] >= 2 and cid == VICTIM  # the victim is left out of the re-run
+        return len(withheld) == 2 and cid == VICTIM
 
     run = drive(server, clients, consortium, rounds=1, drop=drop, max_attempts=2)
     pairs = [s for s in run.stages if VICTIM not in s.result.contributors]
@@ -458,16 +462,24 @@ def _differencing_fedit_seed(world: World) -> tuple[str, str]:
     first = drive(server, clients, consortium, rounds=1, max_attempts=1)
     if len(first.stages) != 1:
         return "succeeded", f"the honest round did not complete: {first.finished_reason}"
+    from secfed.fl.fedit import FeditInstruction, FeditServer
+
+    class Reseeded(FeditServer):
+        """The same round and starting adapter, another public training seed (an honest-looking server)."""
+
+        def instruction(self, stage: str) -> FeditInstruction:
+            ins = super().instruction(stage)
+            return ins.model_copy(update={"train": replace(ins.train, seed=ins.train.seed + 7)})
+
+    reseeded, _, _ = fedit_world(world, server_class=Reseeded)
     others = {c: t for c, t in clients.items() if c != VICTIM}
     participants = {c: first.members[c].participant for c in others}
-    lie = _Mutate("train.seed", lambda s: s + 7, to=_everyone)
     again = drive(
-        server,
+        reseeded,
         others,
         consortium,
         rounds=1,
         participants=participants,
-        lie=lie,
         initial_model=server.initial_model(),
     )
     if again.stages:
