@@ -37,9 +37,11 @@ class CoresetConfig:
     election stages per round resolve collisions.
 
     Defaults were measured on 800 Dolly records (10 clients x 80, SmolLM2 last-token features of 7
-    layers): ``bins=12`` selects 5 % of records with coverage 0.77 (plaintext FedHDS: 0.79 at 14 %)
-    while suppressing 7 % of centroids; finer grids suppress more (13 % at 16, 50 % at 32) for no
-    gain. Local noise as singletons and cells placed at their centroid means each gained about 0.04
+    layers). Production raises ``min_cohort`` to ``c + 2`` (5 at n = 10 with a third colluding), and
+    that floor decides the grid: over 5 rounds, 6 bins give coverage 0.81 selecting 2.3 % of
+    records, 8 bins 0.85 and 12 bins 0.98 (no better than random: most cells are suppressed), so
+    ``bins=6`` is the non-DP default (results in ``benchmarks/results/coreset-floor5-bins*.json``).
+    Local noise as singletons and cells placed at their centroid means each gained about 0.04
     coverage over the alternatives; 16 slots per bucket need 1.6 election stages on average, 8 need 2.
     """
 
@@ -48,7 +50,7 @@ class CoresetConfig:
     dims: int = 2
     bound: float = 2.0
     max_records: int = 100_000
-    bins: int = 12
+    bins: int = 6
     range_std: float = 2.5
     min_cohort: int = 2
     local_min_cluster_size: int = 2
