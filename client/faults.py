@@ -14,8 +14,7 @@ import time
 from dataclasses import dataclass
 from typing import Literal
 
-from secfed.secagg.errors import Phase
-from secfed.secagg.local import UPLOAD_PHASES
+from secfed.secagg.errors import UPLOAD_PHASES, Phase
 
 _UPLOAD_PHASES = {p.value: p for p in UPLOAD_PHASES}
 _SPEC = re.compile(r"^(kill|hang)@(\d+):([a-z-]+)$")

@@ -23,8 +23,8 @@ from secfed.crypto.identity import TrustAnchor
 from secfed.pki.issue import create_ca, issue_client
 from secfed.secagg.client import ClientSession
 from secfed.secagg.config import SessionConfig, default_colluding, required_threshold
-from secfed.secagg.errors import Phase
-from secfed.secagg.local import UPLOAD_PHASES, LocalRouter
+from secfed.secagg.errors import UPLOAD_PHASES, Phase
+from secfed.secagg.local import LocalRouter
 from secfed.secagg.server import ServerSession
 from secfed.secagg.spec import Segment, VectorSpec
 

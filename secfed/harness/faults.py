@@ -13,7 +13,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from secfed.secagg.local import UPLOAD_PHASES as SECAGG_UPLOAD_PHASES
+from secfed.secagg.errors import UPLOAD_PHASES as SECAGG_UPLOAD_PHASES
 
 __all__ = ["UPLOAD_PHASES", "ClientFault", "parse_faults"]
 

@@ -26,6 +26,17 @@ class Phase(StrEnum):
     ABORTED = "aborted"
 
 
+#: The phases in which a client uploads, in order; a client "dropped at" one of them sends nothing from then on.
+UPLOAD_PHASES = (
+    Phase.ADVERTISE,
+    Phase.SHARE_KEYS,
+    Phase.COMPUTE,
+    Phase.MASKED_INPUT,
+    Phase.CONSISTENCY,
+    Phase.UNMASK,
+)
+
+
 class SecAggError(Exception):
     """Base class: a protocol step was refused."""
 

@@ -16,7 +16,7 @@ from functools import partial
 from typing import TypeVar
 
 from secfed.secagg.client import ClientSession
-from secfed.secagg.errors import Phase, SecAggError
+from secfed.secagg.errors import UPLOAD_PHASES, Phase, SecAggError
 from secfed.secagg.messages import (
     AdvertBroadcast,
     AggregateResult,
@@ -30,16 +30,6 @@ from secfed.secagg.server import ServerSession
 
 T = TypeVar("T")
 U = TypeVar("U")
-
-#: The phases in which a client uploads, in order; a client "dropped at" one of them sends nothing from then on.
-UPLOAD_PHASES = (
-    Phase.ADVERTISE,
-    Phase.SHARE_KEYS,
-    Phase.COMPUTE,
-    Phase.MASKED_INPUT,
-    Phase.CONSISTENCY,
-    Phase.UNMASK,
-)
 
 
 @dataclass

@@ -24,6 +24,7 @@ from secfed.crypto.identity import IdentityError, TrustAnchor, verify_signature
 from secfed.secagg import derive
 from secfed.secagg.config import SessionConfig
 from secfed.secagg.errors import (
+    UPLOAD_PHASES,
     BelowThresholdError,
     LateMessageError,
     MalformedInputError,
@@ -52,15 +53,7 @@ from secfed.secagg.messages import (
 )
 from secfed.secagg.unmask import remove_masks
 
-_ORDER = [
-    Phase.ADVERTISE,
-    Phase.SHARE_KEYS,
-    Phase.COMPUTE,
-    Phase.MASKED_INPUT,
-    Phase.CONSISTENCY,
-    Phase.UNMASK,
-    Phase.DONE,
-]
+_ORDER = [*UPLOAD_PHASES, Phase.DONE]
 _MAX_CIPHERTEXT = 1024
 # How many share subsets to try when a reconstruction fails its check (a peer sent a corrupt share).
 _MAX_RECONSTRUCTION_TRIES = 256

@@ -29,8 +29,7 @@ from secfed.pki.files import load_ca, load_crl
 from secfed.pki.issue import revoke
 from secfed.pki.kit import load_kit
 from secfed.proto.v1 import federation_pb2 as pb
-from secfed.secagg.errors import Phase
-from secfed.secagg.local import UPLOAD_PHASES
+from secfed.secagg.errors import UPLOAD_PHASES, Phase
 from secfed.wire import chunks, convert
 from tests.federation import rawclient as rc
 from tests.federation.support import Federation, check_plaintext_sums, rounds_log

@@ -25,8 +25,7 @@ import pytest
 
 from secfed.pki.kit import load_kit
 from secfed.secagg.client import ClientSession
-from secfed.secagg.errors import Phase
-from secfed.secagg.local import UPLOAD_PHASES
+from secfed.secagg.errors import UPLOAD_PHASES, Phase
 from secfed.wire import chunks, convert
 from server.config import Limits
 from server.runtime import FederationServer
@@ -47,7 +46,6 @@ from tests.reliability.support import (
 
 pytestmark = pytest.mark.timeout(90)
 
-UPLOAD_PHASES = UPLOAD_PHASES  # every phase in which a client uploads, the compute phase included
 VICTIM = "inst04"
 OTHERS = ("inst00", "inst01", "inst02", "inst03")
 

@@ -8,8 +8,8 @@ import numpy as np
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from secfed.secagg.errors import BelowThresholdError, Phase
-from secfed.secagg.local import UPLOAD_PHASES, LocalRouter
+from secfed.secagg.errors import UPLOAD_PHASES, BelowThresholdError, Phase
+from secfed.secagg.local import LocalRouter
 from secfed.secagg.spec import RingBits, Segment, VectorSpec
 from tests.secagg.support import Consortium, make_session
 

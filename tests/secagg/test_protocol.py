@@ -9,9 +9,9 @@ from secfed.crypto import shamir
 from secfed.crypto.agreement import agree, private_from_bytes
 from secfed.crypto.prg import MaskAccumulator
 from secfed.secagg import derive
-from secfed.secagg.errors import BelowThresholdError, LateMessageError, Phase
+from secfed.secagg.errors import UPLOAD_PHASES, BelowThresholdError, LateMessageError, Phase
 from secfed.secagg.fixedpoint import decode, encode
-from secfed.secagg.local import UPLOAD_PHASES, LocalRouter
+from secfed.secagg.local import LocalRouter
 from secfed.secagg.messages import AggregateResult
 from tests.secagg.support import Consortium, Session, make_session, masked_inputs, small_spec
 
