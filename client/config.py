@@ -31,6 +31,12 @@ class ClientConfig:
     audit_ledger: Path = Path("audit-ledger.jsonl")
     # Every input this institution has released (durable): none is summed twice (no differencing).
     release_log: Path = Path("releases.jsonl")
+    # CPU threads for local training (0 = torch's default, every core): several clients sharing one
+    # machine each set a share, or they oversubscribe the CPU and all run slower.
+    torch_threads: int = 0
+    # This institution's copy of the federation's result (see ClientRuntime): final/ at the end.
+    model_dir: Path = Path("global-model")
+    checkpoint_every: int = 0
     task: str = "toy-mean"
     task_options: dict[str, Any] = field(default_factory=dict)
     retry: RetryPolicy = field(default_factory=RetryPolicy)
@@ -45,10 +51,13 @@ def load_client_config(path: Path) -> ClientConfig:
     server = cli.get("server", str, "") or None
     audit_ledger = path.parent / cli.get("audit_ledger", str, "audit-ledger.jsonl")
     release_log = path.parent / cli.get("release_log", str, "releases.jsonl")
+    torch_threads = cli.number("torch_threads", int, 0, low=0, high=1024)
+    model_dir = path.parent / cli.get("model_dir", str, "global-model")
+    checkpoint_every = cli.number("checkpoint_every", int, 0, low=0)
     cli.finish()
     task = doc.table("task")
     name = task.get("name", str, "toy-mean")
-    options = dict(task.get("options", dict, {}))
+    options = tomlconfig.resolve_task_paths(path.parent, task.get("options", dict, {}))
     task.finish()
     r = doc.table("retry")
     retry = RetryPolicy(
@@ -81,6 +90,9 @@ def load_client_config(path: Path) -> ClientConfig:
         server=server,
         audit_ledger=audit_ledger,
         release_log=release_log,
+        torch_threads=torch_threads,
+        model_dir=model_dir,
+        checkpoint_every=checkpoint_every,
         task=name,
         task_options=options,
         retry=retry,

@@ -71,6 +71,12 @@ _PHASE_OF: dict[type, Phase] = {
 _MAX_MODEL_BYTES = 8 * 1024**3
 
 
+def _looks_like_tls_refusal(details: str) -> bool:
+    """gRPC reports a TLS handshake the server broke off as UNAVAILABLE; its details say so."""
+    lowered = details.lower()
+    return any(word in lowered for word in ("handshake", "certificate", "ssl", "tls"))
+
+
 class ClientStopped(Exception):  # noqa: N818 - the run ended (refused, gave up): carries the reason
     pass
 
@@ -83,6 +89,7 @@ class ClientReport:
     rounds_completed: list[int] = field(default_factory=list)
     violations: list[str] = field(default_factory=list)
     refusals: list[tuple[int, str]] = field(default_factory=list)
+    model_saved: Path | None = None  # this institution's copy of the federation's result
 
 
 def _note_round(rounds: list[int], round_: int) -> None:
@@ -103,6 +110,8 @@ class ClientRuntime:
         policy: InstitutionPolicy | None = None,
         releases: ReleaseLog | None = None,
         audit_ledger: Path | None = None,
+        model_dir: Path | None = None,
+        checkpoint_every: int = 0,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         if kit.role != "client":
@@ -125,6 +134,11 @@ class ClientRuntime:
         # what it revealed (cohort sums under which parameters), independent of the server's word.
         self._audit = HashChain(audit_ledger) if audit_ledger is not None else None
         self._session_config: SessionConfig | None = None
+        # Where this institution keeps the global model: model_dir/final at the end (or
+        # model_dir/after-round-N when the run stopped early), model_dir/after-round-N every
+        # ``checkpoint_every`` rounds.
+        self.model_dir = model_dir
+        self.checkpoint_every = checkpoint_every
 
     # -- transport -----------------------------------------------------------------------------
     def _channel(self) -> grpc.Channel:
@@ -151,7 +165,20 @@ class ClientRuntime:
                 code = exc.code()
                 if code not in _RETRYABLE or time.monotonic() > give_up:
                     raise ClientStopped(f"{what} failed: {code.name}: {exc.details()}") from exc
-                logs.event(log, "retry", logging.DEBUG, rpc=what, code=code.name, delay=f"{delay:.2f}")
+                details = str(exc.details() or "")
+                if _looks_like_tls_refusal(details):
+                    logs.event(
+                        log,
+                        "certificate-rejected",
+                        logging.WARNING,
+                        rpc=what,
+                        server=self.address,
+                        cause=details,
+                        hint="the coordinator refused this kit's certificate (another CA, revoked, expired?): "
+                        "run `secfed certs check` on the kit",
+                    )
+                else:
+                    logs.event(log, "retry", rpc=what, code=code.name, cause=details, delay=f"{delay:.2f}")
                 self._sleep(delay * (0.5 + secrets.randbelow(1000) / 2000))
                 delay = min(delay * 2, self.retry.max_backoff_s)
 
@@ -171,7 +198,7 @@ class ClientRuntime:
             except OSError as exc:  # refused, reset or timed out: nobody is serving there yet
                 if time.monotonic() > give_up:
                     raise ClientStopped(f"server {self.address} unreachable: {exc}") from exc
-                logs.event(log, "retry", logging.DEBUG, rpc="verify_server", error=str(exc))
+                logs.event(log, "waiting-for-coordinator", server=self.address, cause=str(exc))
                 self._sleep(delay * (0.5 + secrets.randbelow(1000) / 2000))
                 delay = min(delay * 2, self.retry.max_backoff_s)
 
@@ -202,6 +229,7 @@ class ClientRuntime:
                     self.report.finished_reason = ins.finished.reason
                     self._drop_session()
                     logs.event(log, "finished", client=self.kit.client_id, reason=ins.finished.reason)
+                    self._save_final(stub, ins.finished)
                     return self.report
                 if step == "wait" or ins.instruction_id in self._handled:
                     self._sleep(max(ins.wait.retry_after_ms, 50) / 1000 if step == "wait" else 0.05)
@@ -259,6 +287,7 @@ class ClientRuntime:
             config, rs.task, task_config, model, secure=not rs.insecure_plaintext, evidence=evidence
         )
         upload = self.participant.start(start)
+        self._checkpoint(config.round, model)
         if isinstance(upload, Refusal):
             self._upload(stub, ins, Phase.ADVERTISE, upload)
             return
@@ -268,6 +297,46 @@ class ClientRuntime:
         )
         if not isinstance(upload, AdvertiseKeys):
             _note_round(self.report.rounds_completed, config.round)
+
+    def _save_final(self, stub: pb_grpc.FederationStub, finished: pb.Finished) -> None:
+        """Fetch the federation's result and keep this institution's copy of it."""
+        if self.model_dir is None or not finished.HasField("final_model"):
+            return
+        done = int(finished.rounds_completed)
+        name = "final" if finished.reason.startswith("completed") else f"after-round-{done - 1}"
+        try:
+            model = self._download(stub, finished.final_model)
+        except (ClientStopped, WireError) as exc:
+            logs.event(log, "model-not-saved", logging.WARNING, client=self.kit.client_id, error=str(exc))
+            return
+        self._save_model(model, done, self.model_dir / name)
+
+    def _checkpoint(self, round_: int, model: np.ndarray) -> None:
+        """Every ``checkpoint_every`` rounds, keep the global model a round starts from."""
+        every = self.checkpoint_every
+        if self.model_dir is None or not every or round_ == 0 or round_ % every:
+            return
+        directory = self.model_dir / f"after-round-{round_ - 1}"
+        if not directory.exists():
+            self._save_model(model, round_, directory)
+
+    def _save_model(self, model: np.ndarray, rounds_completed: int, directory: Path) -> None:
+        try:
+            self.task.save_model(model, rounds_completed, directory)
+        except ValueError as exc:  # refused (a crafted model) or nothing to save it with
+            logs.event(
+                log,
+                "model-not-saved",
+                logging.WARNING,
+                client=self.kit.client_id,
+                directory=str(directory),
+                error=str(exc),
+            )
+            return
+        self.report.model_saved = directory
+        logs.event(
+            log, "model-saved", client=self.kit.client_id, directory=str(directory), rounds=rounds_completed
+        )
 
     def _refused_locally(self, round_: int, category: str, exc: ValueError) -> None:
         """The full reason of a refusal stays here, in the institution's log and audit ledger."""

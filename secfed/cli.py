@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from secfed.bench import round as bench_round
 from secfed.bench import secagg as bench_secagg
 from secfed.bench import train as bench_train
 from secfed.harness import simulate as simulate_harness
+from secfed.pki.files import PkiError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -98,13 +100,24 @@ def _server(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, lambda *_: server.stop_event.set())
     try:
         reason = server.wait()
+    except KeyboardInterrupt:
+        reason = "stopped by a signal"
     finally:
         server.stop()
+    if reason == "stopped" or reason.startswith("stopped by"):
+        reason = f"stopped by a signal; state kept in {config.state_db}: start it again to resume"
     print(f"secfed server: {reason}")
     return 0 if reason.startswith("completed") else 1
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    """SIGTERM stops a client as Ctrl-C does: at once, with a last log line, without a traceback."""
+    raise KeyboardInterrupt
+
+
 def _client(args: argparse.Namespace) -> int:
+    import signal
+
     from client.config import load_client_config
     from client.faults import Fault
     from client.runtime import ClientRuntime, ClientStopped
@@ -114,6 +127,10 @@ def _client(args: argparse.Namespace) -> int:
     from secfed.pki.kit import load_kit
 
     config = load_client_config(args.config)
+    if config.torch_threads:
+        import torch
+
+        torch.set_num_threads(config.torch_threads)
     kit = load_kit(config.kit)
     address = args.server or config.server or kit.server_address
     if not address:
@@ -127,14 +144,27 @@ def _client(args: argparse.Namespace) -> int:
         policy=config.policy,
         releases=ReleaseLog(config.release_log),
         audit_ledger=config.audit_ledger,
+        model_dir=config.model_dir,
+        checkpoint_every=config.checkpoint_every,
     )
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         report = runtime.run()
     except (ClientStopped, ServerRefused) as exc:
         print(f"secfed client {kit.client_id}: stopped: {exc}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        logs.event(logging.getLogger("secfed.client"), "stopped", client=kit.client_id, by="signal")
+        print(
+            f"secfed client {kit.client_id}: stopped by a signal (any session in progress is abandoned; "
+            "start it again to rejoin)",
+            file=sys.stderr,
+        )
+        return 130
+    saved = f"; global model saved to {report.model_saved}" if report.model_saved is not None else ""
     print(
-        f"secfed client {kit.client_id}: {report.finished_reason}; rounds completed {report.rounds_completed}"
+        f"secfed client {kit.client_id}: {report.finished_reason}; "
+        f"rounds completed {report.rounds_completed}{saved}"
     )
     return 0
 
@@ -164,7 +194,10 @@ def main(argv: list[str] | None = None) -> int:
     logs.configure(args.log_level)
     try:
         code: int = args.func(args)
-    except (ValueError, RuntimeError, OSError) as exc:
+    except KeyboardInterrupt:  # Ctrl-C, or SIGTERM for the long-running commands: one line, no traceback
+        print(f"secfed {args.command}: stopped by a signal", file=sys.stderr)
+        return 130
+    except (ValueError, RuntimeError, OSError, PkiError) as exc:
         print(f"secfed {args.command}: error: {exc}", file=sys.stderr)
         return 2
     return code

@@ -6,10 +6,13 @@ falls back to a default; every error names the file and the dotted field.
 
 from __future__ import annotations
 
+import difflib
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TypeVar
+
+from secfed.data.builtin import BUILTIN_DATA
 
 T = TypeVar("T")
 
@@ -37,7 +40,12 @@ class Section:
         self._read.add(key)
         if key not in self.data:
             if required or default is None:
-                raise self.error(key, "is required")
+                unread = [k for k in self.data if k not in self._read]
+                typo = difflib.get_close_matches(key, unread, n=1)
+                hint = (
+                    f" (the file has {typo[0]!r}, which is not a known key: a misspelling?)" if typo else ""
+                )
+                raise self.error(key, f"is required{hint}")
             return default
         value = self.data[key]
         if kind is float and isinstance(value, int) and not isinstance(value, bool):
@@ -85,3 +93,20 @@ def load(path: Path) -> Section:
     except tomllib.TOMLDecodeError as exc:
         raise ConfigFileError(f"{path}: not valid TOML: {exc}") from exc
     return Section(path, "", data)
+
+
+def resolve_task_paths(base: Path, options: Mapping[str, Any]) -> dict[str, Any]:
+    """Task options with local paths made absolute against ``base`` (the configuration's directory).
+
+    ``data`` is always a path (or the word ``"builtin"``); ``model`` is a path only when it looks like
+    one (it holds a ``/`` or starts with ``.``): a registry name such as ``smollm2-135m-instruct``
+    stays as it is.
+    """
+    out = dict(options)
+    data = out.get("data")
+    if isinstance(data, str) and data != BUILTIN_DATA and not Path(data).is_absolute():
+        out["data"] = str((base / data).resolve())
+    model = out.get("model")
+    if isinstance(model, str) and ("/" in model or model.startswith(".")) and not Path(model).is_absolute():
+        out["model"] = str((base / model).resolve())
+    return out

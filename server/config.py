@@ -69,6 +69,7 @@ def load_server_config(path: Path) -> ServerConfig:
             colluding_fraction=Fraction(colluding).limit_denominator(1000),
             phase_timeout_s=rounds.number("phase_timeout_s", float, 30.0, low=0.1),
             compute_timeout_s=rounds.number("compute_timeout_s", float, RoundPlan.compute_timeout_s, low=0.1),
+            join_timeout_s=rounds.number("join_timeout_s", float, RoundPlan.join_timeout_s, low=0.1),
             max_attempts=rounds.number("max_attempts", int, 3, low=1),
             seed=rounds.get("seed", int, 0),
             secure=not rounds.get("insecure_plaintext", bool, False),
@@ -79,7 +80,7 @@ def load_server_config(path: Path) -> ServerConfig:
 
     task = doc.table("task")
     task_name = task.get("name", str, "toy-mean")
-    task_options = dict(task.get("options", dict, {}))
+    task_options = tomlconfig.resolve_task_paths(base, task.get("options", dict, {}))
     task.finish()
     dp = task_options.get("dp")
     if isinstance(dp, dict) and "target_epsilon" in dp and "rounds" not in dp:

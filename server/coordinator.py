@@ -79,10 +79,32 @@ class RoundPlan:
     # The compute phase (local training, feature extraction) has its own deadline, sized for LLM work
     # on CPU: the SecAgg phases around it are short, but a round's training can take many minutes.
     compute_timeout_s: float = 1800.0
+    # The first phase of the run waits this long for the whole cohort to come up (institutions start
+    # their clients by hand, load models, ...) before its own phase deadline starts running.
+    join_timeout_s: float = 600.0
     max_attempts: int = 3
     seed: int = 0
     # False = INSECURE plaintext aggregation (the server sees every contribution): benchmarks only.
     secure: bool = True
+
+    def cohort_size(self, roster_size: int) -> int:
+        """How many of the roster each round samples (public, never fewer than ``min_cohort``)."""
+        return min(roster_size, max(self.min_cohort, round(self.participation * roster_size)))
+
+    def colluders(self, n: int) -> int:
+        """The consortium's bound on clients colluding with the server in a roster of ``n``."""
+        return int(n * self.colluding_fraction)
+
+    def dropout_tolerance(self, roster_size: int) -> tuple[int, int, int]:
+        """``(cohort, threshold, dropouts a round survives)`` for a roster of ``roster_size``.
+
+        A sum is released only with at least the SecAgg threshold ``t`` and ``c + 2`` contributors
+        (and ``min_cohort``), so a cohort of ``n`` survives ``n - max(t, c + 2, min_cohort)`` dropouts.
+        """
+        n = self.cohort_size(roster_size)
+        c = self.colluders(n)
+        t = required_threshold(n, c)
+        return n, t, max(0, n - max(t, c + 2, self.min_cohort))
 
     def __post_init__(self) -> None:
         if self.rounds < 1:
@@ -91,8 +113,13 @@ class RoundPlan:
             raise ValueError("participation must be in (0, 1]")
         if self.min_cohort < 3:
             raise ValueError("min_cohort must be >= 3")
-        if self.phase_timeout_s <= 0 or self.compute_timeout_s <= 0 or self.max_attempts < 1:
-            raise ValueError("phase_timeout_s and compute_timeout_s must be > 0 and max_attempts >= 1")
+        if (
+            min(self.phase_timeout_s, self.compute_timeout_s, self.join_timeout_s) <= 0
+            or self.max_attempts < 1
+        ):
+            raise ValueError(
+                "phase_timeout_s, compute_timeout_s and join_timeout_s must be > 0 and max_attempts >= 1"
+            )
 
 
 @dataclass(frozen=True)
@@ -176,6 +203,7 @@ class _Attempt:
     summary: Mapping[str, Any] | None = None  # the open stage's StagePlan.summary
     phase_started: float = 0.0
     delivered: bool = False
+    joining: bool = False  # the run's first phase, waiting for the cohort to come up (join_timeout_s)
     done: list[StageResult] = field(default_factory=list)
     phase_seconds: dict[str, float] = field(default_factory=dict)
     outbox: dict[str, Pending] = field(default_factory=dict)
@@ -219,6 +247,9 @@ class Coordinator:
         self.phase_seconds: list[dict[str, float]] = []  # per completed round: seconds each phase stayed open
         self.finished_reason: str | None = None
         self._attempt: _Attempt | None = None
+        # Clients heard from in this process, and until when the first phase waits for the rest.
+        self._joined: set[str] = set()
+        self._join_deadline: float | None = None
         # After a restart the first round resumes at the state database's next attempt number, never
         # at 1 again: the attempt is bound into the session's signed configuration, and a repeated
         # number would make the dead incarnation's adverts (same round, roster and model) valid here.
@@ -229,6 +260,7 @@ class Coordinator:
     # -- public API used by the transport ------------------------------------------------------
     def poll(self, client_id: str) -> Pending:
         """The instruction for ``client_id`` now: the pending one for this phase, or wait."""
+        self._note_join(client_id)
         self.tick()
         if self.finished_reason is not None:
             return Pending(0, Finished(self.finished_reason), b"", self.clock())
@@ -285,6 +317,26 @@ class Coordinator:
         attempt.outbox.pop(client_id, None)
         self._advance_if_complete(attempt)
 
+    def _note_join(self, client_id: str) -> None:
+        """A client is up. Once the whole cohort is, the first phase runs on its own (short) deadline."""
+        if client_id in self._joined:
+            return
+        now = self.clock()
+        self._joined.add(client_id)
+        if self._join_deadline is None:
+            self._join_deadline = now + self.plan.join_timeout_s
+        attempt = self._attempt
+        if attempt is None or not attempt.delivered or not attempt.joining:
+            return
+        missing = self._not_joined(attempt)
+        if not missing:
+            attempt.joining = False
+            attempt.deadline = min(attempt.deadline, now + self.plan.phase_timeout_s)
+            logs.event(log, "cohort-joined", round=attempt.round, attempt=attempt.number)
+
+    def _not_joined(self, attempt: _Attempt) -> list[str]:
+        return sorted(set(attempt.session.config.roster) - self._joined)
+
     def _heard_of(self, attempt: _Attempt) -> None:
         """A client has heard of ``attempt``: start its first phase's deadline if it has not started.
 
@@ -295,7 +347,23 @@ class Coordinator:
         """
         if not attempt.delivered:
             attempt.delivered = True
-            self._send({cid: p.instruction for cid, p in attempt.outbox.items()}, attempt)
+            timeout = None
+            missing = self._not_joined(attempt)
+            now = self.clock()
+            if attempt.joining and missing and self._join_deadline is not None and self._join_deadline > now:
+                # Members still starting up: the first phase waits for them until the join deadline.
+                timeout = max(self.plan.phase_timeout_s, self._join_deadline - now)
+                logs.event(
+                    log,
+                    "waiting-for-cohort",
+                    round=attempt.round,
+                    attempt=attempt.number,
+                    missing=",".join(missing),
+                    until_s=f"{timeout:.0f}",
+                )
+            else:
+                attempt.joining = False
+            self._send({cid: p.instruction for cid, p in attempt.outbox.items()}, attempt, timeout)
 
     def refuse(self, client_id: str, round_: int, reason: str) -> None:
         """A client declines this round (e.g. its privacy budget is spent): stop waiting for it."""
@@ -327,8 +395,7 @@ class Coordinator:
     def _cohort(self, attempt: int) -> tuple[str, ...]:
         # Cohort choice is public and must be reproducible, not secret: a seeded PRNG is right here.
         rng = random.Random(f"{self.plan.seed}/{self.round}/{attempt}")  # noqa: S311
-        k = max(self.plan.min_cohort, round(self.plan.participation * len(self.roster)))
-        return tuple(sorted(rng.sample(self.roster, min(k, len(self.roster)))))
+        return tuple(sorted(rng.sample(self.roster, self.plan.cohort_size(len(self.roster)))))
 
     def _start_attempt(self, number: int, tries: int = 1) -> None:
         if self.round >= self.plan.rounds:
@@ -339,7 +406,12 @@ class Coordinator:
         self.observer.attempt_started(self.round, number)
         try:
             plan = next_stage(
-                self.task, self.round, self.model, [], colluders=self._colluders(len(cohort)), attempt=number
+                self.task,
+                self.round,
+                self.model,
+                [],
+                colluders=self.plan.colluders(len(cohort)),
+                attempt=number,
             )
             if plan is None:
                 raise ValueError("the task planned no stage for the round")
@@ -360,8 +432,9 @@ class Coordinator:
             started=now,
             stage=plan.name,
             broadcast=start.task_config,
-            colluders=self._colluders(len(cohort)),
+            colluders=self.plan.colluders(len(cohort)),
             summary=plan.summary,
+            joining=self._join_deadline is None or now < self._join_deadline,
         )
         self._send(dict.fromkeys(cohort, start), self._attempt)
         logs.event(
@@ -374,15 +447,11 @@ class Coordinator:
             stage=plan.name,
         )
 
-    def _colluders(self, n: int) -> int:
-        """The consortium's bound on clients colluding with the server in a roster of ``n``."""
-        return int(n * self.plan.colluding_fraction)
-
     def _open_stage(
         self, plan: StagePlan, roster: tuple[str, ...], attempt: int, evidence: SumEvidence | None = None
     ) -> tuple[ServerSession | PlaintextSession, RoundStart]:
         n = len(roster)
-        colluding = self._colluders(n)
+        colluding = self.plan.colluders(n)
         task_config = {**plan.config, "stage": plan.name}
         config = SessionConfig(
             round=self.round,

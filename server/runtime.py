@@ -119,6 +119,28 @@ class StoreObserver(CoordinatorObserver):
         )
 
 
+def log_dropout_tolerance(config: ServerConfig) -> None:
+    """Say at start how many dropouts a round survives; a configuration that survives none says so."""
+    plan = config.plan
+    cohort, threshold, tolerated = plan.dropout_tolerance(len(config.roster))
+    colluders = plan.colluders(cohort)
+    facts = {"cohort": cohort, "roster": len(config.roster), "threshold": threshold, "colluders": colluders}
+    if tolerated:
+        logs.event(log, "dropout-tolerance", **facts, survives_dropouts=tolerated)
+        return
+    logs.event(
+        log,
+        "dropout-tolerance",
+        logging.WARNING,
+        **facts,
+        survives_dropouts=0,
+        advice=(
+            "one institution that drops out or crashes aborts the attempt; add institutions to the roster "
+            "or lower [rounds].colluding_fraction (each institution's [policy] floor still applies)"
+        ),
+    )
+
+
 def pending_line_path(rounds_log: Path) -> Path:
     return rounds_log.with_name(rounds_log.name + ".pending")
 
@@ -229,6 +251,7 @@ class FederationServer:
         logs.event(
             log, "listening", address=config.listen, port=port, first_round=first_round, run=store.run_id
         )
+        log_dropout_tolerance(config)
         return server
 
     def _tick_loop(self, lock: threading.Lock) -> None:
@@ -237,16 +260,25 @@ class FederationServer:
                 self.coordinator.tick()
                 self.service.notify()
 
-    def wait(self, linger_s: float = 10.0) -> str:
-        """Block until the federation finishes and every client has heard so (or ``linger_s`` passed)."""
+    def wait(self, linger_s: float = 30.0) -> str:
+        """Block until the federation finishes and every client has its copy of the result (or
+        ``linger_s`` passed).
+
+        The model after the last completed round is exported beside the state database whether or not
+        the run completed (an interrupted run keeps what it achieved), and clients fetch the same model.
+        """
         while self.coordinator.finished_reason is None and not self.stop_event.is_set():
             time.sleep(0.1)
-        if self.coordinator.finished_reason is not None and self.coordinator.finished_reason.startswith(
-            "completed"
-        ):
+        if self.coordinator.finished_reason is not None and self.coordinator.round > 0:
             out = self.config.state_db.parent
             self.coordinator.task.export(self.coordinator.model, out)
-            logs.event(log, "exported", directory=str(out), task=self.coordinator.task.name)
+            logs.event(
+                log,
+                "exported",
+                directory=str(out),
+                task=self.coordinator.task.name,
+                rounds_completed=self.coordinator.round,
+            )
         deadline = time.monotonic() + linger_s
         roster = set(self.config.roster)
         while (

@@ -119,6 +119,12 @@ class FederationService(pb_grpc.FederationServicer):
             ins.wait.retry_after_ms = int(step.retry_after_s * 1000)
         elif isinstance(step, Finished):
             ins.finished.reason = step.reason
+            if self._coord.round > 0:  # the model after the last completed round: everyone keeps a copy
+                digest, data = self._current_model()
+                ins.finished.final_model.hash = digest
+                ins.finished.final_model.size_bytes = len(data)
+                ins.finished.final_model.dtype = pb.TENSOR_DTYPE_FLOAT32
+                ins.finished.rounds_completed = self._coord.round
         elif isinstance(step, RoundStart):
             digest, data = self._current_model()
             rs = ins.round_start
@@ -193,8 +199,8 @@ class FederationService(pb_grpc.FederationServicer):
                 finally:
                     self._long_polls -= 1
                 pending = self._coord.poll(peer.client_id)
-            if isinstance(pending.instruction, Finished):
-                self.finished_clients.add(peer.client_id)
+            if isinstance(pending.instruction, Finished) and self._coord.round == 0:
+                self.finished_clients.add(peer.client_id)  # nothing to fetch: this client is done
             instruction = self._instruction(pending)
             self.wire_bytes["instructions"] += instruction.ByteSize()
             return instruction
@@ -260,6 +266,7 @@ class FederationService(pb_grpc.FederationServicer):
         peer = self._peer(context, "Download")
         with self._lock:
             digest, data = self._current_model()
+            final = self._coord.finished_reason is not None
         if request.model_hash != digest:
             context.abort(
                 grpc.StatusCode.NOT_FOUND, f"client {peer.client_id!r}: that model is not the current one"
@@ -269,6 +276,9 @@ class FederationService(pb_grpc.FederationServicer):
             yield from chunks.split_download(data, self._limits.chunk_bytes, request.offset, sha256=digest)
         except WireError as exc:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        if final:  # the whole final model went out: the server need not wait for this client any more
+            with self._lock:
+                self.finished_clients.add(peer.client_id)
 
     def Heartbeat(self, request: pb.HeartbeatRequest, context: grpc.ServicerContext) -> pb.HeartbeatReply:
         peer = self._peer(context, "Heartbeat")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from tests.secagg.support import Consortium, make_consortium
@@ -10,3 +12,15 @@ from tests.secagg.support import Consortium, make_consortium
 @pytest.fixture(scope="session")
 def consortium() -> Consortium:
     return make_consortium(30)
+
+
+@pytest.fixture(scope="module")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random Llama and its byte tokenizer saved as a model directory (as institutions load one)."""
+    from secfed.model.tiny import tiny_llama
+
+    path = tmp_path_factory.mktemp("tiny-model")
+    loaded = tiny_llama(seed=1)
+    loaded.model.save_pretrained(path)
+    loaded.tokenizer.save_pretrained(path)
+    return path

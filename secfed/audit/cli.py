@@ -20,7 +20,13 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
             "signed with the server key. Reports go to RUN_DIR/audit/ (JSON always, plus the chosen format)."
         ),
     )
-    report.add_argument("run_dir", type=Path, metavar="RUN_DIR")
+    report.add_argument(
+        "run_dir",
+        type=Path,
+        metavar="RUN_DIR_OR_CONFIG",
+        help="a run directory, an institution's client.toml (its own report) or the coordinator's "
+        "server.toml (the federation report); reports go to audit/ beside it",
+    )
     report.add_argument("--institution", metavar="ID", help="only this institution's report")
     report.add_argument("--format", choices=["html", "json", "pdf"], default="html", help="default html")
     report.add_argument("--out", type=Path, help="write the rendered report here (one report only)")
@@ -36,7 +42,11 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
         ),
     )
     verify.add_argument("target", type=Path, metavar="REPORT_OR_RUN_DIR")
-    verify.add_argument("--ca", type=Path, help="consortium CA certificate (default RUN_DIR/pki/ca/ca.pem)")
+    verify.add_argument(
+        "--ca",
+        type=Path,
+        help="consortium CA certificate (default: pki/ca/ca.pem, kit/ca.pem, ... found there)",
+    )
     verify.add_argument("--json", action="store_true", help="print the findings as JSON")
     verify.set_defaults(func=_verify)
 

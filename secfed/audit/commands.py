@@ -1,6 +1,9 @@
-"""``secfed audit report`` and ``secfed audit verify`` over a run directory.
+"""``secfed audit report`` and ``secfed audit verify`` over a run directory or one party's configuration.
 
-A run directory is what ``secfed simulate`` writes (and what a deployment can reproduce by hand)::
+In a deployment every party reports from its own directory: ``secfed audit report client.toml`` writes
+the institution's signed report (from its ledgers, with its kit's key) to ``audit/`` beside the
+configuration, and ``secfed audit report server.toml`` the coordinator's federation report (from its
+state database, wherever ``state_db`` puts it). A run directory is what ``secfed simulate`` writes::
 
     RUN/server.toml                 [server] kit, state_db, federation_name, roster; [task] name
     RUN/state/state.sqlite          the coordinator's state and hash-chained ledger
@@ -47,8 +50,8 @@ class Institution:
 @dataclass(frozen=True)
 class RunDir:
     root: Path
-    server_kit: Path
-    state_db: Path
+    server_kit: Path | None  # None: an institution's own directory (no federation report from there)
+    state_db: Path | None
     federation: str
     task: str
     institutions: dict[str, Institution]
@@ -65,6 +68,38 @@ def _toml(path: Path) -> dict[str, Any]:
         raise RunDirError(f"{path}: missing (is this a secfed run directory?)") from None
     except tomllib.TOMLDecodeError as exc:
         raise RunDirError(f"{path}: not valid TOML: {exc}") from None
+
+
+def read_target(target: Path) -> RunDir:
+    """A run directory, or the directory of one party's configuration file (client or server TOML)."""
+    target = target.resolve()
+    if not (target.is_file() and target.suffix == ".toml"):
+        return read_run_dir(target)
+    doc = _toml(target)
+    base = target.parent
+    if "client" in doc:
+        client, privacy = doc.get("client", {}), doc.get("privacy", {})
+        kit = base / str(client.get("kit", ""))
+        cid = load_kit(kit).client_id
+        institution = Institution(
+            client_id=cid,
+            kit=kit,
+            audit_ledger=base / str(client.get("audit_ledger", "audit-ledger.jsonl")),
+            privacy_ledger=base / str(privacy.get("ledger", "privacy-ledger.jsonl")),
+        )
+        task = str(doc.get("task", {}).get("name", ""))
+        return RunDir(base, None, None, "", task, {cid: institution})
+    if "server" in doc:
+        srv = doc["server"]
+        return RunDir(
+            root=base,
+            server_kit=base / str(srv.get("kit", "")),
+            state_db=base / str(srv.get("state_db", "state.sqlite")),  # the server config's default
+            federation=str(srv.get("federation_name", "secfed")),
+            task=str(doc.get("task", {}).get("name", "")),
+            institutions={},
+        )
+    raise RunDirError(f"{target}: neither a client ([client]) nor a server ([server]) configuration")
 
 
 def read_run_dir(root: Path) -> RunDir:
@@ -99,10 +134,14 @@ def read_run_dir(root: Path) -> RunDir:
 
 def server_facts(run: RunDir) -> ServerFacts | None:
     """The coordinator's records, or None when this directory has no state database."""
-    if not run.state_db.exists():
+    if run.state_db is None or not run.state_db.exists():
         return None
     from server.state import StateStore
 
+    try:
+        state_path = str(run.state_db.resolve().relative_to(run.root.resolve()))
+    except ValueError:
+        state_path = str(run.state_db.resolve())
     store = StateStore(run.state_db)
     try:
         problems = store.integrity_check()
@@ -117,7 +156,9 @@ def server_facts(run: RunDir) -> ServerFacts | None:
             for r in store.rounds()
         ]
         events = [{k: (v.hex() if isinstance(v, bytes) else v) for k, v in e.items()} for e in store.ledger()]
-        return ServerFacts(store.run_id, run.federation, run.task, rounds, events, tuple(problems))
+        return ServerFacts(
+            store.run_id, run.federation, run.task, rounds, events, tuple(problems), state_path=state_path
+        )
     finally:
         store.close()
 
@@ -154,9 +195,11 @@ def _write(doc: Mapping[str, Any], json_path: Path, fmt: str, out: Path | None) 
     return written
 
 
-def make_reports(root: Path, *, institution: str | None, fmt: str, out: Path | None) -> list[Path]:
-    """Write the signed JSON report(s) under RUN/audit and render them; return the files written."""
-    run = read_run_dir(root)
+def make_reports(target: Path, *, institution: str | None, fmt: str, out: Path | None) -> list[Path]:
+    """Write the signed JSON report(s) under ``audit/`` of the run directory (or beside the configuration
+    file) and render them; return the files written."""
+    run = read_target(target)
+    root = run.root
     facts = server_facts(run)
     empirical = _empirical(run)
     if institution is not None and institution not in run.institutions:
@@ -178,7 +221,7 @@ def make_reports(root: Path, *, institution: str | None, fmt: str, out: Path | N
         reports[cid] = sign_document(body, kit.identity, role="client")
         single = out if institution is not None else None
         written += _write(reports[cid], run.audit_dir / f"{cid}.json", fmt, single)
-    if institution is None:
+    if institution is None and run.server_kit is not None:
         if facts is None:
             raise RunDirError(f"{run.state_db}: no server state database: cannot write the federation report")
         kit = load_kit(run.server_kit)
@@ -284,14 +327,24 @@ def _check_server_state(path: Path, count: int, head: Any) -> list[str]:
     return problems
 
 
-_CA_CANDIDATES = ("pki/ca/ca.pem", "pki/server/ca.pem", "pki/ca.pem")
+# Where the consortium CA certificate sits: a simulate run, then the kits of the deploy examples.
+_CA_CANDIDATES = ("pki/ca/ca.pem", "pki/server/ca.pem", "pki/ca.pem", "kit/ca.pem", "kits/server/ca.pem")
 
 
-def _find_root(report: Path) -> Path:
-    for parent in report.resolve().parents:
+def _find_root(report: Path, doc: Mapping[str, Any]) -> Path:
+    """The directory the report's ledger paths are relative to: the nearest one above the report
+    that holds all of them (a run directory, or a party's configuration directory)."""
+    paths = [str(ref.get("path")) for ref in doc.get("ledgers") or [] if isinstance(ref, Mapping)]
+    parents = report.resolve().parents
+    for parent in parents:
+        if paths and all((parent / p).exists() for p in paths):
+            return parent
+    for parent in parents:
         if (parent / "server.toml").exists():
             return parent
-    raise RunDirError(f"{report}: cannot find its run directory (no server.toml above it)")
+    raise RunDirError(
+        f"{report}: cannot find the directory its ledgers are in (none above it holds {paths or 'server.toml'})"
+    )
 
 
 def _default_ca(root: Path) -> Path:
@@ -303,6 +356,7 @@ def _default_ca(root: Path) -> Path:
 
 def verify_reports(target: Path, *, ca: Path | None = None) -> list[tuple[Path, str, list[str]]]:
     """Verify one report, or every report of a run directory; ``(report, signer, problems)`` each."""
+    target = target.resolve()
     if target.is_dir():
         root = target
         reports = sorted((target / "audit").glob("*.json"))
@@ -312,7 +366,13 @@ def verify_reports(target: Path, *, ca: Path | None = None) -> list[tuple[Path, 
                 f"{target / 'audit'}: no reports to verify (run `secfed audit report {target}`)"
             )
     else:
-        root = _find_root(target)
+        try:
+            single = json.loads(target.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise RunDirError(f"{target}: no such report") from None
+        except (OSError, json.JSONDecodeError) as exc:
+            raise RunDirError(f"{target}: cannot read the report: {exc}") from None
+        root = _find_root(target, single if isinstance(single, dict) else {})
         reports = [target]
     anchor_path = ca or _default_ca(root)
     try:

@@ -78,6 +78,7 @@ class ServerFacts:
     rounds: Sequence[Mapping[str, Any]]  # round, contributors, dropped, model_hash (hex), summary
     events: Sequence[Mapping[str, Any]]  # the server ledger: seq, kind, round, payload, hash
     integrity_problems: Sequence[str] = ()
+    state_path: str = "state/state.sqlite"  # the state database, relative to the report's root
 
     @property
     def ledger_head(self) -> dict[str, Any]:
@@ -353,7 +354,7 @@ def institution_report(
                     }
                 )
     if server is not None:
-        ledgers.append(LedgerRef("server-state", "state/state.sqlite", **server.ledger_head))
+        ledgers.append(LedgerRef("server-state", server.state_path, **server.ledger_head))
     return {
         "format": FORMAT,
         "version": VERSION,
@@ -421,5 +422,5 @@ def federation_report(
         },
         "not_covered": list(NOT_COVERED),
         "empirical_audit": dict(empirical) if empirical else None,
-        "ledgers": [LedgerRef("server-state", "state/state.sqlite", **server.ledger_head).to_json()],
+        "ledgers": [LedgerRef("server-state", server.state_path, **server.ledger_head).to_json()],
     }

@@ -22,6 +22,9 @@ from typing import Literal
 from secfed.data import partition as _partition
 from secfed.data.formats import Record
 
+#: The word a client configuration's ``data`` option uses to ask for the built-in demonstration records.
+BUILTIN_DATA = "builtin"
+
 __all__ = ["CATEGORIES", "builtin_splits", "check_answer", "generate"]
 
 CATEGORIES: tuple[str, ...] = (

@@ -64,7 +64,7 @@ class BenchServer:
         return mean
 
     def export(self, model: NDArray[np.float32], directory: Path) -> None:
-        np.save(directory / "model.npy", model)
+        tasks.save_vector(model, directory)
 
 
 class BenchClient:
@@ -94,6 +94,9 @@ class BenchClient:
         self, round_: int, model: NDArray[np.float32], task_config: Mapping[str, Any]
     ) -> dict[str, NDArray[np.float64]]:
         return {"x": self.vector, "n": np.ones(1)}
+
+    def save_model(self, model: NDArray[np.float32], rounds_completed: int, directory: Path) -> None:
+        tasks.save_vector(model, directory)
 
     def release_identity(
         self, round_: int, model: NDArray[np.float32], task_config: Mapping[str, Any]

@@ -28,6 +28,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from secfed import logs
+from secfed.data.builtin import BUILTIN_DATA
 from secfed.dp.policy import DpOptions
 from secfed.fl import tasks
 from secfed.fl.instruction import RoundInstruction, canonical_json
@@ -178,7 +179,7 @@ class FeditServer:
         from secfed.model.lora import save_adapter, vector_to_adapter
 
         vector_to_adapter(self.peft, model)
-        save_adapter(self.peft, directory / "adapter")
+        save_adapter(self.peft, directory / "adapter", base_model=self.opts.model)
 
 
 def weighted_mean_step(model: NDArray[np.float32], result: AggregateResult) -> NDArray[np.float32]:
@@ -192,9 +193,17 @@ def weighted_mean_step(model: NDArray[np.float32], result: AggregateResult) -> N
 
 @dataclass(frozen=True)
 class ClientDataOptions:
-    """Where an institution's training data comes from (``[task.options]`` of its client config)."""
+    """Where an institution's training data comes from (``[task.options]`` of its client config).
 
-    data: str = "builtin"
+    ``data`` has no default: a client that trained on the built-in demonstration records because an
+    option was forgotten would report a federation that never saw the institution's data. It is a
+    path (JSON, JSONL, CSV, Parquet or a ``datasets`` ``save_to_disk`` directory; relative paths are
+    resolved against the configuration file) or the word ``"builtin"``. ``columns`` maps secfed's
+    fields to the data's own column names.
+    """
+
+    data: str | None = None
+    columns: Mapping[str, str] | None = None
     client_index: int = 0
     n_clients: int = 1
     train_per_category: int = 40
@@ -204,9 +213,15 @@ class ClientDataOptions:
     max_records: int | None = None
 
 
-def client_records(client_id: str, opts: ClientDataOptions, base_dir: Path | None = None) -> list[Record]:
-    """This institution's training records: a local JSON/JSONL file, or its share of the built-in data."""
-    if opts.data == "builtin":
+def client_records(client_id: str, opts: ClientDataOptions) -> list[Record]:
+    """This institution's training records: its own data file or directory, or its built-in share."""
+    if opts.data is None:
+        raise ValueError(
+            f'{NAME} client {client_id}: no training data: set data = "path/to/records.jsonl" in '
+            "[task.options] of the client configuration (JSON, JSONL, CSV, Parquet or a datasets "
+            'save_to_disk directory), or data = "builtin" for the built-in demonstration records'
+        )
+    if opts.data == BUILTIN_DATA:
         from secfed.data.builtin import builtin_splits
 
         if not 0 <= opts.client_index < opts.n_clients:
@@ -219,15 +234,12 @@ def client_records(client_id: str, opts: ClientDataOptions, base_dir: Path | Non
             partition=opts.partition,  # type: ignore[arg-type]
         )
         records = splits[opts.client_index]
+        if opts.max_records is not None:
+            records = records[: opts.max_records]
     else:
         from secfed.data.formats import load_records
 
-        path = Path(opts.data)
-        if base_dir is not None and not path.is_absolute():
-            path = base_dir / path
-        records = load_records(path)
-    if opts.max_records is not None:
-        records = records[: opts.max_records]
+        records = load_records(Path(opts.data), max_records=opts.max_records, columns=opts.columns)
     if not records:
         raise ValueError(f"{NAME} client {client_id}: no training records")
     return records
@@ -277,6 +289,7 @@ class FeditClient:
         # The last global adapter this institution accepted, and its round: a later one may move by no
         # more than the clip bound per round (a crafted jump is refused).
         self._last_model: tuple[int, NDArray[np.float32]] | None = None
+        self._instruction: FeditInstruction | None = None
         self._last_identity: bytes | None = None
         self._fingerprint: bytes | None = None
         self.last_stats: Any = None
@@ -322,6 +335,7 @@ class FeditClient:
         ins = self.instruction_type.parse(task_config)
         self.check_instruction(ins, policy)
         peft = self._ensure_model(ins)
+        self._instruction = ins
         from secfed.model.lora import adapter_size
 
         expected = update_spec(adapter_size(peft), ins.max_weight, ins.clip)
@@ -397,6 +411,21 @@ class FeditClient:
         self, round_: int, model: NDArray[np.float32], task_config: Mapping[str, Any]
     ) -> bytes | None:
         return self._last_identity
+
+    def save_model(self, model: NDArray[np.float32], rounds_completed: int, directory: Path) -> None:
+        """This institution's copy of the global adapter, as a peft directory with a portable base name.
+
+        The adapter must be reachable from the last one this institution accepted within the clip
+        bound per round (as any global adapter it is handed), so a server cannot pass off a crafted
+        adapter as the federation's result."""
+        from secfed.model.lora import save_adapter, vector_to_adapter
+
+        ins = self._instruction
+        if ins is None or self._peft is None:
+            raise ValueError("this institution took part in no round: the adapter's settings are unknown")
+        self.check_global_model(rounds_completed, model, ins, InstitutionPolicy())
+        vector_to_adapter(self._peft, model)
+        save_adapter(self._peft, directory, base_model=self.model_source)
 
     def update_identity(
         self, model: NDArray[np.float32], ins: FeditInstruction, records: list[Record]

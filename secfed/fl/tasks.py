@@ -195,6 +195,20 @@ class ClientTask(Protocol):
         for an input covered by its own DP guarantee (it may be re-submitted)."""
         ...
 
+    def save_model(self, model: Vector, rounds_completed: int, directory: Path) -> None:
+        """Keep this institution's copy of the global model after ``rounds_completed`` rounds.
+
+        Written to ``directory`` in the task's own format (a peft directory for adapters). The model
+        comes from the server: a task checks it as it checks any global model it is handed (raising
+        ValueError when it refuses it), so a crafted "final" model is not saved as the result."""
+        ...
+
+
+def save_vector(model: Vector, directory: Path) -> None:
+    """A plain vector model as ``model.npy`` (the toy and benchmark tasks' result format)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    np.save(directory / "model.npy", np.asarray(model, dtype=np.float32))
+
 
 ServerTaskFactory = Callable[[Mapping[str, Any]], ServerTask]
 ClientTaskFactory = Callable[[str, Mapping[str, Any]], ClientTask]

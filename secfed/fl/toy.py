@@ -118,7 +118,7 @@ class ToyServer:
         return (model + result.values["x"] / total_weight).astype(np.float32)
 
     def export(self, model: NDArray[np.float32], directory: Path) -> None:
-        np.save(directory / "model.npy", model)
+        tasks.save_vector(model, directory)
 
 
 class ToyClient:
@@ -156,6 +156,9 @@ class ToyClient:
 
     def observe_sum(self, round_: int, stage: str, result: AggregateResult) -> None:
         """One stage a round: no plan derives from a sum."""
+
+    def save_model(self, model: NDArray[np.float32], rounds_completed: int, directory: Path) -> None:
+        tasks.save_vector(model, directory)
 
     def release_identity(
         self, round_: int, model: NDArray[np.float32], task_config: Mapping[str, Any]

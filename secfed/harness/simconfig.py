@@ -15,16 +15,6 @@ from typing import Any
 from secfed import tomlconfig
 from secfed.harness.presets import Preset
 
-_PATH_OPTIONS = ("data", "model")
-
-
-def _resolve(base: Path, value: Any) -> Any:
-    """Relative local paths become absolute; model ids and the word "builtin" stay as they are."""
-    if not isinstance(value, str) or value == "builtin" or "/" not in value:
-        return value
-    path = Path(value)
-    return value if path.is_absolute() else str((base / path).resolve())
-
 
 def load_simulation(path: Path) -> Preset:
     doc = tomlconfig.load(path)
@@ -38,15 +28,10 @@ def load_simulation(path: Path) -> Preset:
     sim.finish()
     task = doc.table("task")
     task_name = task.get("name", str, "fedit-lora")
-    server_options = {
-        k: (_resolve(base, v) if k in _PATH_OPTIONS else v) for k, v in task.get("options", dict, {}).items()
-    }
+    server_options = tomlconfig.resolve_task_paths(base, task.get("options", dict, {}))
     task.finish()
     client = doc.table("client")
-    client_options = {
-        k: (_resolve(base, v) if k in _PATH_OPTIONS else v)
-        for k, v in client.get("options", dict, {}).items()
-    }
+    client_options = tomlconfig.resolve_task_paths(base, client.get("options", dict, {}))
     client.finish()
     evaluation = doc.table("evaluation")
     eval_data = evaluation.get("data", str, "")
@@ -75,7 +60,7 @@ def load_simulation(path: Path) -> Preset:
         client_options=MappingProxyType(client_options),
         partition_data=True,
         evaluate=bool(eval_data) or client_options.get("data") == "builtin",
-        eval_data=_resolve(base, eval_data) if eval_data else None,
+        eval_data=str((base / eval_data).resolve()) if eval_data else None,
         eval_max_new_tokens=eval_tokens,
         eval_max_records=eval_max or None,
         torch_threads=torch_threads,

@@ -106,7 +106,8 @@ class SimulationOptions:
         per_round = self.preset.max_attempts * (
             _PHASES_PER_ATTEMPT * self.phase_timeout_s + self.compute_timeout_s
         )
-        return 60.0 + (self.rounds + len(self.server_kills)) * per_round + _SERVER_LINGER_S
+        joins = (1 + len(self.server_kills)) * self.phase_timeout_s
+        return 60.0 + joins + (self.rounds + len(self.server_kills)) * per_round + _SERVER_LINGER_S
 
 
 # ------------------------------------------------------------------------------------------ arguments
@@ -586,6 +587,8 @@ def run_simulation(opts: SimulationOptions) -> dict[str, Any]:
             "min_cohort": preset.min_cohort,
             "phase_timeout_s": float(opts.phase_timeout_s),
             "compute_timeout_s": float(opts.compute_timeout_s),
+            # Every client starts at once here: the first phase waits for them no longer than any other.
+            "join_timeout_s": float(opts.phase_timeout_s),
             "max_attempts": preset.max_attempts,
             "seed": preset.seed,
         },

@@ -203,13 +203,28 @@ def _vector_digest(vector: NDArray[np.float32]) -> str:
     return hashlib.sha256(vector.astype("<f4", copy=False).tobytes()).hexdigest()
 
 
-def save_adapter(peft_model: PeftModel, path: Path, *, base_hash: str | None = None) -> None:
+def portable_base_reference(source: str) -> str:
+    """How an adapter names its base model so that the name means something on another machine.
+
+    A registry name (``smollm2-135m-instruct``) stays as it is; a local directory is named by its last
+    component only: the absolute path of the machine that saved the adapter is meaningless (and
+    revealing) anywhere else. The base model's hash in ``secfed_adapter.json`` is what identifies it.
+    """
+    path = Path(source)
+    return path.name if ("/" in source or source.startswith(".")) else source
+
+
+def save_adapter(
+    peft_model: PeftModel, path: Path, *, base_hash: str | None = None, base_model: str | None = None
+) -> None:
     """Write ``peft_model``'s adapter as a peft directory plus ``secfed_adapter.json``.
 
     The directory loads with plain ``PeftModel.from_pretrained(base, path)``; the JSON adds what peft
     does not record: which base weights the adapter belongs to (``base_hash``, taken from the model
     loaded by secfed unless given) and a digest of the adapter vector, so a mismatched or altered
-    adapter is refused by :func:`load_adapter` instead of producing plausible nonsense.
+    adapter is refused by :func:`load_adapter` instead of producing plausible nonsense. With
+    ``base_model`` (the source the base was loaded from), ``adapter_config.json`` names the base by
+    :func:`portable_base_reference` instead of this machine's path.
     """
     resolved = base_hash if base_hash is not None else base_hash_of(peft_model.get_base_model())
     if resolved is None:
@@ -223,10 +238,16 @@ def save_adapter(peft_model: PeftModel, path: Path, *, base_hash: str | None = N
     # A crash during the save must not leave an old marker vouching for new (partial) weights.
     meta_path.unlink(missing_ok=True)
     peft_model.save_pretrained(str(path))
+    if base_model is not None:
+        config_path = path / "adapter_config.json"
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+        config["base_model_name_or_path"] = portable_base_reference(base_model)
+        config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     vector = adapter_to_vector(peft_model)
     meta = {
         "format": _META_FORMAT,
         "base_hash": resolved,
+        "base_model": portable_base_reference(base_model) if base_model is not None else None,
         "settings": asdict(settings_of(peft_model)),
         "size": int(vector.shape[0]),
         "vector_sha256": _vector_digest(vector),

@@ -34,6 +34,7 @@ def _plan(overrides: dict[str, Any]) -> dict[str, Any]:
     """Test federations run toy tasks: the compute phase waits as long as any other phase."""
     values = {"rounds": 2, "phase_timeout_s": 5.0, **overrides}
     values.setdefault("compute_timeout_s", values["phase_timeout_s"])
+    values.setdefault("join_timeout_s", values["phase_timeout_s"])
     return values
 
 

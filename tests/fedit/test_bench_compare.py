@@ -60,7 +60,10 @@ def test_every_method_runs_and_reports(tmp_path: Path, tiny_model_dir: Path) -> 
         assert {"rougeL", "train_s", "data_fraction"} <= set(r), name
         assert 0 <= r["rougeL"] <= 100 and r["rougeL_heldout"] is not None
     assert results["fedit-secure"]["data_fraction"] == results["centralized"]["data_fraction"] == 1.0
-    assert 0 < results["fedhds-secure"]["data_fraction"] <= 0.1
+    # At most the 10 % budget as election winners, plus one record for each member that won nothing
+    # (every member trains on >= 1 record so the train sum always holds data of every contributor).
+    total = 4 * 12
+    assert 0 < results["fedhds-secure"]["data_fraction"] <= (int(0.1 * total) + 4) / total
     assert results["base"]["train_s"] == 0.0
     assert results["fedhds-secure-dp"]["epsilon_max"] <= 8.0 + 1e-9
     # secure vs plaintext aggregation differ only by fixed-point rounding: the same answers

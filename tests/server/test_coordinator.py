@@ -398,3 +398,44 @@ def test_max_attempts_counts_this_process_tries_not_attempt_numbers(consortium: 
     run(coord, clients, clock)
     assert [(r, a) for r, a, _ in coord.aborted_attempts] == [(0, 3), (0, 4)]
     assert coord.finished_reason is not None and coord.finished_reason.startswith("round 0 failed 2 attempts")
+
+
+def test_first_phase_waits_for_the_cohort_to_join_then_runs_on_its_phase_deadline(
+    consortium: Consortium,
+) -> None:
+    """A slow-starting institution is not dropped by the short phase deadline while the run starts up.
+
+    Without a join wait, the advertise phase would close 5 s after the first client polled, before the
+    late institution (starting its client by hand) ever heard of the round.
+    """
+    plan = RoundPlan(rounds=1, phase_timeout_s=5, join_timeout_s=100)
+    coord, clients, clock, results = build(consortium, 4, plan)
+    early, late = clients[:3], clients[3]
+    for _ in range(30):  # 30 s: far past the phase deadline, well within the join timeout
+        for c in early:
+            c.step()
+        clock.now += 1.0
+    assert coord.aborted_attempts == [] and results == []
+    run(coord, clients, clock)
+    assert coord.finished_reason == "completed 1 rounds"
+    assert late.cid in results[0][1].contributors and coord.aborted_attempts == []
+
+
+def test_a_member_that_never_joins_is_dropped_when_the_join_timeout_runs_out(consortium: Consortium) -> None:
+    plan = RoundPlan(rounds=1, phase_timeout_s=5, join_timeout_s=40)
+    coord, clients, clock, results = build(consortium, 5, plan)
+    run(coord, clients[:4], clock)
+    assert coord.finished_reason == "completed 1 rounds"
+    assert clients[4].cid not in results[0][1].contributors
+    assert 40 <= coord.phase_seconds[0]["advertise"] <= 42
+
+
+@pytest.mark.parametrize(
+    ("roster", "cohort", "threshold", "survives"),
+    [(3, 3, 3, 0), (4, 4, 3, 1), (6, 6, 5, 1), (10, 10, 7, 3)],
+)
+def test_dropout_tolerance_is_what_the_release_rules_allow(
+    roster: int, cohort: int, threshold: int, survives: int
+) -> None:
+    """Three institutions with a third colluding survive no dropout (the case a deployment must be told of)."""
+    assert RoundPlan().dropout_tolerance(roster) == (cohort, threshold, survives)

@@ -209,10 +209,14 @@ class ModelRef(_message.Message):
     def __init__(self, hash: _Optional[bytes] = ..., size_bytes: _Optional[int] = ..., dtype: _Optional[_Union[TensorDtype, str]] = ...) -> None: ...
 
 class Finished(_message.Message):
-    __slots__ = ("reason",)
+    __slots__ = ("reason", "final_model", "rounds_completed")
     REASON_FIELD_NUMBER: _ClassVar[int]
+    FINAL_MODEL_FIELD_NUMBER: _ClassVar[int]
+    ROUNDS_COMPLETED_FIELD_NUMBER: _ClassVar[int]
     reason: str
-    def __init__(self, reason: _Optional[str] = ...) -> None: ...
+    final_model: ModelRef
+    rounds_completed: int
+    def __init__(self, reason: _Optional[str] = ..., final_model: _Optional[_Union[ModelRef, _Mapping]] = ..., rounds_completed: _Optional[int] = ...) -> None: ...
 
 class SessionAborted(_message.Message):
     __slots__ = ("round", "label", "reason")
