@@ -10,11 +10,13 @@ violation by the server ends that session (its secrets are erased) and the clien
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import secrets
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -27,6 +29,7 @@ from client.config import RetryPolicy
 from client.faults import Fault
 from client.tls import verify_server
 from secfed import logs
+from secfed.cancel import ComputeCancelled, cancellable
 from secfed.chain import HashChain
 from secfed.fl.participant import Participant, StageStart
 from secfed.fl.policy import InstitutionPolicy, Refusal
@@ -43,6 +46,7 @@ from secfed.secagg.messages import (
     ComputeReady,
     ConsistencySignature,
     MaskedInputUpload,
+    ShareKeysRelay,
     ShareKeysUpload,
     UnmaskResponse,
 )
@@ -139,6 +143,8 @@ class ClientRuntime:
         # ``checkpoint_every`` rounds.
         self.model_dir = model_dir
         self.checkpoint_every = checkpoint_every
+        # How often the compute phase asks whether its session is still open.
+        self.heartbeat_s = 2.0
 
     # -- transport -----------------------------------------------------------------------------
     def _channel(self) -> grpc.Channel:
@@ -258,7 +264,27 @@ class ClientRuntime:
         if relay is None:
             return
         session = self.participant.session
-        upload = self.participant.relay(relay)
+        if isinstance(relay, ShareKeysRelay) and session is not None:
+            # The compute phase: local training or features, possibly minutes. Watch the session
+            # meanwhile and stop the work as soon as the coordinator abandons its attempt.
+            try:
+                with self._watching(stub, session.session_id):
+                    upload = self.participant.relay(relay)
+            except ComputeCancelled:
+                self.participant.abandon()
+                logs.event(
+                    log,
+                    "compute-cancelled",
+                    logging.WARNING,
+                    client=self.kit.client_id,
+                    round=self._session_round,
+                    session=self._session_label(),
+                    reason="the coordinator abandoned this attempt (a phase expired or too many dropped out); "
+                    "local work stopped, the round continues with the next attempt",
+                )
+                return
+        else:
+            upload = self.participant.relay(relay)
         if upload is None:
             return  # a relay for a session this process does not hold (e.g. after a restart): ignore
         phase = _PHASE_OF[type(upload)] if not isinstance(upload, Refusal) else Phase.COMPUTE
@@ -266,6 +292,38 @@ class ClientRuntime:
         if isinstance(upload, UnmaskResponse) and session is not None:
             _note_round(self.report.rounds_completed, self._session_round)
             self._record_session(session)
+
+    @contextlib.contextmanager
+    def _watching(self, stub: pb_grpc.FederationStub, session_id: bytes) -> Iterator[None]:
+        """A cancellable scope (:mod:`secfed.cancel`) that a heartbeat thread closes when the coordinator
+        says ``session_id`` is no longer its open session. An unreachable coordinator cancels nothing."""
+        abandoned, done = threading.Event(), threading.Event()
+        request = pb.HeartbeatRequest(
+            round=max(self._session_round, 0), session_id=session_id, phase=pb.PHASE_COMPUTE
+        )
+
+        def watch() -> None:
+            while not done.wait(self.heartbeat_s):
+                try:
+                    reply = stub.Heartbeat(request, timeout=_RPC_TIMEOUT_S)
+                except grpc.RpcError:
+                    continue
+                if not reply.session_open:
+                    abandoned.set()
+                    return
+
+        watcher = threading.Thread(target=watch, name="secfed-heartbeat", daemon=True)
+        watcher.start()
+        try:
+            with cancellable(abandoned):
+                yield
+        finally:
+            done.set()
+            watcher.join(timeout=1.0)
+
+    def _session_label(self) -> str:
+        config = self._session_config
+        return config.label if config is not None else ""
 
     def _start_round(self, stub: pb_grpc.FederationStub, ins: pb.Instruction) -> None:
         rs = ins.round_start
@@ -275,6 +333,17 @@ class ClientRuntime:
             task_config = json.loads(rs.task_config or b"{}")
         except ValueError:
             task_config = None
+        previous = self._session_config
+        if previous is not None and self.participant.session is not None and previous.label != config.label:
+            logs.event(
+                log,
+                "attempt-abandoned",
+                logging.WARNING,
+                client=self.kit.client_id,
+                round=previous.round,
+                abandoned=previous.label,
+                now=f"round {config.round}, {config.label}",
+            )
         self._session_round = config.round
         self._session_config = config
         if not isinstance(task_config, dict):

@@ -12,6 +12,7 @@ from secfed.bench import attacks as bench_attacks
 from secfed.bench import compare as bench_compare
 from secfed.bench import coreset as bench_coreset
 from secfed.bench import crashresume as bench_crashresume
+from secfed.bench import deploy as bench_deploy
 from secfed.bench import dp as bench_dp
 from secfed.bench import fuzz as bench_fuzz
 from secfed.bench import load as bench_load
@@ -71,6 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench_load.register(bench_sub)
     bench_crashresume.register(bench_sub)
     bench_fuzz.register(bench_sub)
+    bench_deploy.register(bench_sub)
 
     cli_certs.register(sub)
     cli_audit.register(sub)

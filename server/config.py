@@ -67,7 +67,7 @@ def load_server_config(path: Path) -> ServerConfig:
             participation=rounds.number("participation", float, 1.0, low=0.0, high=1.0),
             min_cohort=rounds.number("min_cohort", int, 3, low=3),
             colluding_fraction=Fraction(colluding).limit_denominator(1000),
-            phase_timeout_s=rounds.number("phase_timeout_s", float, 30.0, low=0.1),
+            phase_timeout_s=rounds.number("phase_timeout_s", float, RoundPlan.phase_timeout_s, low=0.1),
             compute_timeout_s=rounds.number("compute_timeout_s", float, RoundPlan.compute_timeout_s, low=0.1),
             join_timeout_s=rounds.number("join_timeout_s", float, RoundPlan.join_timeout_s, low=0.1),
             max_attempts=rounds.number("max_attempts", int, 3, low=1),

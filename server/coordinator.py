@@ -75,7 +75,7 @@ class RoundPlan:
     participation: float = 1.0
     min_cohort: int = 3
     colluding_fraction: Fraction = Fraction(1, 3)
-    phase_timeout_s: float = 30.0
+    phase_timeout_s: float = 60.0
     # The compute phase (local training, feature extraction) has its own deadline, sized for LLM work
     # on CPU: the SecAgg phases around it are short, but a round's training can take many minutes.
     compute_timeout_s: float = 1800.0
@@ -272,6 +272,20 @@ class Coordinator:
             return attempt.outbox[client_id]
         wait = Wait(retry_after_s=min(0.2, self.plan.phase_timeout_s / 10))
         return Pending(0, wait, attempt.session.session_id, attempt.deadline)
+
+    def session_open(self, session_id: bytes) -> bool:
+        """Whether local work for ``session_id`` can still be used: it is the open attempt's session and
+        its compute phase has not closed. False once the attempt was abandoned or went on without the
+        late work (whose ready message would be refused), so the institution can stop computing."""
+        self.tick()
+        attempt = self._attempt
+        return (
+            self.finished_reason is None
+            and attempt is not None
+            and bool(session_id)
+            and attempt.session.session_id == session_id
+            and attempt.session.phase in (Phase.ADVERTISE, Phase.SHARE_KEYS, Phase.COMPUTE)
+        )
 
     def current_spec(self) -> VectorSpec | None:
         """The vector spec of the open attempt (for validating uploads before they reach the session)."""
@@ -592,6 +606,7 @@ class Coordinator:
             attempt.session.abort(reason)
         self.aborted_attempts.append((attempt.round, attempt.number, reason))
         self.observer.attempt_aborted(attempt.round, attempt.number, reason)
+        last = attempt.tries >= self.plan.max_attempts
         logs.event(
             log,
             "attempt-aborted",
@@ -599,10 +614,11 @@ class Coordinator:
             round=attempt.round,
             attempt=attempt.number,
             reason=reason,
+            next="the run stops" if last else f"the round continues with attempt {attempt.number + 1}",
         )
         # Counted per server process, not by attempt number: attempts a restart interrupted are
         # numbered (so their sessions never repeat) but are not this process's failures.
-        if attempt.tries >= self.plan.max_attempts:
+        if last:
             self.finished_reason = f"round {attempt.round} failed {attempt.tries} attempts: {reason}"
             self._attempt = None
             return

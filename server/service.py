@@ -284,4 +284,7 @@ class FederationService(pb_grpc.FederationServicer):
         peer = self._peer(context, "Heartbeat")
         with self._lock:
             waiting = not isinstance(self._coord.poll(peer.client_id).instruction, Wait)
-        return pb.HeartbeatReply(server_time_unix_ms=int(time.time() * 1000), poll_now=waiting)
+            session_open = self._coord.session_open(bytes(request.session_id))
+        return pb.HeartbeatReply(
+            server_time_unix_ms=int(time.time() * 1000), poll_now=waiting, session_open=session_open
+        )

@@ -29,6 +29,7 @@ import torch
 from numpy.typing import NDArray
 from tqdm import tqdm
 
+from secfed import cancel
 from secfed.coreset.space import feature_blocks
 from secfed.data.formats import Record
 from secfed.data.prompts import PromptStyle, build_prompt
@@ -117,6 +118,7 @@ def last_token_features(
         tqdm(total=len(seqs), desc="coreset features", unit="rec", disable=not progress) as bar,
     ):
         for start in range(0, len(order), batch_size):
+            cancel.check()
             batch = order[start : start + batch_size]
             ids, mask, positions = _pad_batch([seqs[i] for i in batch], int(pad_id), left=left)
             out = model(

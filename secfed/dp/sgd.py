@@ -68,6 +68,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from secfed import cancel
 from secfed.data.formats import Record
 from secfed.data.prompts import TokenizedExample, collate, tokenize_example
 from secfed.model.train import TrainSettings, TrainStats, sequence_mean_loss
@@ -319,6 +320,7 @@ def train_local_dp(
             data_loader=loader, max_physical_batch_size=dp.max_physical_batch, optimizer=optimizer
         ) as physical_loader:
             for chunk in physical_loader:
+                cancel.check()
                 if chunk:
                     per_seq, n_tokens = _physical_forward(model, [examples[i] for i in chunk], pad_id, device)
                     per_seq.mean().backward()  # type: ignore[no-untyped-call]

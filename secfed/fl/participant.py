@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from secfed.cancel import ComputeCancelled
 from secfed.crypto.identity import Identity, TrustAnchor
 from secfed.fl.instruction import instruction_hash
 from secfed.fl.plaintext import PlaintextInput
@@ -187,6 +188,9 @@ class Participant:
             session.on_share_relay(msg)
             try:
                 inputs = self._compute(start).inputs
+            except ComputeCancelled:
+                self.abandon()
+                raise
             except ValueError as exc:
                 self.abandon()
                 return self._refuse(start.config.round, exc)

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from secfed import cancel
 from secfed.data.formats import Record
 from secfed.data.prompts import TokenizedExample, collate, tokenize_example
 from secfed.model.settings import TrainSettings as TrainSettings
@@ -88,6 +89,7 @@ def train_local(
         optimizer.zero_grad(set_to_none=True)
         step_loss = 0.0
         for _micro in range(settings.grad_accum):
+            cancel.check()
             idx = []
             for _k in range(batch_size):
                 if cursor == len(order):

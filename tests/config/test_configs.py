@@ -15,11 +15,45 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def test_example_configs_load() -> None:
     server = load_server_config(ROOT / "server" / "server.example.toml")
-    assert server.roster == ("hospital-a", "hospital-b", "bank-c", "lab-d")
+    assert server.roster == ("hospital-a", "hospital-b", "university-c")
     assert server.kit == ROOT / "server" / "kits" / "server"
     assert server.plan.rounds == 3 and server.limits.chunk_bytes == 1048576
+    assert server.task == "fedit-lora"
     client = load_client_config(ROOT / "client" / "client.example.toml")
-    assert client.server is None and client.task == "toy-mean" and client.task_options == {"dim": 16}
+    assert client.server is None and client.task == "fedit-lora"
+    # A data path is resolved against the configuration file, wherever the client is started from.
+    assert client.task_options["data"] == str(ROOT / "client" / "data" / "records.jsonl")
+    assert client.task_options["model"] == "smollm2-135m-instruct"  # a registry name stays a name
+    assert client.model_dir == ROOT / "client" / "global-model"
+
+
+@pytest.mark.parametrize("example", ["fedit", "fedhds", "fedit-dp"])
+def test_deploy_examples_load_and_pair_up(example: str) -> None:
+    directory = ROOT / "examples" / "deploy" / example
+    server = load_server_config(directory / "server.toml")
+    client = load_client_config(directory / "client.toml")
+    assert server.task == client.task
+    assert client.task_options["data"] == str(directory / "data" / "records.jsonl")
+    # Local training has its own deadline, far longer than the SecAgg phases'.
+    assert server.plan.compute_timeout_s >= 10 * server.plan.phase_timeout_s
+    assert (server.task_options.get("dp") is not None) == client.privacy.require_dp
+
+
+def test_a_misspelt_required_key_is_named(tmp_path: Path) -> None:
+    path = tmp_path / "client.toml"
+    path.write_text('[client]\nkitt = "kits/a"\n')
+    with pytest.raises(ConfigFileError, match=r"client\.kit: is required \(the file has 'kitt'"):
+        load_client_config(path)
+
+
+def test_client_torch_threads_and_model_dir(tmp_path: Path) -> None:
+    path = tmp_path / "client.toml"
+    path.write_text('[client]\nkit = "k"\ntorch_threads = 2\nmodel_dir = "out/model"\ncheckpoint_every = 5\n')
+    client = load_client_config(path)
+    assert (client.torch_threads, client.model_dir, client.checkpoint_every) == (2, tmp_path / "out/model", 5)
+    path.write_text('[client]\nkit = "k"\ntorch_threads = -1\n')
+    with pytest.raises(ConfigFileError, match=r"client\.torch_threads: must be in"):
+        load_client_config(path)
 
 
 @pytest.mark.parametrize(

@@ -17,8 +17,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from secfed.bench.deploy import start
 from secfed.cli import main
-from tests.deploy.support import Deployment, lay_out, start
+from tests.deploy.support import Deployment, lay_out
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -85,12 +86,13 @@ def test_an_institution_killed_during_training_does_not_stop_a_four_institution_
     deployment = lay_out(tmp_path, "fedit", tiny_model_dir, ids=ids)
     config = deployment.coordinator.config
     text = config.read_text()
+    assert '"lab-d"' in text  # the roster lists the institutions laid out
     # Short deadlines, or the dead institution's phases would each wait the example's full timeouts.
     text = text.replace("phase_timeout_s = 60.0", "phase_timeout_s = 4.0")
     text = text.replace("compute_timeout_s = 1800.0", "compute_timeout_s = 30.0")
     config.write_text(text)
     # lab-d's client SIGKILLs itself in round 0's local computation.
-    start(deployment, roster=ids, client_args={"lab-d": ("--fault", "kill@0:compute")})
+    start(deployment, client_args={"lab-d": ("--fault", "kill@0:compute")})
     codes = deployment.wait(480)
     logs = deployment.logs()
     assert codes["coordinator"] == 0 and "completed 3 rounds" in deployment.coordinator.output(), logs

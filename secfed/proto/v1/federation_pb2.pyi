@@ -347,12 +347,14 @@ class HeartbeatRequest(_message.Message):
     def __init__(self, round: _Optional[int] = ..., session_id: _Optional[bytes] = ..., phase: _Optional[_Union[Phase, str]] = ...) -> None: ...
 
 class HeartbeatReply(_message.Message):
-    __slots__ = ("server_time_unix_ms", "poll_now")
+    __slots__ = ("server_time_unix_ms", "poll_now", "session_open")
     SERVER_TIME_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
     POLL_NOW_FIELD_NUMBER: _ClassVar[int]
+    SESSION_OPEN_FIELD_NUMBER: _ClassVar[int]
     server_time_unix_ms: int
     poll_now: bool
-    def __init__(self, server_time_unix_ms: _Optional[int] = ..., poll_now: _Optional[bool] = ...) -> None: ...
+    session_open: bool
+    def __init__(self, server_time_unix_ms: _Optional[int] = ..., poll_now: _Optional[bool] = ..., session_open: _Optional[bool] = ...) -> None: ...
 
 class SegmentSpec(_message.Message):
     __slots__ = ("name", "length", "clip", "frac_bits")
