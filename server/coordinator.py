@@ -250,6 +250,8 @@ class Coordinator:
         # Clients heard from in this process, and until when the first phase waits for the rest.
         self._joined: set[str] = set()
         self._join_deadline: float | None = None
+        # What became of recently abandoned attempts, by config digest and session id (for late uploads).
+        self._ended: dict[bytes, str] = {}
         # After a restart the first round resumes at the state database's next attempt number, never
         # at 1 again: the attempt is bound into the session's signed configuration, and a repeated
         # number would make the dead incarnation's adverts (same round, roster and model) valid here.
@@ -302,6 +304,15 @@ class Coordinator:
         if sender != client_id:
             raise SecAggError(attempt.session.phase, f"message claims sender {sender!r}", client_id=client_id)
         srv = attempt.session
+        key = (
+            message.config_digest
+            if isinstance(message, AdvertiseKeys)
+            else getattr(message, "session_id", b"")
+        )
+        if (
+            key and key in self._ended
+        ):  # late work for an abandoned attempt: say so, not "another configuration"
+            raise SecAggError(srv.phase, self._ended[key], client_id=client_id)
         if isinstance(srv, PlaintextSession) or isinstance(message, PlaintextInput):
             if not (isinstance(srv, PlaintextSession) and isinstance(message, PlaintextInput)):
                 raise SecAggError(
@@ -604,9 +615,17 @@ class Coordinator:
                 )
         if attempt.session.phase is not Phase.ABORTED:
             attempt.session.abort(reason)
+        last = attempt.tries >= self.plan.max_attempts
+        ended = f"attempt {attempt.number} of round {attempt.round} was abandoned ({reason}); " + (
+            "the run stopped" if last else f"the round continues with attempt {attempt.number + 1}"
+        )
+        for key in (attempt.session.config.digest(), attempt.session.session_id):
+            if key:  # a plaintext (benchmark) session has no id
+                self._ended[key] = ended
+        while len(self._ended) > 32:  # only recent attempts can still have work in flight
+            del self._ended[next(iter(self._ended))]
         self.aborted_attempts.append((attempt.round, attempt.number, reason))
         self.observer.attempt_aborted(attempt.round, attempt.number, reason)
-        last = attempt.tries >= self.plan.max_attempts
         logs.event(
             log,
             "attempt-aborted",

@@ -439,3 +439,24 @@ def test_dropout_tolerance_is_what_the_release_rules_allow(
 ) -> None:
     """Three institutions with a third colluding survive no dropout (the case a deployment must be told of)."""
     assert RoundPlan().dropout_tolerance(roster) == (cohort, threshold, survives)
+
+
+def test_a_late_advert_for_an_abandoned_attempt_is_told_what_happened(consortium: Consortium) -> None:
+    """Not "advert is for another round or configuration": the attempt expired and the round went on."""
+    ids = consortium.ids(4)
+    plan = RoundPlan(rounds=1, phase_timeout_s=3, max_attempts=3, join_timeout_s=3)
+    coord, clients, clock, _ = build(consortium, 4, plan)
+    first = coord.poll(ids[0])
+    assert isinstance(first.instruction, RoundStart)
+    session = ClientSession(
+        identity=consortium.identities[ids[0]],
+        trust=consortium.trust,
+        config=first.instruction.config,
+        model_hash=first.instruction.config.model_hash,
+        inputs=stage_inputs(ids[0], first.instruction),
+    )
+    clock.now += 10  # nobody adverts: attempt 1 expires
+    coord.tick()
+    assert coord.aborted_attempts and coord.aborted_attempts[0][:2] == (0, 1)
+    with pytest.raises(SecAggError, match=r"attempt 1 of round 0 was abandoned .*continues with attempt 2"):
+        coord.upload(ids[0], session.advertise())
