@@ -445,7 +445,7 @@ def test_a_late_advert_for_an_abandoned_attempt_is_told_what_happened(consortium
     """Not "advert is for another round or configuration": the attempt expired and the round went on."""
     ids = consortium.ids(4)
     plan = RoundPlan(rounds=1, phase_timeout_s=3, max_attempts=3, join_timeout_s=3)
-    coord, clients, clock, _ = build(consortium, 4, plan)
+    coord, _clients, clock, _ = build(consortium, 4, plan)
     first = coord.poll(ids[0])
     assert isinstance(first.instruction, RoundStart)
     session = ClientSession(
