@@ -13,6 +13,7 @@ from typing import Any
 from secfed import tomlconfig
 from secfed.dp.policy import DEFAULT_DELTA, PrivacyPolicy
 from secfed.fl.policy import InstitutionPolicy
+from secfed.fl.tasks import resolve_task_paths
 
 
 @dataclass(frozen=True)
@@ -57,7 +58,7 @@ def load_client_config(path: Path) -> ClientConfig:
     cli.finish()
     task = doc.table("task")
     name = task.get("name", str, "toy-mean")
-    options = tomlconfig.resolve_task_paths(path.parent, task.get("options", dict, {}))
+    options = resolve_task_paths(path.parent, task.get("options", dict, {}))
     task.finish()
     r = doc.table("retry")
     retry = RetryPolicy(

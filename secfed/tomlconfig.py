@@ -12,8 +12,6 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
-from secfed.data.builtin import BUILTIN_DATA
-
 T = TypeVar("T")
 
 
@@ -93,20 +91,3 @@ def load(path: Path) -> Section:
     except tomllib.TOMLDecodeError as exc:
         raise ConfigFileError(f"{path}: not valid TOML: {exc}") from exc
     return Section(path, "", data)
-
-
-def resolve_task_paths(base: Path, options: Mapping[str, Any]) -> dict[str, Any]:
-    """Task options with local paths made absolute against ``base`` (the configuration's directory).
-
-    ``data`` is always a path (or the word ``"builtin"``); ``model`` is a path only when it looks like
-    one (it holds a ``/`` or starts with ``.``): a registry name such as ``smollm2-135m-instruct``
-    stays as it is.
-    """
-    out = dict(options)
-    data = out.get("data")
-    if isinstance(data, str) and data != BUILTIN_DATA and not Path(data).is_absolute():
-        out["data"] = str((base / data).resolve())
-    model = out.get("model")
-    if isinstance(model, str) and ("/" in model or model.startswith(".")) and not Path(model).is_absolute():
-        out["model"] = str((base / model).resolve())
-    return out

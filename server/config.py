@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from secfed import tomlconfig
+from secfed.fl.tasks import resolve_task_paths
 from server.coordinator import RoundPlan
 
 
@@ -80,7 +81,7 @@ def load_server_config(path: Path) -> ServerConfig:
 
     task = doc.table("task")
     task_name = task.get("name", str, "toy-mean")
-    task_options = tomlconfig.resolve_task_paths(base, task.get("options", dict, {}))
+    task_options = resolve_task_paths(base, task.get("options", dict, {}))
     task.finish()
     dp = task_options.get("dp")
     if isinstance(dp, dict) and "target_epsilon" in dp and "rounds" not in dp:

@@ -16,6 +16,7 @@ from typing import Any, Protocol
 import numpy as np
 from numpy.typing import NDArray
 
+from secfed.data.builtin import BUILTIN_DATA
 from secfed.dp.policy import PrivacyPolicy
 from secfed.fl.policy import InstitutionPolicy
 from secfed.secagg.config import SessionConfig
@@ -208,6 +209,23 @@ def save_vector(model: Vector, directory: Path) -> None:
     """A plain vector model as ``model.npy`` (the toy and benchmark tasks' result format)."""
     directory.mkdir(parents=True, exist_ok=True)
     np.save(directory / "model.npy", np.asarray(model, dtype=np.float32))
+
+
+def resolve_task_paths(base: Path, options: Mapping[str, Any]) -> dict[str, Any]:
+    """Task options with local paths made absolute against ``base`` (the configuration's directory).
+
+    ``data`` is always a path (or the word ``"builtin"``); ``model`` is a path only when it looks like
+    one (it holds a ``/`` or starts with ``.``): a registry name such as ``smollm2-135m-instruct``
+    stays as it is.
+    """
+    out = dict(options)
+    data = out.get("data")
+    if isinstance(data, str) and data != BUILTIN_DATA and not Path(data).is_absolute():
+        out["data"] = str((base / data).resolve())
+    model = out.get("model")
+    if isinstance(model, str) and ("/" in model or model.startswith(".")) and not Path(model).is_absolute():
+        out["model"] = str((base / model).resolve())
+    return out
 
 
 ServerTaskFactory = Callable[[Mapping[str, Any]], ServerTask]

@@ -13,6 +13,7 @@ from types import MappingProxyType
 from typing import Any
 
 from secfed import tomlconfig
+from secfed.fl.tasks import resolve_task_paths
 from secfed.harness.presets import Preset
 
 
@@ -28,10 +29,10 @@ def load_simulation(path: Path) -> Preset:
     sim.finish()
     task = doc.table("task")
     task_name = task.get("name", str, "fedit-lora")
-    server_options = tomlconfig.resolve_task_paths(base, task.get("options", dict, {}))
+    server_options = resolve_task_paths(base, task.get("options", dict, {}))
     task.finish()
     client = doc.table("client")
-    client_options = tomlconfig.resolve_task_paths(base, client.get("options", dict, {}))
+    client_options = resolve_task_paths(base, client.get("options", dict, {}))
     client.finish()
     evaluation = doc.table("evaluation")
     eval_data = evaluation.get("data", str, "")
