@@ -244,7 +244,11 @@ class ClientRuntime:
                 last = ins.instruction_id
                 try:
                     self._handle(stub, ins)
-                except (SecAggError, WireError) as exc:
+                except (
+                    SecAggError,
+                    WireError,
+                    ValueError,
+                ) as exc:  # whatever the server sent: drop the session
                     self.report.violations.append(str(exc))
                     self._ledger("session-refused", round=self._session_round, error=str(exc))
                     logs.event(
@@ -356,10 +360,10 @@ class ClientRuntime:
             config, rs.task, task_config, model, secure=not rs.insecure_plaintext, evidence=evidence
         )
         upload = self.participant.start(start)
-        self._checkpoint(config.round, model)
         if isinstance(upload, Refusal):
             self._upload(stub, ins, Phase.ADVERTISE, upload)
             return
+        self._checkpoint(config.round, model)  # only a global model this institution admitted
         _note_round(self.report.rounds_joined, config.round)
         self._upload(
             stub, ins, Phase.ADVERTISE if isinstance(upload, AdvertiseKeys) else Phase.MASKED_INPUT, upload
@@ -449,7 +453,7 @@ class ClientRuntime:
     def _download(self, stub: pb_grpc.FederationStub, ref: pb.ModelRef) -> np.ndarray:
         if self._model is not None and self._model[0] == ref.hash:
             return self._model[1]
-        if ref.size_bytes > _MAX_MODEL_BYTES or ref.dtype != pb.TENSOR_DTYPE_FLOAT32:
+        if ref.size_bytes > _MAX_MODEL_BYTES or ref.dtype != pb.TENSOR_DTYPE_FLOAT32 or ref.size_bytes % 4:
             raise WireError("global_model", f"unsupported model ({ref.size_bytes} bytes, dtype {ref.dtype})")
         assembler = chunks.DownloadAssembler(_MAX_MODEL_BYTES, expected_sha256=ref.hash)
 
@@ -462,6 +466,10 @@ class ClientRuntime:
             return assembler.finish()
 
         data = self._call("Download", fetch)
+        if len(data) != ref.size_bytes:
+            raise WireError(
+                "global_model", f"{len(data)} bytes arrived, the reference names {ref.size_bytes}"
+            )
         model = np.frombuffer(data, dtype="<f4").astype(np.float32)
         self._model = (bytes(ref.hash), model)
         return model

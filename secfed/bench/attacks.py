@@ -456,59 +456,181 @@ def _unmask_then_retry_without_victim(world: World) -> tuple[str, str]:
     return "refused", _reactions(run)
 
 
-def _differencing_fedit_seed(world: World) -> tuple[str, str]:
-    """FedIT round 0 completes; the server re-runs it without the victim under another public seed."""
-    server, clients, consortium = fedit_world(world)
-    first = drive(server, clients, consortium, rounds=1, max_attempts=1)
+def _rerun_fedit(
+    change: Callable[[Any], Any], *, round_: int = 0, **options: Any
+) -> Callable[[World], tuple[str, str]]:
+    """FedIT completes round ``round_``; the server re-runs it without the victim on the same starting
+    adapter with the instruction changed by ``change`` (or the server options by ``options``): a
+    setting that does not change the update must not rename it, or the difference of the two sums is
+    the victim's exact update and record count."""
+
+    def attack(world: World) -> tuple[str, str]:
+        server, clients, consortium = fedit_world(world)
+        first = drive(server, clients, consortium, rounds=round_ + 1, max_attempts=1)
+        if len(first.stages) != round_ + 1:
+            return "succeeded", f"the honest run did not complete: {first.finished_reason}"
+        from secfed.fl.fedit import FeditInstruction, FeditServer
+
+        class Changed(FeditServer):
+            def instruction(self, stage: str) -> FeditInstruction:
+                ins: FeditInstruction = change(super().instruction(stage))
+                return ins
+
+        changed, _, _ = fedit_world(world, server_class=Changed, **options)
+        start_model = server.initial_model()
+        for done in first.stages[:round_]:
+            start_model = server.apply(start_model, done.result)
+        others = {c: t for c, t in clients.items() if c != VICTIM}
+        participants = {c: first.members[c].participant for c in others}
+        again = drive(
+            changed,
+            others,
+            consortium,
+            rounds=1,
+            first_round=round_,
+            participants=participants,
+            initial_model=start_model,
+            max_attempts=1,
+        )
+        if again.stages:
+            return "succeeded", "the re-run without the victim completed"
+        return "refused", _reactions(again)
+
+    return attack
+
+
+def _reseeded(ins: Any) -> Any:
+    return ins.model_copy(update={"train": replace(ins.train, seed=ins.train.seed + 7)})
+
+
+def _zero_sign_decay(ins: Any) -> Any:
+    return ins.model_copy(update={"train": replace(ins.train, weight_decay=-0.0)})
+
+
+def _other_init_seed(ins: Any) -> Any:
+    return ins.model_copy(update={"init_seed": ins.init_seed + 1})
+
+
+def _rerun_toy_clip(world: World) -> tuple[str, str]:
+    """Toy: a completed round re-run without the victim with a clip nothing reaches (same inputs)."""
+    from secfed.fl.toy import ToyServer
+
+    server, clients, consortium = toy_world()
+    releases = {c: ReleaseLog(world.workdir / f"toy-clip-{c}.jsonl") for c in clients}
+    first = drive(server, clients, consortium, rounds=1, releases=releases)
     if len(first.stages) != 1:
         return "succeeded", f"the honest round did not complete: {first.finished_reason}"
-    from secfed.fl.fedit import FeditInstruction, FeditServer
+    others = {c: t for c, t in clients.items() if c != VICTIM}
+    again = drive(
+        ToyServer({"dim": 4, "clip": 4.5}),
+        others,
+        consortium,
+        rounds=1,
+        releases={c: ReleaseLog(world.workdir / f"toy-clip-{c}.jsonl") for c in others},  # restarted
+        initial_model=server.initial_model(),
+    )
+    if again.stages:
+        return "succeeded", "the re-run with another clip completed"
+    return "refused", _reactions(again)
 
-    class Reseeded(FeditServer):
-        """The same round and starting adapter, another public training seed (an honest-looking server)."""
 
-        def instruction(self, stage: str) -> FeditInstruction:
-            ins = super().instruction(stage)
-            return ins.model_copy(update={"train": replace(ins.train, seed=ins.train.seed + 7)})
+def _dp_negligible_noise(world: World) -> tuple[str, str]:
+    """DP switched on with negligible noise for institutions without a budget, then a re-run without the
+    victim: a DP update may be re-submitted only when the institution's budget caps its guarantee."""
+    from secfed.dp.policy import PrivacyPolicy
+    from secfed.fl.fedit import FeditClient, FeditServer
 
-    reseeded, _, _ = fedit_world(world, server_class=Reseeded)
+    ids = _ids(4)
+    server = FeditServer(
+        {
+            "model": str(world.model),
+            "train": {"local_steps": 1, "batch_size": 2, "max_length": 48, "lr": 1e-3},
+            "max_weight": 8,
+            "dp": {
+                "noise_multiplier": 1e-9,
+                "max_grad_norm": 1000.0,
+                "expected_batch_size": 64,
+                "max_physical_batch": 64,
+            },
+        }
+    )
+    clients = {
+        c: FeditClient(
+            c,
+            {
+                "model": str(world.model),
+                **_data(i, 4),
+                "privacy": PrivacyPolicy(ledger=world.workdir / f"dp-noise-{c}.jsonl").to_mapping(),
+            },
+            model_pool=world.pool,
+        )
+        for i, c in enumerate(ids)
+    }
+    consortium = make_consortium(ids)
+    first = drive(server, clients, consortium, rounds=1, max_attempts=1)
+    if not first.stages:
+        return "refused", _reactions(first)
     others = {c: t for c, t in clients.items() if c != VICTIM}
     participants = {c: first.members[c].participant for c in others}
     again = drive(
-        reseeded,
+        server,
         others,
         consortium,
         rounds=1,
         participants=participants,
         initial_model=server.initial_model(),
+        max_attempts=1,
     )
     if again.stages:
-        return "succeeded", "the re-run under another seed completed"
+        return "succeeded", "the near-noiseless DP update was re-submitted without the victim"
     return "refused", _reactions(again)
 
 
-def _differencing_pca(world: World) -> tuple[str, str]:
-    """FedHDS: the PCA stage completes; the server restarts the round without the victim, same seed."""
-    server, clients, consortium = fedhds_world(world)
-    first = drive(
-        server,
-        clients,
-        consortium,
-        rounds=1,
-        max_attempts=1,
-        drop=lambda cid, r, stage, msg: stage == "coreset-occupancy" and cid == "inst04",
-    )
-    pca = [s for s in first.stages if s.name == "coreset-pca"]
-    if not pca:
-        return "succeeded", "the honest PCA stage did not complete"
-    others = {c: t for c, t in clients.items() if c != VICTIM}
-    participants = {c: first.members[c].participant for c in others}
-    again = drive(
-        server, others, consortium, rounds=1, participants=participants, first_attempt=1, max_attempts=1
-    )
-    if any(s.name == "coreset-pca" for s in again.stages):
-        return "succeeded", "the PCA statistics were summed again over a cohort without the victim"
-    return "refused", _reactions(again)
+def _non_finite_model(world: World) -> tuple[str, str]:
+    """A global model holding NaN: refused before any work, not a crash of the client."""
+    server, clients, consortium = toy_world()
+    model = server.initial_model().copy()
+    model[0] = np.nan
+    run = drive(server, clients, consortium, rounds=1, initial_model=model, max_attempts=1)
+    return _no_sum_after(run, 0)
+
+
+def _round_beyond_bound(world: World) -> tuple[str, str]:
+    """A round numbered 10^6 (so the per-round bound on adapter moves multiplies up): refused."""
+    server, clients, consortium = fedit_world(world)
+    run = drive(server, clients, consortium, rounds=1, first_round=10**6, max_attempts=1)
+    return _no_sum_after(run, 0)
+
+
+def _differencing_pca(**changed: Any) -> Callable[[World], tuple[str, str]]:
+    """FedHDS: the PCA stage completes; the server restarts the round without the victim with the same
+    seed (so the same projection), optionally with other server options (``changed``) that do not
+    shape the PCA statistics: neither may rename them."""
+
+    def attack(world: World) -> tuple[str, str]:
+        server, clients, consortium = fedhds_world(world)
+        first = drive(
+            server,
+            clients,
+            consortium,
+            rounds=1,
+            max_attempts=1,
+            drop=lambda cid, r, stage, msg: stage == "coreset-occupancy" and cid == "inst04",
+        )
+        pca = [s for s in first.stages if s.name == "coreset-pca"]
+        if not pca:
+            return "succeeded", "the honest PCA stage did not complete"
+        rerun = fedhds_world(world, **changed)[0] if changed else server
+        others = {c: t for c, t in clients.items() if c != VICTIM}
+        participants = {c: first.members[c].participant for c in others}
+        again = drive(
+            rerun, others, consortium, rounds=1, participants=participants, first_attempt=1, max_attempts=1
+        )
+        if any(s.name == "coreset-pca" for s in again.stages):
+            return "succeeded", "the PCA statistics were summed again over a cohort without the victim"
+        return "refused", _reactions(again)
+
+    return attack
 
 
 def _honest_retry_fedhds(world: World) -> tuple[str, str]:
@@ -768,7 +890,26 @@ ATTACKS: tuple[Attack, ...] = (
         _differencing_toy(True),
     ),
     Attack(
-        "fedit: completed round re-run under another public seed", "differencing", _differencing_fedit_seed
+        "fedit: completed round re-run under another public seed", "differencing", _rerun_fedit(_reseeded)
+    ),
+    Attack(
+        "fedit: completed round re-run with a clip nothing reaches",
+        "differencing",
+        _rerun_fedit(lambda ins: ins, clip=1.25),
+    ),
+    Attack(
+        "fedit: completed round re-run with weight decay -0.0", "differencing", _rerun_fedit(_zero_sign_decay)
+    ),
+    Attack(
+        "fedit: round 1 re-run with another init seed (checked at round 0 only)",
+        "differencing",
+        _rerun_fedit(_other_init_seed, round_=1),
+    ),
+    Attack("toy: completed round re-run with a clip nothing reaches", "differencing", _rerun_toy_clip),
+    Attack(
+        "fedit: DP with negligible noise for institutions without a budget, re-run without the victim",
+        "differencing",
+        _dp_negligible_noise,
     ),
     Attack(
         "toy: coordinator silent after the masked inputs, then its retry",
@@ -781,7 +922,12 @@ ATTACKS: tuple[Attack, ...] = (
         "differencing",
         _unmask_then_retry_without_victim,
     ),
-    Attack("fedhds: completed PCA re-run without the victim", "differencing", _differencing_pca),
+    Attack("fedhds: completed PCA re-run without the victim", "differencing", _differencing_pca()),
+    Attack(
+        "fedhds: completed PCA re-run without the victim, clip changed",
+        "differencing",
+        _differencing_pca(clip=1.25),
+    ),
     Attack(
         "fedhds: honest dropout in the histogram, then the coordinator's retry",
         "differencing",
@@ -803,6 +949,8 @@ ATTACKS: tuple[Attack, ...] = (
     # 7. The global model.
     Attack("fedit: crafted round-0 adapter", "global-model", _round0_adapter),
     Attack("fedit: adapter jump beyond the clip bound", "global-model", _adapter_jump),
+    Attack("toy: a global model holding NaN", "global-model", _non_finite_model),
+    Attack("fedit: round numbered 10^6", "global-model", _round_beyond_bound),
     # 8. Insecure modes and instruction hygiene.
     Attack("toy: insecure plaintext round", "insecure", _insecure),
     Attack("toy: unknown instruction field", "instruction", _unknown_field),

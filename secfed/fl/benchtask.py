@@ -15,7 +15,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from secfed.fl import tasks
-from secfed.fl.instruction import RoundInstruction, canonical_json
+from secfed.fl.instruction import RoundInstruction
 from secfed.fl.policy import InstitutionPolicy, RefusalCategory, Refused
 from secfed.fl.releases import release_identity
 from secfed.fl.vectors import model_hash
@@ -101,9 +101,7 @@ class BenchClient:
     def release_identity(
         self, round_: int, model: NDArray[np.float32], task_config: Mapping[str, Any]
     ) -> bytes | None:
-        return release_identity(
-            NAME, self.vector.tobytes(), model_hash(model), canonical_json(dict(task_config))
-        )
+        return release_identity(NAME, self.vector.tobytes(), model_hash(model))
 
 
 tasks.register(NAME, BenchServer, BenchClient)

@@ -35,7 +35,7 @@ from secfed import logs
 from secfed.coreset.config import CoresetConfig
 from secfed.fl import tasks
 from secfed.fl.fedit import FeditClient, FeditInstruction, FeditServer, ModelPool, train_round
-from secfed.fl.instruction import FrozenModel, canonical_json
+from secfed.fl.instruction import FrozenModel
 from secfed.fl.policy import InstitutionPolicy, RefusalCategory, Refused, within
 from secfed.fl.releases import release_identity
 from secfed.fl.tasks import StagePlan, StageResult
@@ -442,15 +442,17 @@ class FedhdsClient(FeditClient):
         started = time.perf_counter()
         coreset = self._features(round_, model, ins)
         out: dict[str, NDArray[np.float64]] = coreset.contribute(ins.broadcast())
-        # Statistics of the features under this stage's public plan (projection seed, space, cells):
-        # a retry with the same plan is the same input; a fresh projection is a new one.
+        # Statistics of these features in this stage under this round seed (which fixes the public
+        # projection): named by what they are computed from, never by other settings, so a re-run of
+        # the stage with any field changed is the same input; a fresh projection is a new one.
         indices, feats = self.features if self.features is not None else (np.zeros(0), np.zeros(0))
         self._last_identity = release_identity(
             "fedhds-stage",
+            ins.stage.encode(),
             hashlib.sha256(
                 np.ascontiguousarray(indices).tobytes() + np.ascontiguousarray(feats).tobytes()
             ).digest(),
-            canonical_json({**ins.wire(), "train": None}),
+            str(ins.round_seed).encode(),
         )
         self.selection_s += time.perf_counter() - started
         return out
@@ -496,7 +498,7 @@ class FedhdsClient(FeditClient):
             self.privacy, peft, self._base.tokenizer, records, settings, ins.dp, round_, self.client_id
         )
         self.last_stats = stats
-        self._last_identity = None if _dp else self.update_identity(model, ins, records)
+        self._last_identity = self.update_identity(model, _dp)
         delta = adapter_to_vector(peft).astype(np.float64) - model.astype(np.float64)
         # A public weight: a winner and a non-winner, one record or five, weigh the same, so the
         # weight sum reveals only the (public) number of contributors.

@@ -335,7 +335,6 @@ class FeditClient:
         ins = self.instruction_type.parse(task_config)
         self.check_instruction(ins, policy)
         peft = self._ensure_model(ins)
-        self._instruction = ins
         from secfed.model.lora import adapter_size
 
         expected = update_spec(adapter_size(peft), ins.max_weight, ins.clip)
@@ -345,6 +344,7 @@ class FeditClient:
                 "the session's vector spec is not [max_weight * clip bounded delta, max_weight bounded weight]",
             )
         self.check_global_model(round_, model, ins, policy)
+        self._instruction = ins  # the last instruction admitted: what a saved result is checked with
         return None
 
     def observe_sum(self, round_: int, stage: str, result: AggregateResult) -> None:
@@ -420,25 +420,40 @@ class FeditClient:
         adapter as the federation's result."""
         from secfed.model.lora import save_adapter, vector_to_adapter
 
-        ins = self._instruction
-        if ins is None or self._peft is None:
-            raise ValueError("this institution took part in no round: the adapter's settings are unknown")
+        ins, last = self._instruction, self._last_model
+        if ins is None or self._peft is None or last is None:
+            raise ValueError(
+                "this institution trained in no round of this run: nothing to check the result against"
+            )
+        if not last[0] < rounds_completed <= InstitutionPolicy.max_rounds:
+            raise Refused(
+                RefusalCategory.INCONSISTENCY,
+                f"a result after {rounds_completed} rounds, but this institution trained in round {last[0]}",
+                field="rounds_completed",
+            )
         self.check_global_model(rounds_completed, model, ins, InstitutionPolicy())
         vector_to_adapter(self._peft, model)
         save_adapter(self._peft, directory, base_model=self.model_source)
 
-    def update_identity(
-        self, model: NDArray[np.float32], ins: FeditInstruction, records: list[Record]
-    ) -> bytes:
-        """A non-DP update is named by the model, the records and every setting but the public seed.
+    def update_identity(self, model: NDArray[np.float32], dp_covered: bool) -> bytes | None:
+        """The release identity of an update trained from ``model`` on this institution's records.
 
-        The seed is left out on purpose: two updates from the same model and records that differ only
-        in batch order are nearly the same value, so a re-run with another seed must count as the
-        same input (only DP covers such near-repeats)."""
-        settings = {**ins.wire(), "stage": "", "train": {**ins.wire()["train"], "seed": 0}}
-        return release_identity(
-            "fedit-update", model_hash(model), records_fingerprint(records), canonical_json(settings)
-        )
+        Named by what it is computed from and nothing else: the global model and the institution's
+        whole dataset (a FedHDS subset included). No server-chosen setting enters it: a setting that
+        does not change the update (a clip nothing reaches, a weight cap above the record count, a
+        seed, a sign of zero) would otherwise rename the same update, and a re-run without one member
+        would difference it out. So any second session training from the same model on the same data
+        is the same input, whatever its settings.
+
+        A DP-SGD update carries its own guarantee and may be re-submitted (None), but only when the
+        institution's budget caps that guarantee: without a budget a server could ask for negligible
+        noise and re-run the round at will."""
+        budget = self.privacy.policy.budget_epsilon if self.privacy.policy is not None else None
+        if dp_covered and budget is not None:
+            return None
+        if self._fingerprint is None:
+            self._fingerprint = records_fingerprint(self.records)
+        return release_identity("lora-update", model_hash(model), self._fingerprint)
 
     def compute(
         self, round_: int, model: NDArray[np.float32], task_config: Mapping[str, Any]
@@ -454,7 +469,7 @@ class FeditClient:
             self.privacy, peft, self._base.tokenizer, self.records, ins.train, ins.dp, round_, self.client_id
         )
         self.last_stats = stats
-        self._last_identity = None if dp_trained else self.update_identity(model, ins, self.records)
+        self._last_identity = self.update_identity(model, dp_trained)
         delta = adapter_to_vector(peft).astype(np.float64) - model.astype(np.float64)
         # Under DP the weight must not depend on the data (a record count is a release DP-SGD does
         # not cover), so every DP round uses the public cap; otherwise FedAvg weights by data size.

@@ -34,7 +34,7 @@ from secfed.cancel import ComputeCancelled
 from secfed.crypto.identity import Identity, TrustAnchor
 from secfed.fl.instruction import instruction_hash
 from secfed.fl.plaintext import PlaintextInput
-from secfed.fl.policy import InstitutionPolicy, Refusal, RefusalCategory, Refused
+from secfed.fl.policy import InstitutionPolicy, Refusal, RefusalCategory, Refused, within
 from secfed.fl.releases import ReleaseLog
 from secfed.fl.tasks import ClientTask
 from secfed.fl.vectors import model_hash
@@ -145,6 +145,11 @@ class Participant:
                     RefusalCategory.INCONSISTENCY,
                     "the instruction is not the one the session configuration names (its hash differs)",
                 )
+            within(config.round, 0, self.policy.max_rounds - 1, "round")
+            if not np.all(np.isfinite(start.model)):
+                raise Refused(
+                    RefusalCategory.BOUNDS, "the global model holds non-finite values", field="global_model"
+                )
             required = self.task.admit(config.round, start.model, start.task_config, config, self.policy)
             if not start.secure:
                 return self._plaintext(start)
@@ -249,6 +254,10 @@ class Participant:
         began = time.perf_counter()
         inputs = self.task.compute(start.config.round, start.model, start.task_config)
         self.compute_seconds += time.perf_counter() - began
+        if not all(np.all(np.isfinite(np.asarray(v, dtype=np.float64))) for v in inputs.values()):
+            # Training diverged (a crafted adapter can make it): nothing to encode, and the encoder
+            # would refuse it later, after the input was logged as released.
+            raise Refused(RefusalCategory.DATA, "the local computation produced non-finite values")
         identity = self.task.release_identity(start.config.round, start.model, start.task_config)
         self._computed = _Computed(key, dict(inputs), identity)
         return self._computed

@@ -97,6 +97,9 @@ class InstitutionPolicy:
     max_slots_per_bucket: int = 64
     max_election_attempts: int = 16
     max_feature_length: int = 1024
+    # The highest round number this institution accepts: a server claiming that many rounds passed
+    # would otherwise widen the per-round bound on how far a global adapter may move.
+    max_rounds: int = 10_000
     # Round 0's adapter must be the public-seed initialisation, or this one (hex SHA-256 of its vector).
     initial_adapter_sha256: str | None = None
 

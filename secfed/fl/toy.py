@@ -19,7 +19,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from secfed.fl import tasks
-from secfed.fl.instruction import RoundInstruction, canonical_json
+from secfed.fl.instruction import RoundInstruction
 from secfed.fl.policy import InstitutionPolicy, RefusalCategory, Refused, within
 from secfed.fl.releases import release_identity
 from secfed.fl.vectors import model_hash
@@ -163,8 +163,9 @@ class ToyClient:
     def release_identity(
         self, round_: int, model: NDArray[np.float32], task_config: Mapping[str, Any]
     ) -> bytes | None:
-        # The samples are a function of the client id; the input of the model and the settings.
-        return release_identity(NAME, self.client_id, model_hash(model), canonical_json(dict(task_config)))
+        # The contribution is a function of the client id, the model and this institution's own options
+        # (which the instruction must match): no server-chosen field may rename it.
+        return release_identity(NAME, self.client_id, model_hash(model))
 
     def compute(
         self, round_: int, model: NDArray[np.float32], task_config: Mapping[str, Any]
