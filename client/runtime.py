@@ -244,11 +244,9 @@ class ClientRuntime:
                 last = ins.instruction_id
                 try:
                     self._handle(stub, ins)
-                except (
-                    SecAggError,
-                    WireError,
-                    ValueError,
-                ) as exc:  # whatever the server sent: drop the session
+                # Whatever the server sent (a protocol break, malformed bytes, a value the task
+                # cannot use): this session is over, the client goes on polling.
+                except (SecAggError, WireError, ValueError) as exc:
                     self.report.violations.append(str(exc))
                     self._ledger("session-refused", round=self._session_round, error=str(exc))
                     logs.event(
@@ -379,7 +377,7 @@ class ClientRuntime:
         name = "final" if finished.reason.startswith("completed") else f"after-round-{done - 1}"
         try:
             model = self._download(stub, finished.final_model)
-        except (ClientStopped, WireError) as exc:
+        except (ClientStopped, WireError, ValueError) as exc:
             logs.event(log, "model-not-saved", logging.WARNING, client=self.kit.client_id, error=str(exc))
             return
         self._save_model(model, done, self.model_dir / name)

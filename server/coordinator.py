@@ -98,13 +98,17 @@ class RoundPlan:
     def dropout_tolerance(self, roster_size: int) -> tuple[int, int, int]:
         """``(cohort, threshold, dropouts a round survives)`` for a roster of ``roster_size``.
 
-        A sum is released only with at least the SecAgg threshold ``t`` and ``c + 2`` contributors
-        (and ``min_cohort``), so a cohort of ``n`` survives ``n - max(t, c + 2, min_cohort)`` dropouts.
+        A sum is released only with at least the SecAgg threshold ``t`` (never below ``min_cohort``) and
+        ``c + 2`` contributors, so a cohort of ``n`` survives ``n - max(t, c + 2)`` dropouts.
         """
         n = self.cohort_size(roster_size)
         c = self.colluders(n)
-        t = required_threshold(n, c)
-        return n, t, max(0, n - max(t, c + 2, self.min_cohort))
+        t = self.threshold(n)
+        return n, t, max(0, n - max(t, c + 2))
+
+    def threshold(self, n: int) -> int:
+        """The SecAgg threshold of a roster of ``n``: ``t > (n + c) / 2``, and never below ``min_cohort``."""
+        return max(required_threshold(n, self.colluders(n)), self.min_cohort)
 
     def __post_init__(self) -> None:
         if self.rounds < 1:
@@ -304,14 +308,13 @@ class Coordinator:
         if sender != client_id:
             raise SecAggError(attempt.session.phase, f"message claims sender {sender!r}", client_id=client_id)
         srv = attempt.session
+        # Late work for an abandoned attempt is told what became of it, not "another configuration".
         key = (
             message.config_digest
             if isinstance(message, AdvertiseKeys)
             else getattr(message, "session_id", b"")
         )
-        if (
-            key and key in self._ended
-        ):  # late work for an abandoned attempt: say so, not "another configuration"
+        if key and key in self._ended:
             raise SecAggError(srv.phase, self._ended[key], client_id=client_id)
         if isinstance(srv, PlaintextSession) or isinstance(message, PlaintextInput):
             if not (isinstance(srv, PlaintextSession) and isinstance(message, PlaintextInput)):
@@ -481,7 +484,7 @@ class Coordinator:
         config = SessionConfig(
             round=self.round,
             roster=roster,
-            threshold=max(required_threshold(n, colluding), self.plan.min_cohort),
+            threshold=self.plan.threshold(n),
             n_colluding=colluding,
             min_cohort=self.plan.min_cohort,
             spec=plan.spec,
