@@ -121,10 +121,10 @@ def test_a_sum_is_verified_only_after_the_members_own_unmask(consortium: Consort
         )
 
 
-def test_an_unsigned_masked_input_is_refused_by_the_server(consortium: Consortium) -> None:
+def test_an_unsigned_masked_input_is_refused_where_inputs_become_evidence(consortium: Consortium) -> None:
     """Without a verifiable signature the server could not show a member's input to the others."""
     s = make_session(consortium, 4)
-    srv = s.server
+    s.server = srv = ServerSession(s.config, trust=consortium.trust, keep_inputs=True)
     for c in s.clients.values():
         srv.receive_advert(c.advertise())
     bc = srv.close_advertise()
