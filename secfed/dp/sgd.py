@@ -61,7 +61,7 @@ import sys
 import time
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -259,7 +259,7 @@ def train_local_dp(
 ) -> tuple[TrainStats, DpRoundEvent]:
     """DP-SGD on the trainable (LoRA) parameters of ``model`` over ``records``; see the module docstring.
 
-    Takes ``settings.steps_for(n)`` logical steps, each one Poisson batch of expected size
+    Takes ``settings.dp_steps_for(n, B)`` logical steps, each one Poisson batch of expected size
     ``dp.expected_batch_size``; ``settings.batch_size`` and ``grad_accum`` are replaced by the DP batch
     settings (when ``settings.epochs`` is set, steps are counted with batch size B). Returns the usual
     training statistics (local only: the losses are not differentially private) and the
@@ -282,7 +282,7 @@ def train_local_dp(
     ]
     n = len(examples)
     pad_id = int(getattr(tokenizer, "pad_token_id", 0) or 0)
-    steps = replace(settings, batch_size=dp.expected_batch_size, grad_accum=1).steps_for(n)
+    steps = settings.dp_steps_for(n, dp.expected_batch_size)
     sampler = UniformWithReplacementSampler(
         num_samples=n,
         sample_rate=dp.sample_rate(n),

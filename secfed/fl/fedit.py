@@ -507,8 +507,9 @@ def train_round(
     from secfed.dp.sgd import train_local_dp
     from secfed.model.train import train_local
 
-    steps = settings.steps_for(len(records))
-    dp = privacy.plan_round(round_, dp_options, len(records), steps)
+    n = len(records)
+    steps = settings.dp_steps_for(n, dp_options.expected_batch_size) if dp_options else settings.steps_for(n)
+    dp = privacy.plan_round(round_, dp_options, n, steps)
     desc = f"{client_id} round {round_}"
     if dp is None:
         return train_local(peft, tokenizer, records, settings, round_=round_, desc=desc), False
@@ -518,6 +519,15 @@ def train_round(
         settings, seed=secrets.randbits(43)
     )  # trainers fold it into a 63-bit torch seed
     stats, event = train_local_dp(peft, tokenizer, records, secret, dp, round_=round_, desc=f"{desc} (DP)")
+    planned = (dp.noise_multiplier, dp.sample_rate(n), steps)
+    if (event.noise_multiplier, event.sample_rate, event.steps) != planned:
+        # The guard approved ``planned``; a release under any other mechanism is not covered by it,
+        # so nothing leaves (the update is discarded before it is masked).
+        raise Refused(
+            RefusalCategory.BUDGET,
+            f"{client_id} round {round_}: DP-SGD ran (noise, rate, steps) = "
+            f"{(event.noise_multiplier, event.sample_rate, event.steps)}, the budget approved {planned}",
+        )
     privacy.record(round_, event)
     return stats, True
 

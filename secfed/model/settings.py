@@ -7,7 +7,7 @@ the CLI and config validation import them without paying for torch.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 #: How a record becomes a prompt (:mod:`secfed.data.prompts`).
@@ -76,3 +76,11 @@ class TrainSettings:
         if self.epochs is None:
             return self.local_steps
         return max(1, math.ceil(self.epochs * n_records / (self.batch_for(n_records) * self.grad_accum)))
+
+    def dp_steps_for(self, n_records: int, expected_batch_size: int) -> int:
+        """The logical steps DP-SGD takes: ``local_steps``, or ``epochs`` passes counted in Poisson
+        batches of ``expected_batch_size`` (DP-SGD replaces ``batch_size`` and ``grad_accum``).
+
+        The one step count of a DP round: the budget guard approves, the noise is calibrated for, and
+        the trainer runs (and checks) exactly this many steps."""
+        return replace(self, batch_size=expected_batch_size, grad_accum=1).steps_for(n_records)
