@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from secfed import tomlconfig
-from secfed.dp.policy import DEFAULT_DELTA, PrivacyPolicy
+from secfed.dp.policy import DEFAULT_DELTA, PrivacyPolicy, require_dp_by_default
 from secfed.fl.policy import InstitutionPolicy
 from secfed.fl.tasks import resolve_task_paths
 
@@ -74,7 +74,7 @@ def load_client_config(path: Path) -> ClientConfig:
             ledger=path.parent / priv.get("ledger", str, "privacy-ledger.jsonl"),
             delta=priv.number("delta", float, DEFAULT_DELTA, low=0.0, high=1.0),
             budget_epsilon=budget or None,
-            require_dp=priv.get("require_dp", bool, False),
+            require_dp=priv.get("require_dp", bool, require_dp_by_default(budget or None)),
         )
     except ValueError as exc:
         raise tomlconfig.ConfigFileError(f"{path}: {exc}") from exc

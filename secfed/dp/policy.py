@@ -69,9 +69,17 @@ class DpOptions:
         return {k: v for k, v in asdict(self).items() if v is not None}
 
 
+def require_dp_by_default(budget_epsilon: float | None) -> bool:
+    """An institution that sets a privacy budget requires DP-SGD unless it says otherwise: a budget
+    next to rounds trained without noise would be a promise its ledger cannot keep."""
+    return budget_epsilon is not None
+
+
 @dataclass(frozen=True)
 class PrivacyPolicy:
-    """An institution's own privacy rules, enforced by its client before every round."""
+    """An institution's own privacy rules, enforced by its client before every round.
+
+    Built from a file or mapping, ``require_dp`` defaults to :func:`require_dp_by_default`."""
 
     ledger: Path
     delta: float = DEFAULT_DELTA
@@ -99,9 +107,10 @@ class PrivacyPolicy:
             raise ValueError(f"privacy: unknown key(s) {sorted(unknown)}; known: {sorted(known)}")
         if "ledger" not in raw:
             raise ValueError("privacy: ledger is required")
+        budget = None if raw.get("budget_epsilon") is None else float(raw["budget_epsilon"])
         return cls(
             ledger=Path(raw["ledger"]),
             delta=float(raw.get("delta", DEFAULT_DELTA)),
-            budget_epsilon=None if raw.get("budget_epsilon") is None else float(raw["budget_epsilon"]),
-            require_dp=bool(raw.get("require_dp", False)),
+            budget_epsilon=budget,
+            require_dp=bool(raw.get("require_dp", require_dp_by_default(budget))),
         )

@@ -109,3 +109,18 @@ def test_server_target_epsilon_is_spread_over_the_planned_rounds(tmp_path: Path)
         '[task]\nname = "fedit-lora"\n[task.options]\ndp = { target_epsilon = 8.0 }\n'
     )
     assert load_server_config(path).task_options["dp"] == {"target_epsilon": 8.0, "rounds": 7}
+
+
+def test_a_budget_requires_dp_unless_the_institution_says_otherwise(tmp_path: Path) -> None:
+    """A budget beside rounds trained without noise would be a promise the ledger cannot keep."""
+    from secfed.dp.policy import PrivacyPolicy
+
+    path = tmp_path / "client.toml"
+    path.write_text('[client]\nkit = "k"\n[privacy]\nbudget_epsilon = 8.0\n')
+    assert load_client_config(path).privacy.require_dp is True
+    path.write_text('[client]\nkit = "k"\n[privacy]\nbudget_epsilon = 8.0\nrequire_dp = false\n')
+    assert load_client_config(path).privacy.require_dp is False
+    path.write_text('[client]\nkit = "k"\n')
+    assert load_client_config(path).privacy.require_dp is False
+    assert PrivacyPolicy.from_mapping({"ledger": "l", "budget_epsilon": 2.0}).require_dp is True
+    assert PrivacyPolicy.from_mapping({"ledger": "l"}).require_dp is False
