@@ -554,11 +554,15 @@ def _plaintext_fedhds(bench: _Bench) -> Outcome:
         production client never takes a record list from the server (it would let the server pick
         one institution's record and read its update from the sum)."""
 
+        def admit(self, round_: int, model: Any, task_config: Any, session: Any, policy: Any) -> int | None:
+            self._assigned = np.asarray(assignments[round_][self.client_id], dtype=np.int64)
+            if not len(self._assigned):
+                return None  # nothing assigned: it uploads zeros (see _train)
+            return super().admit(round_, model, task_config, session, policy)
+
         def _train(self, round_: int, model: Any, ins: Any) -> dict[str, Any]:
-            chosen = np.asarray(assignments[round_][self.client_id], dtype=np.int64)
-            if not len(chosen):
+            if not len(self._assigned):
                 return {"delta": np.zeros(len(model)), "weight": np.zeros(1)}
-            self._assigned = chosen
             return super()._train(round_, model, ins)
 
         def _selected_indices(self, ins: Any) -> Any:

@@ -33,12 +33,14 @@ from numpy.typing import NDArray
 
 from secfed import logs
 from secfed.coreset.config import CoresetConfig
+from secfed.data.formats import Record
 from secfed.fl import tasks
 from secfed.fl.fedit import FeditClient, FeditInstruction, FeditServer, ModelPool, train_round
 from secfed.fl.instruction import FrozenModel
 from secfed.fl.policy import InstitutionPolicy, RefusalCategory, Refused, within
 from secfed.fl.releases import release_identity
 from secfed.fl.tasks import StagePlan, StageResult
+from secfed.model.settings import TrainSettings
 from secfed.secagg.config import ClientPolicy, SessionConfig
 from secfed.secagg.messages import AggregateResult
 
@@ -478,25 +480,28 @@ class FedhdsClient(FeditClient):
         nearest: NDArray[np.int64] = self._coreset.nearest_candidate(broadcast)
         return nearest
 
+    def training_inputs(self, ins: FeditInstruction) -> tuple[list[Record], TrainSettings]:
+        """The records this institution selected itself from the verified plan, for the set epochs."""
+        assert isinstance(ins, FedhdsInstruction)
+        indices = self._selected_indices(ins)
+        if len(indices) == 0:
+            raise Refused(RefusalCategory.DATA, "no record to train on")
+        self.last_selected = indices
+        records = [self.records[int(i)] for i in indices]
+        return records, dataclasses.replace(ins.train, epochs=ins.fedhds.selected_epochs)
+
     def _train(
         self, round_: int, model: NDArray[np.float32], ins: FedhdsInstruction
     ) -> dict[str, NDArray[np.float64]]:
         from secfed.model.lora import adapter_to_vector, vector_to_adapter
 
         started = time.perf_counter()
-        indices = self._selected_indices(ins)
-        if len(indices) == 0:
-            raise Refused(RefusalCategory.DATA, "no record to train on")
-        self.last_selected = indices
-        records = [self.records[int(i)] for i in indices]
-        self.records_trained += len(records)
+        plan = self.admitted_plan(round_)
+        self.records_trained += len(plan.records)
         peft = self._ensure_model(ins)
         vector_to_adapter(peft, model)
         self._last_model = (round_, np.array(model, dtype=np.float32))
-        settings = dataclasses.replace(ins.train, epochs=ins.fedhds.selected_epochs)
-        stats, _dp = train_round(
-            self.privacy, peft, self._base.tokenizer, records, settings, ins.dp, round_, self.client_id
-        )
+        stats, _dp = train_round(self.privacy, peft, self._base.tokenizer, plan, self.client_id)
         self.last_stats = stats
         self._last_identity = self.update_identity(model, _dp)
         delta = adapter_to_vector(peft).astype(np.float64) - model.astype(np.float64)
@@ -509,7 +514,7 @@ class FedhdsClient(FeditClient):
             "coreset-train",
             client=self.client_id,
             round=round_,
-            selected=len(records),
+            selected=len(plan.records),
             steps=stats.steps,
             seconds=f"{stats.seconds:.1f}",
         )

@@ -290,6 +290,7 @@ class FeditClient:
         # more than the clip bound per round (a crafted jump is refused).
         self._last_model: tuple[int, NDArray[np.float32]] | None = None
         self._instruction: FeditInstruction | None = None
+        self._plan: TrainingPlan | None = None
         self._last_identity: bytes | None = None
         self._fingerprint: bytes | None = None
         self.last_stats: Any = None
@@ -344,8 +345,22 @@ class FeditClient:
                 "the session's vector spec is not [max_weight * clip bounded delta, max_weight bounded weight]",
             )
         self.check_global_model(round_, model, ins, policy)
+        # Every privacy check (DP required, budget) on exactly what will run, before any work.
+        records, settings = self.training_inputs(ins)
+        self._plan = plan_training(self.privacy, records, settings, ins.dp, round_)
         self._instruction = ins  # the last instruction admitted: what a saved result is checked with
         return None
+
+    def training_inputs(self, ins: FeditInstruction) -> tuple[list[Record], TrainSettings]:
+        """The records and settings this round trains with: every record, the federation's settings."""
+        return self.records, ins.train
+
+    def admitted_plan(self, round_: int) -> TrainingPlan:
+        """The plan :meth:`admit` made for ``round_`` (the participant admits before it computes)."""
+        plan = self._plan
+        if plan is None or plan.round != round_:
+            raise Refused(RefusalCategory.INCONSISTENCY, f"round {round_} was not admitted before training")
+        return plan
 
     def observe_sum(self, round_: int, stage: str, result: AggregateResult) -> None:
         """One stage a round: no plan derives from a sum."""
@@ -466,7 +481,7 @@ class FeditClient:
         vector_to_adapter(peft, model)
         self._last_model = (round_, np.array(model, dtype=np.float32))
         stats, dp_trained = train_round(
-            self.privacy, peft, self._base.tokenizer, self.records, ins.train, ins.dp, round_, self.client_id
+            self.privacy, peft, self._base.tokenizer, self.admitted_plan(round_), self.client_id
         )
         self.last_stats = stats
         self._last_identity = self.update_identity(model, dp_trained)
@@ -489,27 +504,44 @@ class FeditClient:
         return {"delta": weight * delta, "weight": np.array([weight])}
 
 
-def train_round(
+@dataclass(frozen=True)
+class TrainingPlan:
+    """What one round's local training will be, fixed before any work: the records, the settings, the
+    step count and, under DP, the mechanism the institution's budget approved for it."""
+
+    round: int
+    records: list[Record]
+    settings: TrainSettings
+    steps: int
+    dp: Any  # secfed.dp.sgd.DpSettings (torch-side) or None: the federation trains without DP
+
+
+def plan_training(
     privacy: InstitutionPrivacy,
-    peft: Any,
-    tokenizer: Any,
     records: list[Record],
     settings: TrainSettings,
     dp_options: DpOptions | None,
     round_: int,
-    client_id: str,
-) -> tuple[TrainStats, bool]:
-    """Train one round, with DP-SGD when the federation asks for it and the budget allows.
+) -> TrainingPlan:
+    """Plan the round and run every privacy check on it (DP required, budget) before any training.
 
-    Returns the training stats and whether DP-SGD was used. Raises ValueError (a
-    ``PrivacyRefusal``) when the institution's policy declines the round; it is already ledgered.
-    """
+    Raises ValueError (a ``PrivacyRefusal``, already ledgered) when the institution's policy declines
+    it: a refused session has spent nothing."""
+    n = len(records)
+    steps = settings.dp_steps_for(n, dp_options.expected_batch_size) if dp_options else settings.steps_for(n)
+    return TrainingPlan(round_, records, settings, steps, privacy.plan_round(round_, dp_options, n, steps))
+
+
+def train_round(
+    privacy: InstitutionPrivacy, peft: Any, tokenizer: Any, plan: TrainingPlan, client_id: str
+) -> tuple[TrainStats, bool]:
+    """Train one round as planned (:func:`plan_training`), with DP-SGD when the plan has a mechanism.
+
+    Returns the training stats and whether DP-SGD was used."""
     from secfed.dp.sgd import train_local_dp
     from secfed.model.train import train_local
 
-    n = len(records)
-    steps = settings.dp_steps_for(n, dp_options.expected_batch_size) if dp_options else settings.steps_for(n)
-    dp = privacy.plan_round(round_, dp_options, n, steps)
+    round_, records, settings, dp = plan.round, plan.records, plan.settings, plan.dp
     desc = f"{client_id} round {round_}"
     if dp is None:
         return train_local(peft, tokenizer, records, settings, round_=round_, desc=desc), False
@@ -519,7 +551,7 @@ def train_round(
         settings, seed=secrets.randbits(43)
     )  # trainers fold it into a 63-bit torch seed
     stats, event = train_local_dp(peft, tokenizer, records, secret, dp, round_=round_, desc=f"{desc} (DP)")
-    planned = (dp.noise_multiplier, dp.sample_rate(n), steps)
+    planned = (dp.noise_multiplier, dp.sample_rate(len(records)), plan.steps)
     if (event.noise_multiplier, event.sample_rate, event.steps) != planned:
         # The guard approved ``planned``; a release under any other mechanism is not covered by it,
         # so nothing leaves (the update is discarded before it is masked).

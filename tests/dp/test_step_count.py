@@ -18,7 +18,7 @@ from secfed.data.builtin import builtin_splits
 from secfed.dp.institution import InstitutionPrivacy, PrivacyRefusal
 from secfed.dp.ledger import PrivacyLedger
 from secfed.dp.policy import DpOptions, PrivacyPolicy
-from secfed.fl.fedit import train_round
+from secfed.fl.fedit import plan_training, train_round
 from secfed.model.lora import LoraSettings, apply_lora
 from secfed.model.tiny import tiny_llama
 from secfed.model.train import TrainSettings
@@ -54,7 +54,8 @@ def test_the_ledger_holds_exactly_the_steps_that_ran_and_never_exceeds_the_budge
     tiny = tiny_llama(seed=0)
     peft = apply_lora(tiny.model, LoraSettings())
     try:
-        _stats, used_dp = train_round(privacy, peft, tiny.tokenizer, RECORDS, train, dp, 0, "inst00")
+        plan = plan_training(privacy, RECORDS, train, dp, 0)
+        _stats, used_dp = train_round(privacy, peft, tiny.tokenizer, plan, "inst00")
     except PrivacyRefusal:
         assert privacy.ledger is not None and privacy.ledger.events() == []  # refused: nothing spent
         return

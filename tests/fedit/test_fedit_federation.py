@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import pytest
@@ -30,8 +30,10 @@ class RecordingClient(FeditClient):
     """Test double: keeps the plaintext contribution it hands to secure aggregation."""
 
     contributions: dict[tuple[str, int], dict[str, np.ndarray]]
+    started: ClassVar[list[tuple[str, int]]] = []  # every (client, round) whose local work began
 
     def compute(self, round_: int, model: np.ndarray, task_config: Any) -> dict[str, np.ndarray]:
+        RecordingClient.started.append((self.client_id, round_))
         out = super().compute(round_, model, task_config)
         self.contributions[(self.client_id, round_)] = {k: np.array(v) for k, v in out.items()}
         return out
@@ -154,6 +156,7 @@ def test_budget_guard_refuses_the_round_that_would_overshoot_and_the_federation_
 ) -> None:
     dp = {"noise_multiplier": 1.0, "max_grad_norm": 1.0, "expected_batch_size": 2, "max_physical_batch": 2}
     steps = 3
+    RecordingClient.started.clear()
     probe = FeditClient("inst03", _data_options(3, 4))
     rate = DpSettings(1.0, 1.0, 2).sample_rate(len(probe.records))
     one, two = (epsilon_pld([DpEvent(1.0, rate, steps)] * k, 1e-5) for k in (1, 2))
@@ -170,6 +173,8 @@ def test_budget_guard_refuses_the_round_that_would_overshoot_and_the_federation_
     assert all(r.contributors == ("inst00", "inst01", "inst02") for r in results[1:])
     refusals = [(r, c) for r, c, _ in server.coordinator.refusals]
     assert refusals == [(1, "inst03"), (2, "inst03")]
+    # Policy before work: the rounds it refused were refused before any training began.
+    assert [r for c, r in RecordingClient.started if c == "inst03"] == [0]
     # the server learns the category only: an epsilon figure would reveal the record count
     assert all(reason == "budget" for _, _, reason in server.coordinator.refusals)
     # DP rounds weigh every institution by the public cap, not by its (private) record count
