@@ -291,6 +291,11 @@ class FeditClient:
         self._last_model: tuple[int, NDArray[np.float32]] | None = None
         self._instruction: FeditInstruction | None = None
         self._plan: TrainingPlan | None = None
+        # The last DP update this institution released, with its plan: a retry of the same round
+        # re-submits it instead of spending budget on a second one (lost on a restart).
+        self._dp_update: (
+            tuple[tuple[int, bytes, bytes], TrainingPlan, dict[str, NDArray[np.float64]]] | None
+        ) = None
         self._last_identity: bytes | None = None
         self._fingerprint: bytes | None = None
         self.last_stats: Any = None
@@ -345,9 +350,15 @@ class FeditClient:
                 "the session's vector spec is not [max_weight * clip bounded delta, max_weight bounded weight]",
             )
         self.check_global_model(round_, model, ins, policy)
-        # Every privacy check (DP required, budget) on exactly what will run, before any work.
-        records, settings = self.training_inputs(ins)
-        self._plan = plan_training(self.privacy, records, settings, ins.dp, round_)
+        # Every privacy check (DP required, budget) on exactly what will run, before any work. A retry
+        # of a round whose DP update this institution already released re-submits that update: it is
+        # covered by the guarantee already ledgered, so it is neither trained nor charged again.
+        resubmit = self._dp_update
+        if resubmit is not None and resubmit[0] == self._round_key(round_, model, ins):
+            self._plan = resubmit[1]
+        else:
+            records, settings = self.training_inputs(ins)
+            self._plan = plan_training(self.privacy, records, settings, ins.dp, round_)
         self._instruction = ins  # the last instruction admitted: what a saved result is checked with
         return None
 
@@ -476,13 +487,17 @@ class FeditClient:
         from secfed.model.lora import adapter_to_vector, vector_to_adapter
 
         ins = self.instruction_type.parse(task_config)
+        key = self._round_key(round_, model, ins)
+        if self._dp_update is not None and self._dp_update[0] == key:
+            logs.event(log, "dp-update-resubmitted", client=self.client_id, round=round_)
+            self._last_identity = None  # covered by its own (already ledgered) guarantee
+            return {k: v.copy() for k, v in self._dp_update[2].items()}
         started = time.perf_counter()
         peft = self._ensure_model(ins)
         vector_to_adapter(peft, model)
         self._last_model = (round_, np.array(model, dtype=np.float32))
-        stats, dp_trained = train_round(
-            self.privacy, peft, self._base.tokenizer, self.admitted_plan(round_), self.client_id
-        )
+        plan = self.admitted_plan(round_)
+        stats, dp_trained = train_round(self.privacy, peft, self._base.tokenizer, plan, self.client_id)
         self.last_stats = stats
         self._last_identity = self.update_identity(model, dp_trained)
         delta = adapter_to_vector(peft).astype(np.float64) - model.astype(np.float64)
@@ -501,7 +516,16 @@ class FeditClient:
             loss_first=f"{stats.first_loss:.3f}",
             loss_last=f"{stats.last_loss:.3f}",
         )
-        return {"delta": weight * delta, "weight": np.array([weight])}
+        out = {"delta": weight * delta, "weight": np.array([weight])}
+        self._dp_update = (key, plan, {k: v.copy() for k, v in out.items()}) if dp_trained else None
+        return out
+
+    def _round_key(
+        self, round_: int, model: NDArray[np.float32], ins: FeditInstruction
+    ) -> tuple[int, bytes, bytes]:
+        """What makes two attempts at a round the same computation: the round, the global model and the
+        instruction (a retry of the same round sends the same ones)."""
+        return round_, model_hash(model), canonical_json(ins.wire())
 
 
 @dataclass(frozen=True)
