@@ -236,6 +236,8 @@ class ClientRuntime:
                     self._drop_session()
                     logs.event(log, "finished", client=self.kit.client_id, reason=ins.finished.reason)
                     self._save_final(stub, ins.finished)
+                    with contextlib.suppress(grpc.RpcError):  # tell the server this client is done
+                        stub.Poll(pb.PollRequest(last_instruction_id=ins.instruction_id), timeout=5.0)
                     return self.report
                 if step == "wait" or ins.instruction_id in self._handled:
                     self._sleep(max(ins.wait.retry_after_ms, 50) / 1000 if step == "wait" else 0.05)

@@ -254,6 +254,7 @@ class Coordinator:
         # Clients heard from in this process, and until when the first phase waits for the rest.
         self._joined: set[str] = set()
         self._join_deadline: float | None = None
+        self._finished_id = 0  # the instruction id of Finished, once the federation has finished
         # What became of recently abandoned attempts, by config digest and session id (for late uploads).
         self._ended: dict[bytes, str] = {}
         # After a restart the first round resumes at the state database's next attempt number, never
@@ -269,7 +270,10 @@ class Coordinator:
         self._note_join(client_id)
         self.tick()
         if self.finished_reason is not None:
-            return Pending(0, Finished(self.finished_reason), b"", self.clock())
+            if self._finished_id == 0:  # numbered once, so a client's acknowledgement names it
+                self._finished_id = self._next_instruction
+                self._next_instruction += 1
+            return Pending(self._finished_id, Finished(self.finished_reason), b"", self.clock())
         attempt = self._attempt
         assert attempt is not None
         pending = attempt.outbox.get(client_id)

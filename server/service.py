@@ -188,6 +188,12 @@ class FederationService(pb_grpc.FederationServicer):
         peer = self._peer(context, "Poll")
         with self._lock:
             pending = self._coord.poll(peer.client_id)
+            if (
+                isinstance(pending.instruction, Finished)
+                and request.last_instruction_id == pending.instruction_id
+            ):
+                # The client acknowledges the end, after fetching the result it keeps: it is done.
+                self.finished_clients.add(peer.client_id)
             give_up = time.monotonic() + self._limits.long_poll_s
             while isinstance(pending.instruction, Wait) and self._long_polls < self._max_long_polls:
                 remaining = give_up - time.monotonic()
@@ -199,8 +205,6 @@ class FederationService(pb_grpc.FederationServicer):
                 finally:
                     self._long_polls -= 1
                 pending = self._coord.poll(peer.client_id)
-            if isinstance(pending.instruction, Finished) and self._coord.round == 0:
-                self.finished_clients.add(peer.client_id)  # nothing to fetch: this client is done
             instruction = self._instruction(pending)
             self.wire_bytes["instructions"] += instruction.ByteSize()
             return instruction
@@ -266,7 +270,6 @@ class FederationService(pb_grpc.FederationServicer):
         peer = self._peer(context, "Download")
         with self._lock:
             digest, data = self._current_model()
-            final = self._coord.finished_reason is not None
         if request.model_hash != digest:
             context.abort(
                 grpc.StatusCode.NOT_FOUND, f"client {peer.client_id!r}: that model is not the current one"
@@ -276,9 +279,6 @@ class FederationService(pb_grpc.FederationServicer):
             yield from chunks.split_download(data, self._limits.chunk_bytes, request.offset, sha256=digest)
         except WireError as exc:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-        if final:  # the whole final model went out: the server need not wait for this client any more
-            with self._lock:
-                self.finished_clients.add(peer.client_id)
 
     def Heartbeat(self, request: pb.HeartbeatRequest, context: grpc.ServicerContext) -> pb.HeartbeatReply:
         peer = self._peer(context, "Heartbeat")

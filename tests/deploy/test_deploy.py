@@ -89,7 +89,7 @@ def test_an_institution_killed_during_training_does_not_stop_a_four_institution_
     assert '"lab-d"' in text  # the roster lists the institutions laid out
     # Short deadlines, or the dead institution's phases would each wait the example's full timeouts.
     text = text.replace("phase_timeout_s = 60.0", "phase_timeout_s = 4.0")
-    text = text.replace("compute_timeout_s = 1800.0", "compute_timeout_s = 30.0")
+    text = text.replace("compute_timeout_s = 1800.0", "compute_timeout_s = 15.0")
     config.write_text(text)
     # lab-d's client SIGKILLs itself in round 0's local computation.
     start(deployment, client_args={"lab-d": ("--fault", "kill@0:compute")})
