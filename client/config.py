@@ -75,6 +75,7 @@ def load_client_config(path: Path) -> ClientConfig:
             delta=priv.number("delta", float, DEFAULT_DELTA, low=0.0, high=1.0),
             budget_epsilon=budget or None,
             require_dp=priv.get("require_dp", bool, require_dp_by_default(budget or None)),
+            require_selection_dp=priv.get("require_selection_dp", bool, False),
         )
     except ValueError as exc:
         raise tomlconfig.ConfigFileError(f"{path}: {exc}") from exc

@@ -257,7 +257,16 @@ def _check_privacy(doc: Mapping[str, Any], ledger: Path, entries: int) -> list[s
     recomputed, mechanism = privacy_section(ledger, limit=entries)
     stated = doc.get("privacy") or {}
     problems = []
-    for key in ("epsilon", "epsilon_rdp", "delta", "budget", "dp_used", "rounds_trained"):
+    for key in (
+        "epsilon",
+        "epsilon_rdp",
+        "delta",
+        "budget",
+        "dp_used",
+        "rounds_trained",
+        "non_dp_releases",
+        "no_dp_guarantee_since_round",
+    ):
         if not _close(stated.get(key), recomputed.get(key)):
             problems.append(
                 f"privacy.{key} is {stated.get(key)!r} but the ledger gives {recomputed.get(key)!r}"

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from secfed.chain import HashChain
-from secfed.dp.accounting import DpEvent, epsilon_report
+from secfed.dp.accounting import DpEvent, EpsilonReport, epsilon_report
 
 FORMAT = "secfed-audit-report"
 VERSION = 1
@@ -159,6 +159,7 @@ def privacy_section(
     over: list[dict[str, Any]] = []
     events: list[DpEvent] = []
     refusals: list[dict[str, Any]] = []
+    non_dp: list[dict[str, Any]] = []
     for entry in entries:
         if entry.kind == "dp-round":
             event = DpEvent.from_mapping(entry.body)
@@ -184,14 +185,19 @@ def privacy_section(
             )
         elif entry.kind == "budget-refusal":
             refusals.append({"round": entry.body.get("round"), "reason": entry.body.get("reason")})
+        elif entry.kind == "non-dp-release":
+            non_dp.append({k: entry.body.get(k) for k in ("round", "release", "what", "dataset")})
+    unbounded = any(r["release"] == "update" for r in non_dp)
     total = epsilon_report(events, delta)
+    if unbounded:  # an update left without DP: no bound, whatever the DP rounds compose to
+        total = EpsilonReport(pld=math.inf, rdp=math.inf, delta=delta)
     budget = PrivacyLedger.budget_in(entries) if entries else None
     section = {
         "dp_used": bool(events),
         "delta": delta,
         # No DP release: no bound at all (null), not "epsilon 0".
-        "epsilon": _finite(total.pld) if events else None,
-        "epsilon_rdp": _finite(total.rdp) if events else None,
+        "epsilon": _finite(total.pld) if events and not unbounded else None,
+        "epsilon_rdp": _finite(total.rdp) if events and not unbounded else None,
         "accountant": "PLD (Google dp-accounting), RDP as a conservative cross-check",
         "budget": budget,
         "budget_left": None
@@ -200,13 +206,27 @@ def privacy_section(
         "rounds_trained": [e.round for e in events],
         "over_rounds": over,
         "refusals": refusals,
+        # Releases with no DP guarantee (updates trained without DP-SGD, coreset statistics).
+        "non_dp_releases": non_dp,
+        "no_dp_guarantee_since_round": min(
+            (r["round"] for r in non_dp if r["release"] == "update"), default=None
+        ),
     }
     return section, mechanism
 
 
 def guarantee_section(privacy: Mapping[str, Any], *, institution: str | None) -> dict[str, Any]:
     who = f"institution {institution}" if institution else "each institution"
-    if privacy.get("dp_used"):
+    since = privacy.get("no_dp_guarantee_since_round")
+    if since is not None:
+        plain = (
+            f"{who.capitalize()} released model updates trained WITHOUT differential privacy from round {since} "
+            "on: its training records have no DP guarantee (epsilon is unbounded), whatever DP rounds it "
+            "also took part in. Secure aggregation still ensured the server only saw sums over the whole "
+            "cohort, never one institution's update, as long as fewer than the colluding bound of "
+            "institutions colluded with it."
+        )
+    elif privacy.get("dp_used"):
         eps = privacy.get("epsilon")
         eps_text = f"epsilon = {eps:.3g}" if isinstance(eps, float | int) else "an unbounded epsilon"
         plain = (
@@ -223,8 +243,14 @@ def guarantee_section(privacy: Mapping[str, Any], *, institution: str | None) ->
             "Secure aggregation still ensured the server only saw sums over the whole cohort, never one "
             "institution's update, as long as fewer than the colluding bound of institutions colluded with it."
         )
+    selection = [r for r in privacy.get("non_dp_releases") or [] if r.get("release") == "selection"]
+    if selection:
+        plain += (
+            f" Coreset selection statistics of {who} ({len(selection)} releases) carry no DP guarantee; the "
+            f"server saw them only as cohort sums over cells of at least c + 2 institutions."
+        )
     return {
-        "dp_used": bool(privacy.get("dp_used")),
+        "dp_used": bool(privacy.get("dp_used")) and since is None,
         "plain": plain,
         "privacy_unit": "one training sequence (one instruction record) held by one institution",
         "adjacency": "add-or-remove-one record (Poisson-subsampled Gaussian mechanism)",

@@ -80,8 +80,9 @@ class BudgetGuard:
         events = ledger.events()
         budget_or_none = ledger.budget_epsilon
         budget = math.inf if budget_or_none is None else budget_or_none
-        now = epsilon_pld(events, ledger.delta)
-        after = epsilon_pld([*events, planned], ledger.delta)
+        unbounded = ledger.non_dp_releases("update")  # an update already left without DP
+        now = math.inf if unbounded else epsilon_pld(events, ledger.delta)
+        after = math.inf if unbounded else epsilon_pld([*events, planned], ledger.delta)
         _fmt = _formatter(after, budget)
         which = "the next round" if planned.round is None else f"round {planned.round}"
         who = f"institution {ledger.institution!r}"

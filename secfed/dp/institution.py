@@ -90,6 +90,15 @@ class InstitutionPrivacy:
                 raise PrivacyRefusal(decision.reason)
         return replace(settings, noise_multiplier=sigma)
 
+    def record_non_dp(self, round_: int, *, release: str, what: str, dataset: bytes) -> None:
+        """Ledger, before it leaves, a release with no DP guarantee (an update trained without DP-SGD,
+        coreset statistics): the institution's reports then say plainly that those records have none."""
+        if self.ledger is not None:
+            self.ledger.record_non_dp(round_, release=release, what=what, dataset=dataset.hex())
+        logs.event(
+            log, "non-dp-release", institution=self.institution, round=round_, release=release, what=what
+        )
+
     def record(self, round_: int, event: DpRoundEvent) -> None:
         """Ledger what was released; without a ledger (in-process tests) only log it."""
         if self.ledger is not None:

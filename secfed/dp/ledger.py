@@ -15,6 +15,11 @@ Entry kinds (``body`` fields):
 * ``budget-refusal`` a round this institution refused to train: ``round``, ``reason``,
   ``would_be_epsilon``, ``epsilon_now``, ``budget_epsilon``.
 * ``budget-change`` ``from``, ``to``, ``reason``: budgets can change, but never silently.
+* ``non-dp-release`` something computed from the institution's records left it *without* a DP
+  guarantee: ``round``, ``release`` (``update``: a model update trained without DP-SGD; ``selection``:
+  coreset statistics), ``what`` (the task's name for it) and ``dataset`` (a content hash of the
+  records). One non-DP ``update`` makes the training epsilon unbounded from then on (the guard and the
+  reports treat it so); ``selection`` releases are listed in the reports, with no bound claimed.
 
 Epsilon composes over the ``dp-round`` entries only, i.e. over the rounds this institution actually
 trained in.  Record a round *before* its update leaves the institution: a recorded round whose update
@@ -49,7 +54,9 @@ OPEN = "ledger-open"
 ROUND = "dp-round"
 REFUSAL = "budget-refusal"
 BUDGET_CHANGE = "budget-change"
-_KINDS = frozenset({OPEN, ROUND, REFUSAL, BUDGET_CHANGE})
+NON_DP = "non-dp-release"
+_KINDS = frozenset({OPEN, ROUND, REFUSAL, BUDGET_CHANGE, NON_DP})
+NON_DP_KINDS = ("update", "selection")
 
 _RELEASE_FIELDS = (
     "max_grad_norm",
@@ -224,8 +231,17 @@ class PrivacyLedger:
         """The ``budget-refusal`` entries."""
         return [e for e in self.entries() if e.kind == REFUSAL]
 
+    def non_dp_releases(self, kind: str | None = None) -> list[Entry]:
+        """The ``non-dp-release`` entries (of one ``release`` kind, if given)."""
+        return [
+            e for e in self.entries() if e.kind == NON_DP and (kind is None or e.body.get("release") == kind)
+        ]
+
     def spent(self) -> EpsilonReport:
-        """Epsilon spent so far at the ledger's delta (PLD, with the RDP cross-check)."""
+        """Epsilon spent so far at the ledger's delta (PLD, with the RDP cross-check); unbounded once an
+        update left without DP (no composition of DP rounds can bound what a non-DP update revealed)."""
+        if self.non_dp_releases("update"):
+            return EpsilonReport(pld=math.inf, rdp=math.inf, delta=self.delta)
         return epsilon_report(self.events(), self.delta)
 
     def verify(self) -> None:
@@ -275,6 +291,15 @@ class PrivacyLedger:
                 "epsilon_now": _json_epsilon(spent.pld),
                 "budget_epsilon": self.budget_in(entries),
             },
+        )
+
+    def record_non_dp(self, round_: int, *, release: str, what: str, dataset: str) -> Entry:
+        """Record, before it leaves, a release of ``round_`` that carries no DP guarantee."""
+        _validate_round(round_)
+        if release not in NON_DP_KINDS:
+            raise ValueError(f"release must be one of {NON_DP_KINDS}, got {release!r}")
+        return self.chain.append(
+            NON_DP, {"round": round_, "release": release, "what": what, "dataset": dataset}
         )
 
     def set_budget(self, budget_epsilon: float | None, *, reason: str) -> Entry:

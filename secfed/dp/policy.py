@@ -85,6 +85,9 @@ class PrivacyPolicy:
     delta: float = DEFAULT_DELTA
     budget_epsilon: float | None = None
     require_dp: bool = False
+    # Refuse coreset statistics (FedHDS selection), which carry no DP guarantee until DP selection
+    # exists; off by default so FedHDS with DP-SGD training keeps working (they are ledgered either way).
+    require_selection_dp: bool = False
 
     def __post_init__(self) -> None:
         _check_delta(self.delta, "privacy: ")
@@ -94,7 +97,12 @@ class PrivacyPolicy:
             raise ValueError(f"privacy: budget_epsilon must be > 0, got {self.budget_epsilon}")
 
     def to_mapping(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"ledger": str(self.ledger), "delta": self.delta, "require_dp": self.require_dp}
+        out: dict[str, Any] = {
+            "ledger": str(self.ledger),
+            "delta": self.delta,
+            "require_dp": self.require_dp,
+            "require_selection_dp": self.require_selection_dp,
+        }
         if self.budget_epsilon is not None:
             out["budget_epsilon"] = self.budget_epsilon
         return out
@@ -113,4 +121,5 @@ class PrivacyPolicy:
             delta=float(raw.get("delta", DEFAULT_DELTA)),
             budget_epsilon=budget,
             require_dp=bool(raw.get("require_dp", require_dp_by_default(budget))),
+            require_selection_dp=bool(raw.get("require_selection_dp", False)),
         )

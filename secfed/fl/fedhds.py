@@ -317,6 +317,13 @@ class FedhdsClient(FeditClient):
         if ins.stage == TRAIN_STAGE:
             return super().admit(round_, model, task_config, session, policy)
         # A coreset stage: its vector spec follows from the public config and the plan.
+        privacy = self.privacy.policy
+        if privacy is not None and privacy.require_selection_dp:
+            raise Refused(
+                RefusalCategory.POLICY,
+                "coreset statistics carry no DP guarantee and this institution requires DP for selection "
+                "([privacy] require_selection_dp)",
+            )
         self.check_instruction(ins, policy)
         self._ensure_model(ins)
         if session.spec.spec_hash() != coreset_stage_spec(ins).spec_hash():
@@ -456,6 +463,7 @@ class FedhdsClient(FeditClient):
             ).digest(),
             str(ins.round_seed).encode(),
         )
+        self.privacy.record_non_dp(round_, release="selection", what=ins.stage, dataset=self.dataset_hash())
         self.selection_s += time.perf_counter() - started
         return out
 
@@ -502,6 +510,8 @@ class FedhdsClient(FeditClient):
         vector_to_adapter(peft, model)
         self._last_model = (round_, np.array(model, dtype=np.float32))
         stats, _dp = train_round(self.privacy, peft, self._base.tokenizer, plan, self.client_id)
+        if not _dp:
+            self.privacy.record_non_dp(round_, release="update", what=NAME, dataset=self.dataset_hash())
         self.last_stats = stats
         self._last_identity = self.update_identity(model, _dp)
         delta = adapter_to_vector(peft).astype(np.float64) - model.astype(np.float64)

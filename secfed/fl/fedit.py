@@ -477,9 +477,7 @@ class FeditClient:
         budget = self.privacy.policy.budget_epsilon if self.privacy.policy is not None else None
         if dp_covered and budget is not None:
             return None
-        if self._fingerprint is None:
-            self._fingerprint = records_fingerprint(self.records)
-        return release_identity("lora-update", model_hash(model), self._fingerprint)
+        return release_identity("lora-update", model_hash(model), self.dataset_hash())
 
     def compute(
         self, round_: int, model: NDArray[np.float32], task_config: Mapping[str, Any]
@@ -518,7 +516,15 @@ class FeditClient:
         )
         out = {"delta": weight * delta, "weight": np.array([weight])}
         self._dp_update = (key, plan, {k: v.copy() for k, v in out.items()}) if dp_trained else None
+        if not dp_trained:
+            self.privacy.record_non_dp(round_, release="update", what=NAME, dataset=self.dataset_hash())
         return out
+
+    def dataset_hash(self) -> bytes:
+        """A content hash of this institution's records (what its privacy ledger's releases are about)."""
+        if self._fingerprint is None:
+            self._fingerprint = records_fingerprint(self.records)
+        return self._fingerprint
 
     def _round_key(
         self, round_: int, model: NDArray[np.float32], ins: FeditInstruction
