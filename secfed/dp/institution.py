@@ -14,11 +14,12 @@ nothing: only ``dp-round`` entries enter the composition.
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from secfed import logs
-from secfed.dp.accounting import DpEvent, calibrate_noise
+from secfed.dp.accounting import DpEvent, calibrate_noise, epsilon_pld
 from secfed.dp.guard import BudgetGuard
 from secfed.dp.ledger import PrivacyLedger
 from secfed.dp.policy import DpOptions, PrivacyPolicy
@@ -76,6 +77,7 @@ class InstitutionPrivacy:
             sigma = calibrate_noise(dp.target_epsilon, dp.delta, rate, steps, dp.rounds)
         planned = DpEvent(sigma, rate, steps, round_)
         if self.ledger is not None:
+            self._check_headroom(round_, dp, planned)
             decision = BudgetGuard(self.ledger).check(planned)
             logs.event(
                 log,
@@ -89,6 +91,43 @@ class InstitutionPrivacy:
             if not decision.allowed:
                 raise PrivacyRefusal(decision.reason)
         return replace(settings, noise_multiplier=sigma)
+
+    def _check_headroom(self, round_: int, dp: DpOptions, planned: DpEvent) -> None:
+        """Refuse now, not mid-run, when the rest of the planned run cannot fit the budget.
+
+        The coordinator cannot know an institution's epsilon (it depends on the private record count),
+        so each institution checks the rounds still planned (``dp.rounds``, this one included) at this
+        round's mechanism. Conservative: rounds it may not be sampled into count too."""
+        ledger = self.ledger
+        budget = ledger.budget_epsilon if ledger is not None else None
+        if ledger is None or budget is None or dp.rounds is None or round_ >= dp.rounds:
+            return
+        remaining = dp.rounds - round_
+        events = ledger.events()
+        after = (
+            math.inf
+            if ledger.non_dp_releases("update")
+            else epsilon_pld(
+                [*events, *[replace(planned, round=round_ + k) for k in range(remaining)]], ledger.delta
+            )
+        )
+        if after <= budget:
+            logs.event(
+                log,
+                "privacy-headroom",
+                institution=self.institution,
+                round=round_,
+                run_epsilon=f"{after:.3f}",
+                budget=budget,
+            )
+            return
+        reason = (
+            f"Institution {self.institution!r} refuses round {round_}: the rest of the planned run "
+            f"({remaining} round(s) at this round's noise) would take its epsilon to {after:.3f}, above its "
+            f"privacy budget of {budget:.3f} (delta {ledger.delta:g}); refusing now rather than mid-run."
+        )
+        ledger.record_refusal(round_, reason, after)
+        raise PrivacyRefusal(reason)
 
     def record_non_dp(self, round_: int, *, release: str, what: str, dataset: bytes) -> None:
         """Ledger, before it leaves, a release with no DP guarantee (an update trained without DP-SGD,
