@@ -34,6 +34,7 @@ from secfed.fl import tasks
 from secfed.fl.instruction import RoundInstruction, canonical_json
 from secfed.fl.policy import InstitutionPolicy, RefusalCategory, Refused, within
 from secfed.fl.releases import release_identity
+from secfed.fl.resubmit import RoundKey, UpdateStore
 from secfed.fl.vectors import model_hash
 from secfed.model.settings import LoraSettings, TrainSettings
 from secfed.secagg.config import SessionConfig
@@ -291,11 +292,12 @@ class FeditClient:
         self._last_model: tuple[int, NDArray[np.float32]] | None = None
         self._instruction: FeditInstruction | None = None
         self._plan: TrainingPlan | None = None
-        # The last DP update this institution released, with its plan: a retry of the same round
-        # re-submits it instead of spending budget on a second one (lost on a restart).
-        self._dp_update: (
-            tuple[tuple[int, bytes, bytes], TrainingPlan, dict[str, NDArray[np.float64]]] | None
-        ) = None
+        # The last DP update this institution released: a retry of the same round re-submits it
+        # instead of spending budget on a second one (kept beside the privacy ledger, across restarts).
+        ledger = self.privacy.policy.ledger if self.privacy.policy is not None else None
+        self._dp_updates = UpdateStore(
+            ledger.with_name(ledger.name + ".last-dp-update.npz") if ledger else None
+        )
         self._last_identity: bytes | None = None
         self._fingerprint: bytes | None = None
         self.last_stats: Any = None
@@ -353,9 +355,8 @@ class FeditClient:
         # Every privacy check (DP required, budget) on exactly what will run, before any work. A retry
         # of a round whose DP update this institution already released re-submits that update: it is
         # covered by the guarantee already ledgered, so it is neither trained nor charged again.
-        resubmit = self._dp_update
-        if resubmit is not None and resubmit[0] == self._round_key(round_, model, ins):
-            self._plan = resubmit[1]
+        if ins.dp is not None and self._dp_updates.get(self._round_key(round_, model, ins)) is not None:
+            self._plan = None  # nothing to train: compute re-submits the kept update
         else:
             records, settings = self.training_inputs(ins)
             self._plan = plan_training(self.privacy, records, settings, ins.dp, round_)
@@ -486,10 +487,11 @@ class FeditClient:
 
         ins = self.instruction_type.parse(task_config)
         key = self._round_key(round_, model, ins)
-        if self._dp_update is not None and self._dp_update[0] == key:
+        kept = self._dp_updates.get(key) if ins.dp is not None else None
+        if kept is not None:
             logs.event(log, "dp-update-resubmitted", client=self.client_id, round=round_)
-            self._last_identity = None  # covered by its own (already ledgered) guarantee
-            return {k: v.copy() for k, v in self._dp_update[2].items()}
+            self._last_identity = self.update_identity(model, dp_covered=True)
+            return kept
         started = time.perf_counter()
         peft = self._ensure_model(ins)
         vector_to_adapter(peft, model)
@@ -515,8 +517,9 @@ class FeditClient:
             loss_last=f"{stats.last_loss:.3f}",
         )
         out = {"delta": weight * delta, "weight": np.array([weight])}
-        self._dp_update = (key, plan, {k: v.copy() for k, v in out.items()}) if dp_trained else None
-        if not dp_trained:
+        if dp_trained:
+            self._dp_updates.put(key, out)
+        else:
             self.privacy.record_non_dp(round_, release="update", what=NAME, dataset=self.dataset_hash())
         return out
 
@@ -526,9 +529,7 @@ class FeditClient:
             self._fingerprint = records_fingerprint(self.records)
         return self._fingerprint
 
-    def _round_key(
-        self, round_: int, model: NDArray[np.float32], ins: FeditInstruction
-    ) -> tuple[int, bytes, bytes]:
+    def _round_key(self, round_: int, model: NDArray[np.float32], ins: FeditInstruction) -> RoundKey:
         """What makes two attempts at a round the same computation: the round, the global model and the
         instruction (a retry of the same round sends the same ones)."""
         return round_, model_hash(model), canonical_json(ins.wire())

@@ -9,6 +9,7 @@ A DP update is covered by its own guarantee, so the retry re-submits the update 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -24,10 +25,8 @@ pytestmark = pytest.mark.timeout(300)
 BUDGET = 8.0
 
 
-def test_a_retried_dp_round_completes_with_one_release_in_every_ledger(tmp_path: Path) -> None:
-    world = World(tmp_path)
-    ids = _ids(4)
-    server = FeditServer(
+def _server(world: World) -> FeditServer:
+    return FeditServer(
         {
             "model": str(world.model),
             "train": {"local_steps": 2, "batch_size": 2, "max_length": 48, "lr": 1e-3},
@@ -36,35 +35,73 @@ def test_a_retried_dp_round_completes_with_one_release_in_every_ledger(tmp_path:
             "dp": {"target_epsilon": BUDGET, "rounds": 1, "max_grad_norm": 1.0, "expected_batch_size": 2},
         }
     )
-    ledgers = {c: tmp_path / f"{c}-privacy.jsonl" for c in ids}
-    clients = {
+
+
+def _clients(world: World, ledgers: dict[str, Path]) -> dict[str, FeditClient]:
+    """The institutions (built afresh: a restart keeps only what is on disk)."""
+    return {
         c: FeditClient(
             c,
             {
                 "model": str(world.model),
-                **_data(i, 4),
+                **_data(i, len(ledgers)),
                 "privacy": PrivacyPolicy(ledger=ledgers[c], budget_epsilon=BUDGET).to_mapping(),
             },
             model_pool=world.pool,
         )
-        for i, c in enumerate(ids)
+        for i, c in enumerate(ledgers)
     }
+
+
+def _lose_first_attempt() -> Callable[[str, int, str, object], bool]:
+    """Two of four members never hear the first masked-input request: below threshold, the attempt is
+    aborted after every member trained (and released its DP update to the session)."""
     lost = {"done": False}
 
-    def lose_first_attempt(cid: str, round_: int, stage: str, msg: object) -> bool:
-        # Two of four members never hear the first attempt's masked-input request: below threshold,
-        # the attempt is aborted after every member trained, and the coordinator retries.
+    def drop(cid: str, round_: int, stage: str, msg: object) -> bool:
         if isinstance(msg, MaskedInputRequest) and cid in ("inst00", "inst01") and not lost["done"]:
             if cid == "inst01":
                 lost["done"] = True
             return True
         return False
 
-    run = drive(server, clients, make_consortium(ids), rounds=1, drop=lose_first_attempt, max_attempts=2)
-    assert run.aborted, "the first attempt was meant to be lost"
-    assert run.finished_reason == "completed 1 rounds", (run.finished_reason, run.refusals)
-    for c in ids:
-        book = PrivacyLedger(ledgers[c], institution=c, delta=1e-5, budget_epsilon=BUDGET)
+    return drop
+
+
+def _one_release_each(ledgers: dict[str, Path]) -> None:
+    for c, path in ledgers.items():
+        book = PrivacyLedger(path, institution=c, delta=1e-5, budget_epsilon=BUDGET)
         assert book.rounds_trained() == [0]
         assert len(book.events()) == 1 and book.refusals() == []
         assert book.spent().pld <= BUDGET + 1e-9
+
+
+def test_a_retried_dp_round_completes_with_one_release_in_every_ledger(tmp_path: Path) -> None:
+    world = World(tmp_path)
+    ledgers = {c: tmp_path / f"{c}-privacy.jsonl" for c in _ids(4)}
+    run = drive(
+        _server(world),
+        _clients(world, ledgers),
+        make_consortium(list(ledgers)),
+        rounds=1,
+        drop=_lose_first_attempt(),
+        max_attempts=2,
+    )
+    assert run.aborted, "the first attempt was meant to be lost"
+    assert run.finished_reason == "completed 1 rounds", (run.finished_reason, run.refusals)
+    _one_release_each(ledgers)
+
+
+def test_the_retry_re_submits_the_kept_update_after_the_institutions_restart(tmp_path: Path) -> None:
+    world = World(tmp_path)
+    ledgers = {c: tmp_path / f"{c}-privacy.jsonl" for c in _ids(4)}
+    consortium = make_consortium(list(ledgers))
+    server = _server(world)
+    first = drive(
+        server, _clients(world, ledgers), consortium, rounds=1, drop=_lose_first_attempt(), max_attempts=1
+    )
+    assert first.aborted and not first.stages
+    # Every institution restarts; the coordinator retries the round with a fresh session.
+    again = drive(server, _clients(world, ledgers), consortium, rounds=1, first_attempt=2, max_attempts=1)
+    assert again.finished_reason == "completed 1 rounds", (again.finished_reason, again.refusals)
+    _one_release_each(ledgers)
