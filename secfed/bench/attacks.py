@@ -456,6 +456,30 @@ def _unmask_then_retry_without_victim(world: World) -> tuple[str, str]:
     return "refused", _reactions(run)
 
 
+def _without_victim(
+    server: Any,
+    clients: Mapping[str, Any],
+    consortium: Consortium,
+    first: LyingRun,
+    start_model: np.ndarray,
+    *,
+    first_round: int = 0,
+) -> LyingRun:
+    """Run one round again from ``start_model`` with every member of ``first`` but the victim, each
+    keeping what it remembers of ``first`` (its participant: release log, sessions)."""
+    others = {c: t for c, t in clients.items() if c != VICTIM}
+    return drive(
+        server,
+        others,
+        consortium,
+        rounds=1,
+        first_round=first_round,
+        participants={c: first.members[c].participant for c in others},
+        initial_model=start_model,
+        max_attempts=1,
+    )
+
+
 def _rerun_fedit(
     change: Callable[[Any], Any], *, round_: int = 0, **options: Any
 ) -> Callable[[World], tuple[str, str]]:
@@ -480,18 +504,7 @@ def _rerun_fedit(
         start_model = server.initial_model()
         for done in first.stages[:round_]:
             start_model = server.apply(start_model, done.result)
-        others = {c: t for c, t in clients.items() if c != VICTIM}
-        participants = {c: first.members[c].participant for c in others}
-        again = drive(
-            changed,
-            others,
-            consortium,
-            rounds=1,
-            first_round=round_,
-            participants=participants,
-            initial_model=start_model,
-            max_attempts=1,
-        )
+        again = _without_victim(changed, clients, consortium, first, start_model, first_round=round_)
         if again.stages:
             return "succeeded", "the re-run without the victim completed"
         return "refused", _reactions(again)
@@ -570,17 +583,7 @@ def _dp_negligible_noise(world: World) -> tuple[str, str]:
     first = drive(server, clients, consortium, rounds=1, max_attempts=1)
     if not first.stages:
         return "refused", _reactions(first)
-    others = {c: t for c, t in clients.items() if c != VICTIM}
-    participants = {c: first.members[c].participant for c in others}
-    again = drive(
-        server,
-        others,
-        consortium,
-        rounds=1,
-        participants=participants,
-        initial_model=server.initial_model(),
-        max_attempts=1,
-    )
+    again = _without_victim(server, clients, consortium, first, server.initial_model())
     if again.stages:
         return "succeeded", "the near-noiseless DP update was re-submitted without the victim"
     return "refused", _reactions(again)
