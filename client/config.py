@@ -31,7 +31,9 @@ class ClientConfig:
     server: str | None = None
     audit_ledger: Path = Path("audit-ledger.jsonl")
     # Every input this institution has released (durable): none is summed twice (no differencing).
-    release_log: Path = Path("releases.jsonl")
+    # None: the institution's own, $SECFED_HOME/<institution>/releases.jsonl, shared by all its
+    # federations (secfed.home): a second federation must not sum the same input over another cohort.
+    release_log: Path | None = None
     # CPU threads for local training (0 = torch's default, every core): several clients sharing one
     # machine each set a share, or they oversubscribe the CPU and all run slower.
     torch_threads: int = 0
@@ -41,8 +43,13 @@ class ClientConfig:
     task: str = "toy-mean"
     task_options: dict[str, Any] = field(default_factory=dict)
     retry: RetryPolicy = field(default_factory=RetryPolicy)
-    privacy: PrivacyPolicy = field(default_factory=lambda: PrivacyPolicy(Path("privacy-ledger.jsonl")))
+    privacy: PrivacyPolicy = field(default_factory=PrivacyPolicy)
     policy: InstitutionPolicy = field(default_factory=InstitutionPolicy)
+
+
+def _optional_path(base: Path, value: str) -> Path | None:
+    """A configured file, relative to the configuration's directory; None (unset) for the default."""
+    return base / value if value else None
 
 
 def load_client_config(path: Path) -> ClientConfig:
@@ -51,7 +58,7 @@ def load_client_config(path: Path) -> ClientConfig:
     kit = path.parent / cli.get("kit", str, required=True)
     server = cli.get("server", str, "") or None
     audit_ledger = path.parent / cli.get("audit_ledger", str, "audit-ledger.jsonl")
-    release_log = path.parent / cli.get("release_log", str, "releases.jsonl")
+    release_log = _optional_path(path.parent, cli.get("release_log", str, ""))
     torch_threads = cli.number("torch_threads", int, 0, low=0, high=1024)
     model_dir = path.parent / cli.get("model_dir", str, "global-model")
     checkpoint_every = cli.number("checkpoint_every", int, 0, low=0)
@@ -71,7 +78,7 @@ def load_client_config(path: Path) -> ClientConfig:
     budget = priv.number("budget_epsilon", float, 0.0, low=0.0)
     try:
         privacy = PrivacyPolicy(
-            ledger=path.parent / priv.get("ledger", str, "privacy-ledger.jsonl"),
+            ledger=_optional_path(path.parent, priv.get("ledger", str, "")),
             delta=priv.number("delta", float, DEFAULT_DELTA, low=0.0, high=1.0),
             budget_epsilon=budget or None,
             require_dp=priv.get("require_dp", bool, require_dp_by_default(budget or None)),

@@ -236,11 +236,19 @@ class HashChain:
 
     # -- writing -------------------------------------------------------------------------------
 
-    def append(self, kind: str, body: Mapping[str, Any]) -> Entry:
+    def append(
+        self,
+        kind: str,
+        body: Mapping[str, Any],
+        *,
+        precondition: Callable[[list[Entry]], None] | None = None,
+    ) -> Entry:
         """Verify the log, then durably append one entry and return it.
 
         ``body`` must be a JSON object with string keys and finite numbers; it is stored as the
         JSON round-trip of what was given (tuples become lists), which is what ``entries`` returns.
+        ``precondition`` sees the verified entries under the write lock and may raise to append
+        nothing: a check and its entry are then one step for every writer of the file.
         """
         if not (isinstance(kind, str) and kind):
             raise ValueError(f"kind must be a non-empty string, got {kind!r}")
@@ -253,6 +261,8 @@ class HashChain:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self._locked_append_fd() as fd:
             entries = self._parse(_read_fd(fd))
+            if precondition is not None:
+                precondition(entries)
             seq = len(entries)
             prev = entries[-1].hash if entries else GENESIS
             time = _iso(self._clock())

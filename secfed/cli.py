@@ -126,6 +126,7 @@ def _client(args: argparse.Namespace) -> int:
     from client.tls import ServerRefused
     from secfed.fl.releases import ReleaseLog
     from secfed.fl.tasks import client_task
+    from secfed.home import default_release_log
     from secfed.pki.kit import load_kit
 
     config = load_client_config(args.config)
@@ -144,7 +145,7 @@ def _client(args: argparse.Namespace) -> int:
         retry=config.retry,
         fault=Fault.parse(args.fault) if args.fault else None,
         policy=config.policy,
-        releases=ReleaseLog(config.release_log),
+        releases=ReleaseLog(config.release_log or default_release_log(kit.client_id)),
         audit_ledger=config.audit_ledger,
         model_dir=config.model_dir,
         checkpoint_every=config.checkpoint_every,

@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
 from pathlib import Path
 
 import pytest
 
+from secfed.home import HOME_ENV
 from tests.secagg.support import Consortium, make_consortium
+
+# Institutions keep their privacy ledger and release log in $SECFED_HOME (secfed.home); no test may
+# touch the real one, so the whole session (and every process it starts) gets a fresh directory.
+os.environ[HOME_ENV] = tempfile.mkdtemp(prefix="secfed-test-home-")
 
 
 @pytest.fixture(scope="session")

@@ -32,6 +32,7 @@ from secfed.audit.report import ServerFacts, federation_report, institution_repo
 from secfed.audit.signing import AuditVerifyError, sign_document, verify_document
 from secfed.chain import ChainError, HashChain
 from secfed.crypto.identity import TrustAnchor
+from secfed.home import default_privacy_ledger
 from secfed.pki.kit import load_kit
 
 
@@ -70,6 +71,12 @@ def _toml(path: Path) -> dict[str, Any]:
         raise RunDirError(f"{path}: not valid TOML: {exc}") from None
 
 
+def _privacy_ledger(base: Path, privacy: Mapping[str, Any], client_id: str) -> Path:
+    """The ledger a client configuration's ``[privacy]`` names, else the institution's own default."""
+    named = privacy.get("ledger")
+    return base / str(named) if named else default_privacy_ledger(client_id)
+
+
 def read_target(target: Path) -> RunDir:
     """A run directory, or the directory of one party's configuration file (client or server TOML)."""
     target = target.resolve()
@@ -85,7 +92,7 @@ def read_target(target: Path) -> RunDir:
             client_id=cid,
             kit=kit,
             audit_ledger=base / str(client.get("audit_ledger", "audit-ledger.jsonl")),
-            privacy_ledger=base / str(privacy.get("ledger", "privacy-ledger.jsonl")),
+            privacy_ledger=_privacy_ledger(base, privacy, cid),
         )
         task = str(doc.get("task", {}).get("name", ""))
         return RunDir(base, None, None, "", task, {cid: institution})
@@ -120,7 +127,7 @@ def read_run_dir(root: Path) -> RunDir:
             client_id=str(cid),
             kit=path.parent / str(client.get("kit", "")),
             audit_ledger=path.parent / str(client.get("audit_ledger", "audit-ledger.jsonl")),
-            privacy_ledger=path.parent / str(privacy.get("ledger", "privacy-ledger.jsonl")),
+            privacy_ledger=_privacy_ledger(path.parent, privacy, str(cid)),
         )
     return RunDir(
         root=root,

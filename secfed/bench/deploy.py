@@ -31,6 +31,7 @@ import secfed
 from secfed.bench.stats import add_output_arguments, emit
 from secfed.data.formats import Record, load_records
 from secfed.harness.procs import child_env, secfed_command
+from secfed.home import HOME_ENV
 from secfed.pki.consortium import loopback_consortium, provision
 
 __all__ = ["EXAMPLES", "Deployment", "Party", "lay_out", "register", "start", "write_records"]
@@ -93,7 +94,12 @@ class Party:
                 stdin=subprocess.DEVNULL,
                 stdout=fh,
                 stderr=subprocess.STDOUT,
-                env=child_env(torch_threads=self.torch_threads),
+                # Each institution's own state home (privacy ledger, release log) inside the bench's
+                # directory: a benchmark must not spend the operator's real privacy budget.
+                env={
+                    **child_env(torch_threads=self.torch_threads),
+                    HOME_ENV: str(self.directory.parent / "secfed-home"),
+                },
             )
 
     def output(self) -> str:

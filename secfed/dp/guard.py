@@ -10,8 +10,9 @@ refusal message sent to the server.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from secfed.dp.accounting import DpEvent, epsilon_pld
 from secfed.dp.ledger import PrivacyLedger
@@ -67,12 +68,15 @@ class BudgetGuard:
     def __init__(self, ledger: PrivacyLedger) -> None:
         self.ledger = ledger
 
-    def check(self, planned: DpEvent, *, record_refusal: bool = True) -> GuardDecision:
+    def check(
+        self, planned: DpEvent, *, record_refusal: bool = True, extra: Mapping[str, Any] | None = None
+    ) -> GuardDecision:
         """Decide whether ``planned`` fits the budget.
 
         On refusal (and unless ``record_refusal`` is false, e.g. for a dry run) a ``budget-refusal``
         entry is appended to the ledger with the same sentence as ``reason``.  ``planned.round``
-        names the round in the sentence and in the ledger.
+        names the round in the sentence and in the ledger; ``extra`` goes into the refusal entry (the
+        dataset it is about).
         """
         if not isinstance(planned, DpEvent):
             raise ValueError(f"planned must be a DpEvent, got {type(planned).__name__}")
@@ -110,5 +114,5 @@ class BudgetGuard:
             f"{_fmt(after)}{noiseless}, above its privacy budget of {_fmt(budget)} (delta {ledger.delta:g})."
         )
         if record_refusal:
-            ledger.record_refusal(planned.round, reason, after)
+            ledger.record_refusal(planned.round, reason, after, extra)
         return GuardDecision(False, now, after, budget, reason)

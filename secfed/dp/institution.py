@@ -15,14 +15,15 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 from secfed import logs
 from secfed.dp.accounting import DpEvent, calibrate_noise, epsilon_pld
 from secfed.dp.guard import BudgetGuard
-from secfed.dp.ledger import PrivacyLedger
+from secfed.dp.ledger import NON_DP, ROUND, BudgetExceeded, PrivacyLedger
 from secfed.dp.policy import DpOptions, PrivacyPolicy
+from secfed.home import default_privacy_ledger
 
 if TYPE_CHECKING:
     from secfed.dp.sgd import DpRoundEvent, DpSettings
@@ -34,13 +35,38 @@ class PrivacyRefusal(ValueError):  # noqa: N818 - a decision, reported to the se
     """This institution declines the round under its privacy policy; the reason is a plain sentence."""
 
 
+@dataclass(frozen=True)
+class DatasetTag:
+    """Which records a release is computed from: a content hash (the identity that matters, so the
+    same records under another file name or in another federation are recognised) and a name for
+    people (the file the records came from)."""
+
+    sha256: str
+    name: str
+
+    def to_mapping(self) -> dict[str, str]:
+        return {"dataset": self.sha256, "data": self.name}
+
+
 class InstitutionPrivacy:
-    def __init__(self, institution: str, policy: PrivacyPolicy | None) -> None:
+    """One institution's privacy state: its policy, its ledger, and the dataset its releases are about.
+
+    The ledger is the institution's (default ``$SECFED_HOME/<institution>/privacy-ledger.jsonl``, see
+    :mod:`secfed.home`), not one federation's: every federation over the same records appends to it,
+    so their releases compose. Epsilon composes over every release in the ledger, whatever dataset
+    each entry names: two datasets may share records, and only composing everything is sound without
+    knowing which (an institution with truly disjoint datasets and separate budgets gives each its own
+    ledger)."""
+
+    def __init__(
+        self, institution: str, policy: PrivacyPolicy | None, dataset: DatasetTag | None = None
+    ) -> None:
         self.institution = institution
         self.policy = policy
+        self.dataset = dataset
         self.ledger = (
             PrivacyLedger(
-                policy.ledger,
+                policy.ledger if policy.ledger is not None else default_privacy_ledger(institution),
                 institution=institution,
                 delta=policy.delta,
                 budget_epsilon=policy.budget_epsilon,
@@ -48,6 +74,29 @@ class InstitutionPrivacy:
             if policy is not None
             else None
         )
+        if self.ledger is not None:
+            self._log_opened(self.ledger)
+
+    def _log_opened(self, ledger: PrivacyLedger) -> None:
+        """Say, locally, where the ledger is and what it already holds about these records."""
+        entries = ledger.entries()
+        tagged = [e for e in entries if e.kind in (ROUND, NON_DP)]
+        mine = [
+            e for e in tagged if self.dataset is not None and e.body.get("dataset") == self.dataset.sha256
+        ]
+        logs.event(
+            log,
+            "privacy-ledger",
+            institution=self.institution,
+            path=str(ledger.path),
+            releases=len(tagged),
+            releases_on_these_records=len(mine),
+            epsilon_now=f"{ledger.spent().pld:.3f}",
+            budget=ledger.budget_epsilon,
+        )
+
+    def _tag(self) -> dict[str, str]:
+        return self.dataset.to_mapping() if self.dataset is not None else {}
 
     def plan_round(self, round_: int, dp: DpOptions | None, n_records: int, steps: int) -> DpSettings | None:
         """The DP settings to train ``round_`` with (None: the federation trains without DP)."""
@@ -60,7 +109,7 @@ class InstitutionPrivacy:
                     "and the federation asked for training without it."
                 )
                 if self.ledger is not None:
-                    self.ledger.record_refusal(round_, reason, float("inf"))
+                    self.ledger.record_refusal(round_, reason, float("inf"), extra=self._tag())
                 raise PrivacyRefusal(reason)
             return None
         settings = DpSettings(
@@ -78,7 +127,7 @@ class InstitutionPrivacy:
         planned = DpEvent(sigma, rate, steps, round_)
         if self.ledger is not None:
             self._check_headroom(round_, dp, planned)
-            decision = BudgetGuard(self.ledger).check(planned)
+            decision = BudgetGuard(self.ledger).check(planned, extra=self._tag())
             logs.event(
                 log,
                 "privacy-check",
@@ -126,22 +175,38 @@ class InstitutionPrivacy:
             f"({remaining} round(s) at this round's noise) would take its epsilon to {after:.3f}, above its "
             f"privacy budget of {budget:.3f} (delta {ledger.delta:g}); refusing now rather than mid-run."
         )
-        ledger.record_refusal(round_, reason, after)
+        ledger.record_refusal(round_, reason, after, extra=self._tag())
         raise PrivacyRefusal(reason)
 
-    def record_non_dp(self, round_: int, *, release: str, what: str, dataset: bytes) -> None:
+    def record_non_dp(self, round_: int, *, release: str, what: str) -> None:
         """Ledger, before it leaves, a release with no DP guarantee (an update trained without DP-SGD,
         coreset statistics): the institution's reports then say plainly that those records have none."""
         if self.ledger is not None:
-            self.ledger.record_non_dp(round_, release=release, what=what, dataset=dataset.hex())
+            self.ledger.record_non_dp(round_, release=release, what=what, extra=self._tag())
         logs.event(
             log, "non-dp-release", institution=self.institution, round=round_, release=release, what=what
         )
 
-    def record(self, round_: int, event: DpRoundEvent) -> None:
-        """Ledger what was released; without a ledger (in-process tests) only log it."""
+    def record_resubmission(self, round_: int) -> None:
+        """Ledger that a retry of ``round_`` re-sent the DP update already ledgered for it (no new
+        release: it costs nothing, and the reports list it as a retry)."""
         if self.ledger is not None:
-            self.ledger.record_release(round_, event)
+            self.ledger.record_resubmission(round_, extra=self._tag())
+        logs.event(log, "dp-update-resubmitted", institution=self.institution, round=round_)
+
+    def record(self, round_: int, event: DpRoundEvent) -> None:
+        """Ledger what is about to be released; without a ledger (in-process tests) only log it.
+
+        The budget is checked again as the entry is written, under the ledger's lock: another client
+        process appending to the same ledger (a second federation over the same records) between the
+        plan and now cannot take it past the budget. Raises :class:`PrivacyRefusal` (nothing written,
+        the update must not leave) when it would."""
+        if self.ledger is not None:
+            try:
+                self.ledger.record_release(round_, event, extra=self._tag(), within_budget=True)
+            except BudgetExceeded as exc:
+                self.ledger.record_refusal(round_, str(exc), exc.epsilon_after, extra=self._tag())
+                raise PrivacyRefusal(str(exc)) from None
             spent = self.ledger.spent()
             logs.event(
                 log,

@@ -15,11 +15,19 @@ Entry kinds (``body`` fields):
 * ``budget-refusal`` a round this institution refused to train: ``round``, ``reason``,
   ``would_be_epsilon``, ``epsilon_now``, ``budget_epsilon``.
 * ``budget-change`` ``from``, ``to``, ``reason``: budgets can change, but never silently.
+* ``dp-resubmission`` a retry of ``round`` re-sent the DP update already recorded for it: no new
+  release, no cost; listed in the reports as a retry.
 * ``non-dp-release`` something computed from the institution's records left it *without* a DP
   guarantee: ``round``, ``release`` (``update``: a model update trained without DP-SGD; ``selection``:
   coreset statistics), ``what`` (the task's name for it) and ``dataset`` (a content hash of the
   records). One non-DP ``update`` makes the training epsilon unbounded from then on (the guard and the
   reports treat it so); ``selection`` releases are listed in the reports, with no bound claimed.
+
+``dp-round``, ``non-dp-release``, ``dp-resubmission`` and ``budget-refusal`` entries also name the
+records they are about: ``dataset`` (a SHA-256 of their content) and ``data`` (a name for people).
+The ledger is the institution's, shared by every federation over its records (:mod:`secfed.home`), and
+epsilon composes over all of it: datasets may share records, and composing everything is the only
+bound that holds without knowing which.
 
 Epsilon composes over the ``dp-round`` entries only, i.e. over the rounds this institution actually
 trained in.  Record a round *before* its update leaves the institution: a recorded round whose update
@@ -46,7 +54,7 @@ from secfed.dp.accounting import (
     validate_delta,
 )
 
-__all__ = ["LEDGER_FORMAT", "ChainError", "LedgerError", "PrivacyLedger"]
+__all__ = ["LEDGER_FORMAT", "BudgetExceeded", "ChainError", "LedgerError", "PrivacyLedger"]
 
 LEDGER_FORMAT = 1
 
@@ -55,7 +63,8 @@ ROUND = "dp-round"
 REFUSAL = "budget-refusal"
 BUDGET_CHANGE = "budget-change"
 NON_DP = "non-dp-release"
-_KINDS = frozenset({OPEN, ROUND, REFUSAL, BUDGET_CHANGE, NON_DP})
+RESUBMISSION = "dp-resubmission"
+_KINDS = frozenset({OPEN, ROUND, REFUSAL, BUDGET_CHANGE, NON_DP, RESUBMISSION})
 NON_DP_KINDS = ("update", "selection")
 
 _RELEASE_FIELDS = (
@@ -68,6 +77,14 @@ _RELEASE_FIELDS = (
 
 class LedgerError(ValueError):
     """The ledger file exists but does not match what the caller expects, or is malformed."""
+
+
+class BudgetExceeded(ValueError):  # noqa: N818 - a decision, not a fault
+    """Recording this release would take the ledger past its budget (nothing was written)."""
+
+    def __init__(self, message: str, epsilon_after: float) -> None:
+        super().__init__(message)
+        self.epsilon_after = epsilon_after
 
 
 def _validate_budget(budget: float | None) -> float | None:
@@ -250,11 +267,21 @@ class PrivacyLedger:
 
     # -- writing -------------------------------------------------------------------------------
 
-    def record_round(self, round_: int, event: DpEvent, extra: Mapping[str, Any] | None = None) -> Entry:
+    def record_round(
+        self,
+        round_: int,
+        event: DpEvent,
+        extra: Mapping[str, Any] | None = None,
+        *,
+        within_budget: bool = False,
+    ) -> Entry:
         """Record one DP release.  ``extra`` carries the run's details (clip norm, batch size, ...).
 
         ``extra`` may repeat the mechanism fields only with the same values, so a body can never say
-        two different things about the noise that was used.
+        two different things about the noise that was used. With ``within_budget`` the entry is
+        written only if the ledger, as it stands when the entry is appended (under the file's lock),
+        composed with it stays within the budget; otherwise :class:`BudgetExceeded` and nothing is
+        written.
         """
         _validate_round(round_)
         if not isinstance(event, DpEvent):
@@ -267,14 +294,60 @@ class PrivacyLedger:
             if key in body and body[key] != value:
                 raise ValueError(f"extra[{key!r}] = {body[key]!r} contradicts the event's {value!r}")
             body[key] = value
-        return self.chain.append(ROUND, body)
+        planned = DpEvent.from_mapping(mechanism)
+        return self.chain.append(
+            ROUND,
+            body,
+            precondition=(lambda entries: self._fits(entries, planned)) if within_budget else None,
+        )
 
-    def record_release(self, round_: int, release: DpRelease) -> Entry:
+    def _fits(self, entries: list[Entry], planned: DpEvent) -> None:
+        budget = self.budget_in(entries)
+        if budget is None:
+            return
+        unbounded = any(e.kind == NON_DP and e.body.get("release") == "update" for e in entries)
+        after = math.inf if unbounded else epsilon_report([*self._events(entries), planned], self.delta).pld
+        if after > budget:
+            raise BudgetExceeded(
+                f"Institution {self.institution!r} refuses to release round {planned.round}: its privacy ledger "
+                f"({self.path}) changed while it trained, and the release would now take its epsilon to "
+                f"{after:.3f}, above its privacy budget of {budget:.3f} (delta {self.delta:g}).",
+                after,
+            )
+
+    def record_release(
+        self,
+        round_: int,
+        release: DpRelease,
+        extra: Mapping[str, Any] | None = None,
+        *,
+        within_budget: bool = False,
+    ) -> Entry:
         """Record a training release such as ``secfed.dp.sgd.DpRoundEvent`` (all its fields)."""
-        extra = {name: getattr(release, name) for name in _RELEASE_FIELDS if hasattr(release, name)}
-        return self.record_round(round_, DpEvent.from_release(release, round_), extra)
+        details = {name: getattr(release, name) for name in _RELEASE_FIELDS if hasattr(release, name)}
+        return self.record_round(
+            round_,
+            DpEvent.from_release(release, round_),
+            {**(extra or {}), **details},
+            within_budget=within_budget,
+        )
 
-    def record_refusal(self, round_: int | None, reason: str, would_be_epsilon: float) -> Entry:
+    def record_resubmission(self, round_: int, extra: Mapping[str, Any] | None = None) -> Entry:
+        """Record that a retry of ``round_`` re-sent the DP update already recorded for it."""
+        _validate_round(round_)
+        return self.chain.append(RESUBMISSION, {**(extra or {}), "round": round_})
+
+    def resubmissions(self) -> list[Entry]:
+        """The ``dp-resubmission`` entries (retries that cost nothing)."""
+        return [e for e in self.entries() if e.kind == RESUBMISSION]
+
+    def record_refusal(
+        self,
+        round_: int | None,
+        reason: str,
+        would_be_epsilon: float,
+        extra: Mapping[str, Any] | None = None,
+    ) -> Entry:
         """Record that this institution refused to train ``round_`` (``None`` if not known)."""
         if round_ is not None:
             _validate_round(round_)
@@ -285,6 +358,7 @@ class PrivacyLedger:
         return self.chain.append(
             REFUSAL,
             {
+                **(extra or {}),
                 "round": round_,
                 "reason": reason,
                 "would_be_epsilon": _json_epsilon(float(would_be_epsilon)),
@@ -293,14 +367,14 @@ class PrivacyLedger:
             },
         )
 
-    def record_non_dp(self, round_: int, *, release: str, what: str, dataset: str) -> Entry:
+    def record_non_dp(
+        self, round_: int, *, release: str, what: str, extra: Mapping[str, Any] | None = None
+    ) -> Entry:
         """Record, before it leaves, a release of ``round_`` that carries no DP guarantee."""
         _validate_round(round_)
         if release not in NON_DP_KINDS:
             raise ValueError(f"release must be one of {NON_DP_KINDS}, got {release!r}")
-        return self.chain.append(
-            NON_DP, {"round": round_, "release": release, "what": what, "dataset": dataset}
-        )
+        return self.chain.append(NON_DP, {**(extra or {}), "round": round_, "release": release, "what": what})
 
     def set_budget(self, budget_epsilon: float | None, *, reason: str) -> Entry:
         """Change the budget; the change is an entry of its own with its reason."""

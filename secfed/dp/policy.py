@@ -6,7 +6,7 @@ planned rounds from which each institution calibrates its own noise multiplier (
 depends on its own number of records, so the same target needs different noise at different sizes).
 
 ``PrivacyPolicy`` belongs to the institution alone (its client configuration's ``[privacy]``): where
-its privacy ledger lives, its delta, its epsilon budget, and whether it trains at all without DP.
+its privacy ledger lives (by default the institution's own, shared by all its federations), its delta, its epsilon budget, and whether it trains at all without DP.
 The server cannot change it; the client enforces it before every round.
 """
 
@@ -81,7 +81,9 @@ class PrivacyPolicy:
 
     Built from a file or mapping, ``require_dp`` defaults to :func:`require_dp_by_default`."""
 
-    ledger: Path
+    # None: the institution's own ledger, $SECFED_HOME/<institution>/privacy-ledger.jsonl (secfed.home),
+    # shared by every federation over its records so that their releases compose.
+    ledger: Path | None = None
     delta: float = DEFAULT_DELTA
     budget_epsilon: float | None = None
     require_dp: bool = False
@@ -98,13 +100,14 @@ class PrivacyPolicy:
 
     def to_mapping(self) -> dict[str, Any]:
         out: dict[str, Any] = {
-            "ledger": str(self.ledger),
             "delta": self.delta,
             "require_dp": self.require_dp,
             "require_selection_dp": self.require_selection_dp,
         }
         if self.budget_epsilon is not None:
             out["budget_epsilon"] = self.budget_epsilon
+        if self.ledger is not None:
+            out["ledger"] = str(self.ledger)
         return out
 
     @classmethod
@@ -113,11 +116,9 @@ class PrivacyPolicy:
         unknown = set(raw) - known
         if unknown:
             raise ValueError(f"privacy: unknown key(s) {sorted(unknown)}; known: {sorted(known)}")
-        if "ledger" not in raw:
-            raise ValueError("privacy: ledger is required")
         budget = None if raw.get("budget_epsilon") is None else float(raw["budget_epsilon"])
         return cls(
-            ledger=Path(raw["ledger"]),
+            ledger=None if raw.get("ledger") is None else Path(raw["ledger"]),
             delta=float(raw.get("delta", DEFAULT_DELTA)),
             budget_epsilon=budget,
             require_dp=bool(raw.get("require_dp", require_dp_by_default(budget))),

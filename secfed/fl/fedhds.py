@@ -36,10 +36,12 @@ from secfed.coreset.config import CoresetConfig
 from secfed.data.formats import Record
 from secfed.fl import tasks
 from secfed.fl.fedit import FeditClient, FeditInstruction, FeditServer, ModelPool, train_round
-from secfed.fl.instruction import FrozenModel
+from secfed.fl.instruction import FrozenModel, canonical_json
 from secfed.fl.policy import InstitutionPolicy, RefusalCategory, Refused, within
 from secfed.fl.releases import release_identity
+from secfed.fl.resubmit import RoundKey
 from secfed.fl.tasks import StagePlan, StageResult
+from secfed.fl.vectors import model_hash
 from secfed.model.settings import TrainSettings
 from secfed.secagg.config import ClientPolicy, SessionConfig
 from secfed.secagg.messages import AggregateResult
@@ -463,7 +465,7 @@ class FedhdsClient(FeditClient):
             ).digest(),
             str(ins.round_seed).encode(),
         )
-        self.privacy.record_non_dp(round_, release="selection", what=ins.stage, dataset=self.dataset_hash())
+        self.privacy.record_non_dp(round_, release="selection", what=ins.stage)
         self.selection_s += time.perf_counter() - started
         return out
 
@@ -503,17 +505,18 @@ class FedhdsClient(FeditClient):
     ) -> dict[str, NDArray[np.float64]]:
         from secfed.model.lora import adapter_to_vector, vector_to_adapter
 
+        kept = self._kept_update(round_, model, ins)
+        if kept is not None:
+            return kept
         started = time.perf_counter()
         plan = self.admitted_plan(round_)
         self.records_trained += len(plan.records)
         peft = self._ensure_model(ins)
         vector_to_adapter(peft, model)
         self._last_model = (round_, np.array(model, dtype=np.float32))
-        stats, _dp = train_round(self.privacy, peft, self._base.tokenizer, plan, self.client_id)
-        if not _dp:
-            self.privacy.record_non_dp(round_, release="update", what=NAME, dataset=self.dataset_hash())
+        stats, dp_trained = train_round(self.privacy, peft, self._base.tokenizer, plan, self.client_id)
         self.last_stats = stats
-        self._last_identity = self.update_identity(model, _dp)
+        self._last_identity = self.update_identity(model, dp_trained)
         delta = adapter_to_vector(peft).astype(np.float64) - model.astype(np.float64)
         # A public weight: a winner and a non-winner, one record or five, weigh the same, so the
         # weight sum reveals only the (public) number of contributors.
@@ -528,7 +531,17 @@ class FedhdsClient(FeditClient):
             steps=stats.steps,
             seconds=f"{stats.seconds:.1f}",
         )
-        return {"delta": weight * delta, "weight": np.array([weight])}
+        return self._released(
+            round_, model, ins, {"delta": weight * delta, "weight": np.array([weight])}, dp_trained
+        )
+
+    def _round_key(self, round_: int, model: NDArray[np.float32], ins: FeditInstruction) -> RoundKey:
+        """A retried round draws a fresh projection and selection (``round_seed``, ``plan``), yet the
+        DP update trained in an earlier attempt from the same model under the same settings is still
+        this institution's release for the round: re-submitting it reveals nothing new, training on
+        the new selection would spend the budget twice. So those two fields are not part of the key."""
+        wire = {k: v for k, v in ins.wire().items() if k not in ("round_seed", "plan")}
+        return round_, model_hash(model), canonical_json(wire)
 
 
 def space_stage() -> str:

@@ -277,12 +277,19 @@ class FeditClient:
         self.model_source = str(options.get("model", FeditOptions.model))
         self.device = str(options.get("device", "auto"))
         data_opts = {k: v for k, v in options.items() if k in ClientDataOptions.__dataclass_fields__}
-        self.records = client_records(client_id, ClientDataOptions(**data_opts))
-        from secfed.dp.institution import InstitutionPrivacy
+        data = ClientDataOptions(**data_opts)
+        self.records = client_records(client_id, data)
+        self._fingerprint: bytes | None = None
+        from secfed.dp.institution import DatasetTag, InstitutionPrivacy
         from secfed.dp.policy import PrivacyPolicy
 
         policy = PrivacyPolicy.from_mapping(options["privacy"]) if "privacy" in options else None
-        self.privacy = InstitutionPrivacy(client_id, policy)
+        name = (
+            str(data.data)
+            if data.data != BUILTIN_DATA
+            else f"builtin share {data.client_index + 1}/{data.n_clients}"
+        )
+        self.privacy = InstitutionPrivacy(client_id, policy, DatasetTag(self.dataset_hash().hex(), name))
         self._base: Any = None
         self._peft: Any = None
         self._lora: LoraSettings | None = None
@@ -294,12 +301,11 @@ class FeditClient:
         self._plan: TrainingPlan | None = None
         # The last DP update this institution released: a retry of the same round re-submits it
         # instead of spending budget on a second one (kept beside the privacy ledger, across restarts).
-        ledger = self.privacy.policy.ledger if self.privacy.policy is not None else None
+        ledger = self.privacy.ledger.path if self.privacy.ledger is not None else None
         self._dp_updates = UpdateStore(
             ledger.with_name(ledger.name + ".last-dp-update.npz") if ledger else None
         )
         self._last_identity: bytes | None = None
-        self._fingerprint: bytes | None = None
         self.last_stats: Any = None
         self.last_compute_s = 0.0
 
@@ -357,6 +363,7 @@ class FeditClient:
         # covered by the guarantee already ledgered, so it is neither trained nor charged again.
         if ins.dp is not None and self._dp_updates.get(self._round_key(round_, model, ins)) is not None:
             self._plan = None  # nothing to train: compute re-submits the kept update
+            self.privacy.record_resubmission(round_)
         else:
             records, settings = self.training_inputs(ins)
             self._plan = plan_training(self.privacy, records, settings, ins.dp, round_)
@@ -486,11 +493,8 @@ class FeditClient:
         from secfed.model.lora import adapter_to_vector, vector_to_adapter
 
         ins = self.instruction_type.parse(task_config)
-        key = self._round_key(round_, model, ins)
-        kept = self._dp_updates.get(key) if ins.dp is not None else None
+        kept = self._kept_update(round_, model, ins)
         if kept is not None:
-            logs.event(log, "dp-update-resubmitted", client=self.client_id, round=round_)
-            self._last_identity = self.update_identity(model, dp_covered=True)
             return kept
         started = time.perf_counter()
         peft = self._ensure_model(ins)
@@ -516,11 +520,32 @@ class FeditClient:
             loss_first=f"{stats.first_loss:.3f}",
             loss_last=f"{stats.last_loss:.3f}",
         )
-        out = {"delta": weight * delta, "weight": np.array([weight])}
+        return self._released(
+            round_, model, ins, {"delta": weight * delta, "weight": np.array([weight])}, dp_trained
+        )
+
+    def _kept_update(
+        self, round_: int, model: NDArray[np.float32], ins: FeditInstruction
+    ) -> dict[str, NDArray[np.float64]] | None:
+        """The DP update already released for this round (a retry re-submits it), or None."""
+        kept = self._dp_updates.get(self._round_key(round_, model, ins)) if ins.dp is not None else None
+        if kept is not None:
+            self._last_identity = self.update_identity(model, dp_covered=True)
+        return kept
+
+    def _released(
+        self,
+        round_: int,
+        model: NDArray[np.float32],
+        ins: FeditInstruction,
+        out: dict[str, NDArray[np.float64]],
+        dp_trained: bool,
+    ) -> dict[str, NDArray[np.float64]]:
+        """Before an update leaves: keep a DP one for a retry, ledger a non-DP one."""
         if dp_trained:
-            self._dp_updates.put(key, out)
+            self._dp_updates.put(self._round_key(round_, model, ins), out)
         else:
-            self.privacy.record_non_dp(round_, release="update", what=NAME, dataset=self.dataset_hash())
+            self.privacy.record_non_dp(round_, release="update", what=NAME)
         return out
 
     def dataset_hash(self) -> bytes:

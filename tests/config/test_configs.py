@@ -89,9 +89,13 @@ def test_missing_config_file(tmp_path: Path) -> None:
 def test_client_privacy_policy_and_ledgers(tmp_path: Path) -> None:
     client = load_client_config(ROOT / "client" / "client.example.toml")
     assert client.privacy.budget_epsilon == 8.0 and client.privacy.delta == 1e-5
-    assert client.privacy.ledger == ROOT / "client" / "privacy-ledger.jsonl"
+    # Unset: the institution's own ledger and release log (secfed.home), not the config's directory.
+    assert client.privacy.ledger is None and client.release_log is None
     assert client.audit_ledger == ROOT / "client" / "audit-ledger.jsonl"
     path = tmp_path / "client.toml"
+    path.write_text('[client]\nkit = "k"\nrelease_log = "r.jsonl"\n[privacy]\nledger = "p.jsonl"\n')
+    named = load_client_config(path)
+    assert (named.privacy.ledger, named.release_log) == (tmp_path / "p.jsonl", tmp_path / "r.jsonl")
     path.write_text('[client]\nkit = "k"\n[privacy]\nbudget_epsilon = 0\n')
     assert load_client_config(path).privacy.budget_epsilon is None  # 0 = no cap (still ledgered)
     path.write_text('[client]\nkit = "k"\n[privacy]\ndelta = 0.0\n')

@@ -34,9 +34,11 @@ def test_a_non_dp_update_makes_epsilon_unbounded_and_the_guard_refuses_dp_after_
     ledger = _ledger(tmp_path / "p.jsonl")
     ledger.record_round(0, DpEvent(1.0, 0.1, 5, 0))
     assert math.isfinite(ledger.spent().pld)
-    ledger.record_non_dp(1, release="selection", what="coreset-pca", dataset="ab")
+    ledger.record_non_dp(
+        1, release="selection", what="coreset-pca", extra={"dataset": "ab", "data": "d.jsonl"}
+    )
     assert math.isfinite(ledger.spent().pld)  # selection statistics are listed, not composed
-    ledger.record_non_dp(2, release="update", what="fedit-lora", dataset="ab")
+    ledger.record_non_dp(2, release="update", what="fedit-lora", extra={"dataset": "ab", "data": "d.jsonl"})
     assert math.isinf(ledger.spent().pld)
     decision = BudgetGuard(ledger).check(DpEvent(1.0, 0.1, 5, 3))
     assert not decision.allowed and "infinity" in decision.reason
@@ -48,7 +50,7 @@ def test_the_report_no_longer_claims_dp_for_records_that_left_without_it(tmp_pat
     ledger.record_round(0, DpEvent(1.0, 0.1, 5, 0))
     section, _ = privacy_section(path)
     assert section["epsilon"] is not None and guarantee_section(section, institution="inst00")["dp_used"]
-    ledger.record_non_dp(1, release="update", what="fedit-lora", dataset="ab")
+    ledger.record_non_dp(1, release="update", what="fedit-lora", extra={"dataset": "ab", "data": "d.jsonl"})
     section, _ = privacy_section(path)
     guarantee = guarantee_section(section, institution="inst00")
     assert section["epsilon"] is None and section["no_dp_guarantee_since_round"] == 1
