@@ -273,6 +273,9 @@ def _check_privacy(doc: Mapping[str, Any], ledger: Path, entries: int) -> list[s
         "rounds_trained",
         "non_dp_releases",
         "no_dp_guarantee_since_round",
+        "refusals",
+        "retries",
+        "datasets",
     ):
         if not _close(stated.get(key), recomputed.get(key)):
             problems.append(

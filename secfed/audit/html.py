@@ -896,6 +896,33 @@ def _refusals_table(refusals: Sequence[Mapping[str, Any]]) -> str:
     )
 
 
+def _records_table(privacy: Mapping[str, Any]) -> str:
+    """Which records the ledger's releases were about, and the retries that cost nothing."""
+    rows = [
+        [
+            esc(_text(d.get("data")) or "—"),
+            f"<code>{esc((_text(d.get('dataset')) or '')[:16])}…</code>",
+            esc(fmt_int(d.get("dp_rounds"))),
+            esc(fmt_int(d.get("non_dp"))),
+        ]
+        for d in _maps(privacy.get("datasets"))
+    ]
+    table = _table(
+        ["Records", "Content hash", "DP releases", "Releases without DP"],
+        rows,
+        caption="The records each release was computed from (epsilon composes over all of them)",
+        numeric=[2, 3],
+        cls="compact",
+    )
+    retried = [r for r in (_int(x.get("round")) for x in _maps(privacy.get("retries"))) if r is not None]
+    if retried:
+        table += (
+            f"<p>Retried {_plural(len(retried), 'round')} ({esc(', '.join(str(r) for r in retried))}): the "
+            "retry re-submitted the DP update already released for the round, at no extra privacy cost.</p>"
+        )
+    return table
+
+
 def _budget_rules(budgets: Sequence[tuple[float, str]]) -> list[Rule]:
     rules: list[Rule] = []
     for value, label in budgets:
@@ -982,6 +1009,7 @@ def _institution_privacy(report: Mapping[str, Any], facts: _Facts) -> str:
             )
     if facts.refusals:
         parts.append(_refusals_table(facts.refusals))
+    parts.append(_records_table(privacy))
     return "".join(parts)
 
 
@@ -1017,6 +1045,8 @@ def _federation_privacy(report: Mapping[str, Any]) -> str:
                 bar + esc(fmt_pct(used)),
                 esc(fmt_int(len(_list(q.get("rounds_trained"))))),
                 esc(fmt_int(refusal_count)),
+                esc(fmt_int(len(_list(q.get("retried_rounds"))))),
+                esc(fmt_int(sum(v for v in (_int(x) for x in _map(q.get("non_dp_releases")).values()) if v))),
                 "✓ verified"
                 if verified is True
                 else ('<span class="bad">not verified</span>' if verified is False else "—"),
@@ -1043,10 +1073,12 @@ def _federation_privacy(report: Mapping[str, Any]) -> str:
                 "Budget used",
                 "Rounds trained",
                 "Refusals",
+                "Retries",
+                "Releases without DP",
                 "Source report",
             ],
             rows,
-            numeric=[2, 3, 4, 5, 6, 7, 8],
+            numeric=[2, 3, 4, 5, 6, 7, 8, 9, 10],
             caption="Privacy loss per institution",
         ),
     ]

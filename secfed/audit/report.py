@@ -160,10 +160,24 @@ def privacy_section(
     events: list[DpEvent] = []
     refusals: list[dict[str, Any]] = []
     non_dp: list[dict[str, Any]] = []
+    retries: list[dict[str, Any]] = []
+    datasets: dict[str, dict[str, Any]] = {}
+
+    def about(body: Mapping[str, Any], what: str) -> None:
+        """Count a release against the records it names (older entries name none)."""
+        key = str(body.get("dataset") or "")
+        if not key:
+            return
+        row = datasets.setdefault(
+            key, {"dataset": key, "data": body.get("data"), "dp_rounds": 0, "non_dp": 0}
+        )
+        row[what] += 1
+
     for entry in entries:
         if entry.kind == "dp-round":
             event = DpEvent.from_mapping(entry.body)
             events.append(event)
+            about(entry.body, "dp_rounds")
             spent = epsilon_report(events, delta)
             over.append(
                 {"round": event.round, "epsilon": _finite(spent.pld), "epsilon_rdp": _finite(spent.rdp)}
@@ -187,6 +201,9 @@ def privacy_section(
             refusals.append({"round": entry.body.get("round"), "reason": entry.body.get("reason")})
         elif entry.kind == "non-dp-release":
             non_dp.append({k: entry.body.get(k) for k in ("round", "release", "what", "dataset")})
+            about(entry.body, "non_dp")
+        elif entry.kind == "dp-resubmission":
+            retries.append({"round": entry.body.get("round"), "dataset": entry.body.get("dataset")})
     unbounded = any(r["release"] == "update" for r in non_dp)
     total = epsilon_report(events, delta)
     if unbounded:  # an update left without DP: no bound, whatever the DP rounds compose to
@@ -211,6 +228,11 @@ def privacy_section(
         "no_dp_guarantee_since_round": min(
             (r["round"] for r in non_dp if r["release"] == "update"), default=None
         ),
+        # Retried rounds that re-submitted the DP update already released (no new release, no cost).
+        "retries": retries,
+        # The records the releases were computed from (content hash, name): the ledger is the
+        # institution's, shared by its federations, and epsilon composes over all of them.
+        "datasets": list(datasets.values()),
     }
     return section, mechanism
 
@@ -323,11 +345,13 @@ def _round_rows(facts: ServerFacts | None, institution: str | None) -> list[dict
     if facts is None:
         return []
     refused: dict[int, list[str]] = {}
+    aborted: dict[int, list[str]] = {}
     for event in facts.events:
+        payload = event.get("payload") or {}
         if event.get("kind") == "client_refused" and isinstance(event.get("round"), int):
-            refused.setdefault(int(event["round"]), []).append(
-                str((event.get("payload") or {}).get("client"))
-            )
+            refused.setdefault(int(event["round"]), []).append(str(payload.get("client")))
+        if event.get("kind") == "attempt_aborted" and isinstance(payload.get("round"), int):
+            aborted.setdefault(int(payload["round"]), []).append(str(payload.get("reason")))
     rows = []
     for record in facts.rounds:
         summary = record.get("summary") or {}
@@ -337,6 +361,8 @@ def _round_rows(facts: ServerFacts | None, institution: str | None) -> list[dict
             "contributors": len(record.get("contributors") or []),
             "dropped": len(record.get("dropped") or []),
             "refused": refused.get(int(record["round"]), []),
+            # Attempts of this round that were abandoned and retried, with the server's reason.
+            "retried_after": aborted.get(int(record["round"]), []),
             "learned": {name: st.get("sums", {}) for name, st in stages.items()},
             "selection": round_selection(stages),
         }
@@ -419,18 +445,31 @@ def federation_report(
             "budget": privacy.get("budget"),
             "rounds_trained": privacy.get("rounds_trained", []),
             "refusals": len(privacy.get("refusals", [])),
+            "refused_rounds": [r.get("round") for r in privacy.get("refusals", [])],
+            "retried_rounds": [r.get("round") for r in privacy.get("retries", [])],
+            "non_dp_releases": {
+                kind: sum(1 for r in privacy.get("non_dp_releases", []) if r.get("release") == kind)
+                for kind in ("update", "selection")
+            },
+            "no_dp_guarantee_since_round": privacy.get("no_dp_guarantee_since_round"),
             "over_rounds": privacy.get("over_rounds", []),
             "report_verified": True,
         }
     any_dp = any(q["dp_used"] for q in quoted.values())
     guarantee = guarantee_section({"dp_used": False}, institution=None)
+    without = sorted(cid for cid, q in quoted.items() if q["no_dp_guarantee_since_round"] is not None)
     if any_dp:
-        guarantee["dp_used"] = True
+        guarantee["dp_used"] = not without
         guarantee["plain"] = (
-            "Each institution trained with differentially private SGD and accounts its own privacy loss "
-            "from its own ledger; the figures below are quoted from each institution's signed report. "
-            "The server only ever saw sums over the whole cohort (secure aggregation), never one "
-            "institution's update."
+            "Each institution accounts its own privacy loss from its own ledger; the figures below are "
+            "quoted from each institution's signed report. The server only ever saw sums over the whole "
+            "cohort (secure aggregation), never one institution's update."
+        )
+        guarantee["plain"] += (
+            f" Institution(s) {', '.join(without)} released model updates trained WITHOUT differential "
+            "privacy: their records have no DP guarantee (see each one's report)."
+            if without
+            else " Every institution trained with differentially private SGD."
         )
     return {
         "format": FORMAT,

@@ -31,6 +31,9 @@ EVENTS = {
 }
 
 
+TAG = {"dataset": "ab" * 32, "data": "records.jsonl"}
+
+
 def _privacy_ledger(run: Path, cid: str) -> Path:
     doc = tomllib.loads((run / "clients" / f"{cid}.toml").read_text())
     return run / "clients" / str(doc["privacy"]["ledger"])
@@ -44,9 +47,14 @@ def base_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
         ledger = PrivacyLedger(_privacy_ledger(run, cid), institution=cid, delta=1e-5, budget_epsilon=8.0)
         for event in events:
             assert event.round is not None
-            ledger.record_round(event.round, event, {"max_grad_norm": 1.0, "expected_batch_size": 8})
+            ledger.record_round(event.round, event, {"max_grad_norm": 1.0, "expected_batch_size": 8, **TAG})
+        if cid == "inst00":
+            ledger.record_resubmission(1, TAG)  # round 1 was retried with the kept update
         if cid == "inst01":
             ledger.record_refusal(1, "Institution 'inst01' refuses round 1: over budget.", 9.5)
+        if cid == "inst02":
+            ledger.record_non_dp(0, release="selection", what="coreset-pca", extra=TAG)
+            ledger.record_non_dp(1, release="update", what="fedit-lora", extra=TAG)
     assert main(["audit", "report", str(run), "--format", "json"]) == 0
     return run
 
@@ -109,6 +117,25 @@ def test_epsilon_in_the_report_equals_the_accountant_on_the_ledger(run: Path) ->
         federation["institutions"]["inst00"]["epsilon"]
         == _load(run / "audit" / "inst00.json")["privacy"]["epsilon"]
     )
+
+
+def test_reports_list_retries_releases_without_dp_and_the_records(run: Path) -> None:
+    """What the institution's ledger says beyond epsilon reaches both reports: the retry that cost
+    nothing, the releases without DP (and that the federation can no longer claim DP for everyone),
+    and which records each release was about."""
+    inst00 = _load(run / "audit" / "inst00.json")["privacy"]
+    assert inst00["retries"] == [{"round": 1, "dataset": TAG["dataset"]}]
+    assert inst00["datasets"] == [{**TAG, "dp_rounds": 2, "non_dp": 0}]
+    inst02 = _load(run / "audit" / "inst02.json")
+    assert inst02["privacy"]["datasets"] == [{**TAG, "dp_rounds": 0, "non_dp": 2}]
+    assert "WITHOUT differential privacy from round 1" in inst02["guarantee"]["plain"]
+    federation = _load(run / "audit" / "federation.json")
+    quoted = federation["institutions"]
+    assert quoted["inst00"]["retried_rounds"] == [1] and quoted["inst01"]["refused_rounds"] == [1]
+    assert quoted["inst02"]["non_dp_releases"] == {"update": 1, "selection": 1}
+    assert quoted["inst02"]["no_dp_guarantee_since_round"] == 1
+    assert not federation["guarantee"]["dp_used"]
+    assert "inst02 released model updates trained WITHOUT" in federation["guarantee"]["plain"]
 
 
 def test_reports_state_the_secure_aggregation_facts_and_what_is_not_covered(run: Path) -> None:

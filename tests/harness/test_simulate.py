@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from secfed.cli import main
+from secfed.dp.ledger import PrivacyLedger
 from secfed.harness.faults import UPLOAD_PHASES
 from secfed.harness.layout import prepare_out_dir
 from secfed.harness.presets import PRESETS
@@ -184,6 +185,31 @@ def test_server_killed_mid_round_and_after_a_round_resumes(
     # The hung client is ended by the harness and takes no part after it hung.
     assert result["client_processes"]["inst03"]["stopped_by_harness"] in {"SIGTERM", "SIGKILL"}
     assert all("inst03" not in r.contributors for r in db_rounds[1:])
+
+
+@pytest.mark.timeout(300)
+def test_dp_preset_completes_within_budget_after_the_server_is_killed_mid_round(
+    tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    """``secfed simulate --preset dp --kill-server-mid-round 1``: the deployment path of a DP retry.
+
+    Every institution calibrates its noise so the planned rounds use exactly its budget, so a retry
+    that trained a second time would be refused ("would raise its epsilon ... above its privacy
+    budget") and the run would stop. It completes, and every ledger holds one release per round."""
+    out = tmp_path / "run"
+    code, result = simulate(
+        out,
+        *("--preset", "dp", "--model", str(tiny_model_dir), "--clients", "3", "--rounds", "2"),
+        *("--kill-server-mid-round", "1"),
+    )
+    assert code == 0, result["problems"]
+    (kill,) = result["server_kills"]
+    assert kill["mid_round"] and kill["session_open"] and kill["restarted"]
+    assert result["rounds_completed"] == 2
+    for cid in ("inst00", "inst01", "inst02"):
+        book = PrivacyLedger.open_existing(out / "clients" / f"{cid}.privacy.jsonl")
+        assert book.rounds_trained() == [0, 1] and book.refusals() == []
+        assert book.spent().pld <= 8.0
 
 
 @pytest.mark.parametrize(
