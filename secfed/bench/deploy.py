@@ -73,6 +73,11 @@ def edit_toml(text: str, key: str, value: str) -> str:
     return edited
 
 
+#: The parties' ``$SECFED_HOME``, inside the deployment's directory: a benchmark must not spend the
+#: operator's real privacy budget.
+HOME_DIR = "secfed-home"
+
+
 @dataclass
 class Party:
     name: str
@@ -94,11 +99,9 @@ class Party:
                 stdin=subprocess.DEVNULL,
                 stdout=fh,
                 stderr=subprocess.STDOUT,
-                # Each institution's own state home (privacy ledger, release log) inside the bench's
-                # directory: a benchmark must not spend the operator's real privacy budget.
                 env={
                     **child_env(torch_threads=self.torch_threads),
-                    HOME_ENV: str(self.directory.parent / "secfed-home"),
+                    HOME_ENV: str(self.directory.parent / HOME_DIR),
                 },
             )
 
@@ -111,6 +114,11 @@ class Deployment:
     root: Path
     coordinator: Party
     institutions: dict[str, Party]
+
+    @property
+    def home(self) -> Path:
+        """The institutions' ``$SECFED_HOME`` in this deployment (privacy ledgers, release logs)."""
+        return self.root / HOME_DIR
 
     @property
     def parties(self) -> list[Party]:

@@ -95,6 +95,10 @@ class InstitutionPrivacy:
             budget=ledger.budget_epsilon,
         )
 
+    def _where(self) -> str:
+        """Where the spending is recorded, for the local message (the server sees only a category)."""
+        return f"(Privacy ledger: {self.ledger.path}.)" if self.ledger is not None else ""
+
     def _tag(self) -> dict[str, str]:
         return self.dataset.to_mapping() if self.dataset is not None else {}
 
@@ -138,7 +142,7 @@ class InstitutionPrivacy:
                 epsilon_after=f"{decision.epsilon_after:.3f}",
             )
             if not decision.allowed:
-                raise PrivacyRefusal(decision.reason)
+                raise PrivacyRefusal(f"{decision.reason} {self._where()}")
         return replace(settings, noise_multiplier=sigma)
 
     def _check_headroom(self, round_: int, dp: DpOptions, planned: DpEvent) -> None:
@@ -176,7 +180,7 @@ class InstitutionPrivacy:
             f"privacy budget of {budget:.3f} (delta {ledger.delta:g}); refusing now rather than mid-run."
         )
         ledger.record_refusal(round_, reason, after, extra=self._tag())
-        raise PrivacyRefusal(reason)
+        raise PrivacyRefusal(f"{reason} {self._where()}")
 
     def record_non_dp(self, round_: int, *, release: str, what: str) -> None:
         """Ledger, before it leaves, a release with no DP guarantee (an update trained without DP-SGD,

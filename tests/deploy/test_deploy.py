@@ -19,6 +19,7 @@ import pytest
 
 from secfed.bench.deploy import start
 from secfed.cli import main
+from secfed.home import HOME_ENV
 from tests.deploy.support import Deployment, lay_out
 
 pytestmark = pytest.mark.timeout(600)
@@ -39,11 +40,18 @@ def _loads_with_plain_peft(model_dir: Path, adapter: Path) -> None:
     assert any("lora_" in name for name, _ in model.named_parameters())
 
 
-def _audit_from_own_directory(deployment: Deployment, capsys: pytest.CaptureFixture[str]) -> None:
+def _audit_from_own_directory(
+    deployment: Deployment, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(HOME_ENV, str(deployment.home))  # as on each institution's own machine
     for cid, party in deployment.institutions.items():
         assert main(["audit", "report", str(party.config), "--format", "json"]) == 0
         report = party.directory / "audit" / f"{cid}.json"
         assert report.is_file()
+        # The report found the institution's own ledger (not beside the config): the example trains
+        # without DP, and the report says so from round 0.
+        privacy = json.loads(report.read_text())["privacy"]
+        assert privacy["no_dp_guarantee_since_round"] == 0 and privacy["datasets"], privacy
         cwd = Path.cwd()
         os.chdir(party.directory)
         try:  # verified by a relative path, from the institution's own directory
@@ -57,7 +65,11 @@ def _audit_from_own_directory(deployment: Deployment, capsys: pytest.CaptureFixt
 
 @pytest.mark.parametrize("example", ["fedit", "fedhds"])
 def test_example_deployment_trains_and_every_institution_keeps_the_result(
-    tmp_path: Path, tiny_model_dir: Path, example: str, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path,
+    tiny_model_dir: Path,
+    example: str,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     deployment = lay_out(tmp_path, example, tiny_model_dir)
     start(deployment)
@@ -76,7 +88,7 @@ def test_example_deployment_trains_and_every_institution_keeps_the_result(
         assert config["base_model_name_or_path"] == tiny_model_dir.name  # portable, not this machine's path
         assert json.loads((final / "secfed_adapter.json").read_text())["base_hash"]
         _loads_with_plain_peft(tiny_model_dir, final)
-    _audit_from_own_directory(deployment, capsys)
+    _audit_from_own_directory(deployment, capsys, monkeypatch)
 
 
 def test_an_institution_killed_during_training_does_not_stop_a_four_institution_federation(
