@@ -7,6 +7,7 @@ inspected, re-run by hand (``secfed server --config OUT/server.toml``) or moved 
     OUT/server.toml     the coordinator's config (state in OUT/state/)
     OUT/clients/<id>.toml
     OUT/clients/<id>.audit.jsonl, <id>.privacy.jsonl   each institution's own hash-chained ledgers
+    OUT/clients/<id>.releases.jsonl                     every input it released (no-differencing rule)
     OUT/logs/           one log per process (written by the harness)
     OUT/result.json     what happened (written by the harness)
 """
@@ -189,7 +190,16 @@ def write_run(
     for cid in clients:
         doc = "\n".join(
             [
-                _table("client", {"kit": f"../pki/clients/{cid}", "audit_ledger": f"{cid}.audit.jsonl"}),
+                # The run's institutions are throwaway identities of its own CA: their release logs and
+                # privacy ledgers live in the run directory, not in an institution's $SECFED_HOME.
+                _table(
+                    "client",
+                    {
+                        "kit": f"../pki/clients/{cid}",
+                        "audit_ledger": f"{cid}.audit.jsonl",
+                        "release_log": f"{cid}.releases.jsonl",
+                    },
+                ),
                 _table("task", {"name": task, "options": dict(client_options[cid])}),
                 _table("privacy", {"ledger": f"{cid}.privacy.jsonl", **(privacy or {})}),
                 _table("retry", retry),
