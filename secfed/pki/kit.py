@@ -265,12 +265,29 @@ def write_kit(
     return out
 
 
+def _loose_key(path: Path) -> str | None:
+    """What is wrong with the private key's permissions, with the fix; None if only its owner can read it."""
+    mode = loose_permissions(path)
+    if mode is None:
+        return None
+    return (
+        f"{path} is accessible by other users (mode {mode:04o}); "
+        f"the private key must be private: run `chmod 600 {path}`"
+    )
+
+
 def load_kit(path: Path | str) -> Kit:
-    """Load and cross-check a kit; raise :class:`KitError` naming the file and the problem."""
+    """Load and cross-check a kit; raise :class:`KitError` naming the file and the problem.
+
+    A private key that group or others can read is refused, not just warned about: whoever else on the
+    machine can read it can impersonate the party (and a key copied around loosely was likely copied
+    elsewhere too)."""
     root = Path(path)
     meta = _read_kit_toml(root)
     role: Role = "client" if meta["role"] == "client" else "server"
     chain = load_certificates(root / CERT_FILE, "certificate chain")
+    if (root / KEY_FILE).is_file() and (loose := _loose_key(root / KEY_FILE)) is not None:
+        raise KitError(loose)
     key = load_private_key(root / KEY_FILE)
     cas = load_certificates(root / CA_FILE, "CA certificate")
     if len(cas) != 1:
@@ -393,12 +410,9 @@ def check_kit(path: Path | str, *, at: datetime | None = None) -> KitReport:
         problems.append(f"missing file {root / name} ({what[name]})")
 
     if KEY_FILE not in missing:
-        mode = loose_permissions(root / KEY_FILE)
-        if mode is not None:
-            problems.append(
-                f"{root / KEY_FILE} is accessible by other users (mode {mode:04o}); "
-                f"the private key must be private: run `chmod 600 {root / KEY_FILE}`"
-            )
+        loose = _loose_key(root / KEY_FILE)
+        if loose is not None:
+            problems.append(loose)
 
     def collect(load: Callable[[], _T]) -> _T | None:
         try:

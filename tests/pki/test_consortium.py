@@ -28,6 +28,7 @@ from secfed.pki import (
     write_kit,
 )
 from secfed.pki.files import cert_pem, crl_pem, load_crl, write_public
+from secfed.pki.kit import KitError
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "certs" / "consortium.example.toml"
 
@@ -270,6 +271,19 @@ def test_check_loose_permissions_and_missing_files(provisioned: ProvisionResult,
     assert "chmod 600" in problems and "0644" in problems
     assert "missing file" in problems and "crl.pem" in problems
     assert "does not exist" in _problems(tmp_path / "nope")
+
+
+@pytest.mark.parametrize("mode", [0o640, 0o604, 0o644])
+def test_a_key_readable_by_others_is_refused_at_load(
+    provisioned: ProvisionResult, tmp_path: Path, mode: int
+) -> None:
+    """Not only `certs check`: a client or server started on a kit whose key others can read stops with
+    the fix in the message (anyone else on the machine could impersonate the party)."""
+    kit = _copy_kit(provisioned.client_kits["hospital-a"], tmp_path / "kit")
+    assert load_kit(kit).client_id == "hospital-a"  # 0600 as provisioned: loads
+    (kit / "key.pem").chmod(mode)
+    with pytest.raises(KitError, match=rf"mode {mode:04o}.*chmod 600"):
+        load_kit(kit)
 
 
 def test_check_wrong_eku_and_id_mismatch(provisioned: ProvisionResult, tmp_path: Path) -> None:
