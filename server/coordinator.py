@@ -497,6 +497,7 @@ class Coordinator:
             # aborted attempt is for another configuration in the retry, so it cannot be replayed.
             label=f"{self.task.name}.{plan.name}.a{attempt}",
             instruction_hash=instruction_hash(self.task.name, task_config),
+            consortium=self.trust.consortium_id if self.trust is not None else bytes(32),
         )
         session: ServerSession | PlaintextSession = (
             ServerSession(config, trust=self.trust, keep_inputs=plan.verified)

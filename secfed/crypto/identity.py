@@ -26,6 +26,7 @@ ECDSA or RSA, Ed25519 CA keys are refused.  Ed25519 is fine for *leaf* keys.
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import re
 from collections.abc import Sequence
@@ -338,6 +339,12 @@ class TrustAnchor:
             except ValueError as exc:
                 raise IdentityError("malformed", f"CRL #{i} is not a PEM X.509 CRL: {exc}") from exc
         return cls(cas[0], crls)
+
+    @property
+    def consortium_id(self) -> bytes:
+        """SHA-256 of the CA certificate (DER): names the consortium inside signed SecAgg payloads, so a
+        signature made under one consortium's CA never counts in another's."""
+        return hashlib.sha256(self._ca.public_bytes(serialization.Encoding.DER)).digest()
 
     @property
     def ca_certificate(self) -> x509.Certificate:

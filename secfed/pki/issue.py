@@ -190,16 +190,19 @@ def issue_client(
     key_type: KeyType = "ec",
     not_before: datetime | None = None,
     not_after: datetime | None = None,
+    key: ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey | None = None,
 ) -> Identity:
     """Issue a client (institution) identity: EKU clientAuth, SAN ``urn:secfed:client:<id>``.
 
     ``not_before``/``not_after`` override the default window (now minus clock
     skew, plus ``valid_days``); tests use them to mint expired or future certs.
+    ``key`` certifies an existing key instead of a fresh one (an institution in several consortia
+    may hold one key certified by each CA; SecAgg signatures name the consortium for that reason).
     """
     if not is_valid_client_id(client_id):
         raise ValueError(f"{client_id!r} is not a valid client id ({CLIENT_ID_PATTERN})")
     start, end = _validity(valid_days, not_before, not_after)
-    key = generate_key(key_type)
+    key = key if key is not None else generate_key(key_type)
     cert = _leaf_builder(
         ca,
         client_id,

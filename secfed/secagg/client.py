@@ -130,6 +130,12 @@ class ClientSession:
             raise ModelHashMismatchError(
                 Phase.CONFIGURE, "the configuration names a different global model than the one downloaded"
             )
+        if config.consortium != trust.consortium_id:
+            raise ConfigError(
+                Phase.CONFIGURE,
+                "the session names another consortium than this client's CA: its signatures would count "
+                "in a federation this institution is not part of",
+            )
         self._identity = identity
         self._trust = trust
         self._config = config

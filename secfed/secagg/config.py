@@ -54,6 +54,10 @@ class SessionConfig:
     #: Hash of the round instruction the clients act on (``secfed.fl.instruction``): inside the
     #: digest every advert signs, so a server that hands one member different settings gets an abort.
     instruction_hash: bytes = bytes(32)
+    #: The consortium (SHA-256 of its CA certificate, ``TrustAnchor.consortium_id``): inside the digest,
+    #: so an advert (and through the session id every later signature) made in one consortium never
+    #: verifies in another, even for a member holding certificates of both CAs over one key.
+    consortium: bytes = bytes(32)
 
     def validate(self) -> None:
         """Raise :class:`ConfigError` if the configuration is unsafe or malformed."""
@@ -88,6 +92,8 @@ class SessionConfig:
             raise fail("model_hash must be 32 bytes (SHA-256)")
         if len(self.instruction_hash) != 32:
             raise fail("instruction_hash must be 32 bytes (SHA-256)")
+        if len(self.consortium) != 32:
+            raise fail("consortium must be 32 bytes (SHA-256 of the consortium CA certificate)")
         try:
             self.spec.check_overflow(n)
         except ValueError as exc:
@@ -101,7 +107,7 @@ class SessionConfig:
         """SHA-256 over every field, length-prefixed; signed inside each key advertisement."""
         return hashlib.sha256(
             encode_fields(
-                b"secfed/secagg/config/v2",
+                b"secfed/secagg/config/v3",
                 PROTOCOL_VERSION,
                 self.round,
                 self.label,
@@ -113,6 +119,7 @@ class SessionConfig:
                 self.spec.spec_hash(),
                 self.model_hash,
                 self.instruction_hash,
+                self.consortium,
             )
         ).digest()
 

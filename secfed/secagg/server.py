@@ -26,6 +26,7 @@ from secfed.secagg.config import SessionConfig
 from secfed.secagg.errors import (
     UPLOAD_PHASES,
     BelowThresholdError,
+    ConfigError,
     LateMessageError,
     MalformedInputError,
     Phase,
@@ -78,6 +79,8 @@ class ServerSession:
         """``keep_inputs`` keeps every masked input (for small vectors only) so that, once the sum is
         known, :meth:`evidence` lets every contributor recompute and so verify it."""
         config.validate()
+        if trust is not None and config.consortium != trust.consortium_id:
+            raise ConfigError(Phase.CONFIGURE, "the session names another consortium than the server's CA")
         self._keep_inputs = keep_inputs
         self._inputs: dict[str, MaskedInputUpload] = {}
         self._evidence: SumEvidence | None = None

@@ -202,6 +202,7 @@ def session_config_to_proto(config: SessionConfig) -> pb.SessionConfigMsg:
         model_hash=config.model_hash,
         label=config.label,
         instruction_hash=config.instruction_hash,
+        consortium=config.consortium,
     )
 
 
@@ -225,6 +226,7 @@ def session_config_from_proto(
         model_hash=bytes(msg.model_hash),
         label=msg.label,
         instruction_hash=bytes(msg.instruction_hash),
+        consortium=bytes(msg.consortium),
     )
 
 

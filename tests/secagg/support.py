@@ -50,6 +50,7 @@ def make_config(
     threshold: int | None = None,
     model_hash: bytes = MODEL_HASH,
     label: str = "fedavg",
+    consortium: bytes = bytes(32),
 ) -> SessionConfig:
     n = len(roster)
     colluding = default_colluding(n)
@@ -62,6 +63,7 @@ def make_config(
         spec=spec,
         model_hash=model_hash,
         label=label,
+        consortium=consortium,
     )
 
 
@@ -97,7 +99,9 @@ def make_session(
 ) -> Session:
     spec = spec or small_spec()
     roster = consortium.ids(n)
-    config = make_config(roster, spec, threshold=threshold, round_=round_)
+    config = make_config(
+        roster, spec, threshold=threshold, round_=round_, consortium=consortium.trust.consortium_id
+    )
     rng = np.random.default_rng(seed)
     inputs = {c: representable_inputs(spec, rng) for c in roster}
     clients = {

@@ -12,11 +12,13 @@ from dataclasses import replace
 import pytest
 
 from secfed.crypto.agreement import generate_keypair
+from secfed.crypto.identity import TrustAnchor
 from secfed.pki.issue import create_ca, issue_client
 from secfed.secagg.client import ClientSession
 from secfed.secagg.errors import (
     BelowThresholdError,
     ConfigError,
+    ConfigMismatchError,
     InconsistentViewError,
     InvalidAdvertError,
     ModelHashMismatchError,
@@ -237,9 +239,12 @@ def test_different_model_hash_sent_to_a_subset_is_detected(consortium: Consortiu
     roster = consortium.ids(6)
     spec = small_spec()
     other_model = hashlib.sha256(b"a different model").digest()
-    honest_config = make_config(roster, spec)
+    ours = consortium.trust.consortium_id
+    honest_config = make_config(roster, spec, consortium=ours)
     configs = {
-        c: make_config(roster, spec, model_hash=other_model) if c in roster[4:] else honest_config
+        c: make_config(roster, spec, model_hash=other_model, consortium=ours)
+        if c in roster[4:]
+        else honest_config
         for c in roster
     }
     clients = {
@@ -275,7 +280,9 @@ def test_sybil_advert_from_foreign_ca_is_refused(liar: LyingServer) -> None:
 def test_threshold_below_client_floor_is_refused(consortium: Consortium) -> None:
     roster = consortium.ids(9)
     weak = replace(
-        make_config(roster, small_spec()), threshold=5, n_colluding=0
+        make_config(roster, small_spec(), consortium=consortium.trust.consortium_id),
+        threshold=5,
+        n_colluding=0,
     )  # n=9: 5 > 9/2 ok for server
     with pytest.raises(ConfigError) as err:
         ClientSession(
@@ -286,3 +293,50 @@ def test_threshold_below_client_floor_is_refused(consortium: Consortium) -> None
             inputs={"delta": [0.0] * 16, "weight": [1.0]},
         )
     assert "floor" in str(err.value)
+
+
+def test_an_advert_signed_in_another_consortium_is_refused(consortium: Consortium) -> None:
+    """A member of two consortia may hold one key certified by both CAs. Without the consortium in the
+    signed configuration, a server (or a colluding coordinator of the other consortium) could take the
+    advert that member signed in consortium A, attach its consortium-B certificate, and have B's
+    members accept A's keys: the signature verifies, since the key and every other field are the same.
+    The consortium id (hash of the CA certificate) inside the digest makes it another configuration."""
+    roster = consortium.ids(6)
+    member = roster[5]
+    other_ca = create_ca("another consortium CA")
+    other = Consortium(
+        ca=other_ca,
+        trust=TrustAnchor(other_ca.certificate),
+        identities={
+            c: issue_client(other_ca, c, key=consortium.identities[c].private_key if c == member else None)
+            for c in roster
+        },
+    )
+
+    def clients(of: Consortium) -> dict[str, ClientSession]:
+        config = make_config(roster, small_spec(), consortium=of.trust.consortium_id)
+        return {
+            c: ClientSession(
+                identity=of.identities[c],
+                trust=of.trust,
+                config=config,
+                model_hash=config.model_hash,
+                inputs={"delta": [0.0] * 16, "weight": [1.0]},
+            )
+            for c in roster
+        }
+
+    in_a, in_b = clients(consortium), clients(other)
+    from_a = in_a[member].advertise()
+    adverts_b = {c: in_b[c].advertise() for c in roster}
+    replayed = replace(from_a, cert_chain=other.identities[member].chain_der())
+    bc = AdvertBroadcast(
+        1, adverts_b[roster[0]].config_digest, (*[adverts_b[c] for c in roster[:5]], replayed)
+    )
+    with pytest.raises(ConfigMismatchError) as err:
+        in_b[roster[0]].on_advert_broadcast(bc)
+    assert err.value.client_id == member
+    # The same member's own advert in consortium B is accepted (the refusal is about the consortium).
+    fresh = clients(other)
+    own = tuple(fresh[c].advertise() for c in roster)
+    fresh[roster[0]].on_advert_broadcast(AdvertBroadcast(1, own[0].config_digest, own))

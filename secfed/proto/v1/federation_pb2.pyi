@@ -377,7 +377,7 @@ class VectorSpecMsg(_message.Message):
     def __init__(self, ring_bits: _Optional[int] = ..., segments: _Optional[_Iterable[_Union[SegmentSpec, _Mapping]]] = ...) -> None: ...
 
 class SessionConfigMsg(_message.Message):
-    __slots__ = ("round", "roster", "threshold", "n_colluding", "min_cohort", "spec", "model_hash", "label", "instruction_hash")
+    __slots__ = ("round", "roster", "threshold", "n_colluding", "min_cohort", "spec", "model_hash", "label", "instruction_hash", "consortium")
     ROUND_FIELD_NUMBER: _ClassVar[int]
     ROSTER_FIELD_NUMBER: _ClassVar[int]
     THRESHOLD_FIELD_NUMBER: _ClassVar[int]
@@ -387,6 +387,7 @@ class SessionConfigMsg(_message.Message):
     MODEL_HASH_FIELD_NUMBER: _ClassVar[int]
     LABEL_FIELD_NUMBER: _ClassVar[int]
     INSTRUCTION_HASH_FIELD_NUMBER: _ClassVar[int]
+    CONSORTIUM_FIELD_NUMBER: _ClassVar[int]
     round: int
     roster: _containers.RepeatedScalarFieldContainer[str]
     threshold: int
@@ -396,7 +397,8 @@ class SessionConfigMsg(_message.Message):
     model_hash: bytes
     label: str
     instruction_hash: bytes
-    def __init__(self, round: _Optional[int] = ..., roster: _Optional[_Iterable[str]] = ..., threshold: _Optional[int] = ..., n_colluding: _Optional[int] = ..., min_cohort: _Optional[int] = ..., spec: _Optional[_Union[VectorSpecMsg, _Mapping]] = ..., model_hash: _Optional[bytes] = ..., label: _Optional[str] = ..., instruction_hash: _Optional[bytes] = ...) -> None: ...
+    consortium: bytes
+    def __init__(self, round: _Optional[int] = ..., roster: _Optional[_Iterable[str]] = ..., threshold: _Optional[int] = ..., n_colluding: _Optional[int] = ..., min_cohort: _Optional[int] = ..., spec: _Optional[_Union[VectorSpecMsg, _Mapping]] = ..., model_hash: _Optional[bytes] = ..., label: _Optional[str] = ..., instruction_hash: _Optional[bytes] = ..., consortium: _Optional[bytes] = ...) -> None: ...
 
 class AdvertiseKeys(_message.Message):
     __slots__ = ("client_id", "round", "config_digest", "model_hash", "pk_cipher", "pk_mask", "signature", "cert_chain", "abandoned")
