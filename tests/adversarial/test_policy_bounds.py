@@ -15,6 +15,8 @@ from typing import Any
 
 import pytest
 
+from secfed.bench.attacks import toy_world
+from secfed.bench.inprocess import drive
 from secfed.coreset.config import CoresetConfig
 from secfed.fl.fedhds import FedhdsClient, FedhdsInstruction, SelectionSettings
 from secfed.fl.fedit import FeditInstruction
@@ -199,3 +201,28 @@ def test_policy_file_values_are_validated() -> None:
         InstitutionPolicy.from_mapping({"max_wieght": 3})
     with pytest.raises(ValueError, match="initial_adapter_sha256"):
         InstitutionPolicy(initial_adapter_sha256="xyz")
+
+
+@pytest.mark.parametrize(
+    ("policy", "why"),
+    [
+        (InstitutionPolicy(min_cohort=5), "min_cohort 3 is below this client's floor 5"),
+        (InstitutionPolicy(colluding_fraction=Fraction(1, 2)), "threshold 3 is below this client's floor 4"),
+    ],
+)
+def test_the_institutions_own_floor_reaches_the_secure_aggregation_session(
+    policy: InstitutionPolicy, why: str
+) -> None:
+    """A server whose cohort parameters satisfy its own settings but not an institution's floor (its
+    own cohort size, its own colluder bound) gets no input from it: the policy from the client's
+    configuration, not a default, is the one every session is checked against."""
+    server, clients, consortium = toy_world(4)
+    run = drive(server, clients, consortium, rounds=1, policy=policy, max_attempts=1)
+    assert run.finished_reason != "completed 1 rounds" and not run.stages
+    for member in run.members.values():
+        assert any(why in v for v in member.violations) or any(why in r for _, r in member.refusals), member
+    # The default policy takes part in the very same federation.
+    server, clients, consortium = toy_world(4)
+    assert (
+        drive(server, clients, consortium, rounds=1, max_attempts=1).finished_reason == "completed 1 rounds"
+    )
