@@ -34,7 +34,7 @@ from secfed.fl.plaintext import PlaintextInput, PlaintextSession
 from secfed.fl.tasks import ServerTask, StagePlan, StageResult, next_stage
 from secfed.fl.vectors import model_hash
 from secfed.secagg.config import SessionConfig, required_threshold
-from secfed.secagg.errors import Phase, SecAggError
+from secfed.secagg.errors import DealerFaultError, Phase, SecAggError
 from secfed.secagg.messages import (
     AdvertBroadcast,
     AdvertiseKeys,
@@ -248,6 +248,10 @@ class Coordinator:
         self.stage_results: list[list[StageResult]] = []  # per completed round: every stage's sum
         self.aborted_attempts: list[tuple[int, int, str]] = []
         self.refusals: list[tuple[int, str, str]] = []
+        # Members caught with evidence (a dealing that is provably wrong, a forged share revealed at
+        # unmask): left out of every later cohort of this run, with the reason (logged and in the
+        # aborted attempt's record).
+        self.excluded: dict[str, str] = {}
         self.phase_seconds: list[dict[str, float]] = []  # per completed round: seconds each phase stayed open
         self.finished_reason: str | None = None
         self._attempt: _Attempt | None = None
@@ -427,7 +431,20 @@ class Coordinator:
     def _cohort(self, attempt: int) -> tuple[str, ...]:
         # Cohort choice is public and must be reproducible, not secret: a seeded PRNG is right here.
         rng = random.Random(f"{self.plan.seed}/{self.round}/{attempt}")  # noqa: S311
-        return tuple(sorted(rng.sample(self.roster, self.plan.cohort_size(len(self.roster)))))
+        members = [c for c in self.roster if c not in self.excluded]
+        size = min(self.plan.cohort_size(len(self.roster)), len(members))
+        return tuple(sorted(rng.sample(members, size)))
+
+    def _exclude_faulty(self, session: ServerSession | PlaintextSession, error: Exception | None) -> None:
+        """Leave out of later cohorts every member this session caught with evidence."""
+        caught = dict(getattr(session, "faults", {}))
+        if isinstance(error, DealerFaultError):
+            caught[error.client_id or ""] = f"its own sharing is wrong: {error.detail}"
+        for cid, reason in caught.items():
+            if cid in self.excluded or cid not in self.roster:
+                continue
+            self.excluded[cid] = reason
+            logs.event(log, "member-excluded", logging.WARNING, round=self.round, client=cid, reason=reason)
 
     def _start_attempt(self, number: int, tries: int = 1) -> None:
         if self.round >= self.plan.rounds:
@@ -435,6 +452,14 @@ class Coordinator:
             self._attempt = None
             return
         cohort = self._cohort(number)
+        if len(cohort) < self.plan.min_cohort:
+            reason = f"round {self.round}: only {len(cohort)} members left after excluding " + "; ".join(
+                f"{c} ({why})" for c, why in sorted(self.excluded.items())
+            )
+            self.observer.attempt_aborted(self.round, number, reason)
+            self.finished_reason = reason
+            self._attempt = None
+            return
         self.observer.attempt_started(self.round, number)
         try:
             plan = next_stage(
@@ -515,6 +540,7 @@ class Coordinator:
 
     def _stage_done(self, result: AggregateResult, attempt: _Attempt) -> None:
         """Record a stage's sum; open the round's next stage over its contributors, or finish the round."""
+        self._exclude_faulty(attempt.session, None)
         attempt.done.append(
             StageResult(attempt.stage, result, attempt.session.config, attempt.broadcast, attempt.summary)
         )
@@ -575,6 +601,7 @@ class Coordinator:
             elif srv.phase is Phase.UNMASK:
                 self._stage_done(srv.finalize(), attempt)
         except SecAggError as exc:  # below threshold, or a close that found the session unusable
+            self._exclude_faulty(srv, exc)
             self._abort_attempt(attempt, str(exc))
         except ValueError as exc:  # the task rejected a stage's sums (e.g. inconsistent statistics)
             self._abort_attempt(attempt, f"stage {attempt.stage}: {exc}")

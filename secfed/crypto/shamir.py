@@ -31,13 +31,23 @@ the secret itself) and are serialized in 2 bytes, so positions are limited to
 
 from __future__ import annotations
 
+import functools
 import operator
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final
 
-__all__ = ["PRIME", "SECRET_BYTES", "SHARE_BYTES", "ShamirError", "Share", "reconstruct", "split"]
+__all__ = [
+    "PRIME",
+    "SECRET_BYTES",
+    "SHARE_BYTES",
+    "ShamirError",
+    "Share",
+    "reconstruct",
+    "reconstruct_verified",
+    "split",
+]
 
 PRIME: Final = 2**521 - 1
 SECRET_BYTES: Final = 32
@@ -120,20 +130,37 @@ def split(secret: bytes, threshold: int, positions: Sequence[int]) -> dict[int, 
     return {p: Share(x=p + 1, value=_eval_poly(coeffs, p + 1)) for p in pos}
 
 
-def _interpolate_at_zero(points: Sequence[tuple[int, int]]) -> int:
-    """Lagrange interpolation of the unique degree < len(points) polynomial at 0.
-
-    ``f(0) = sum_i y_i * prod_{j != i} x_j / (x_j - x_i)``; the points must
-    have distinct non-zero x, so every denominator is invertible mod PRIME.
-    """
-    total = 0
-    for i, (xi, yi) in enumerate(points):
-        num, den = 1, 1
-        for j, (xj, _) in enumerate(points):
+@functools.lru_cache(maxsize=64)
+def _barycentric_weights(xs: tuple[int, ...]) -> tuple[int, ...]:
+    """``1 / prod_{j != i} (x_i - x_j)`` for each basis point (cached: the same holders answer for
+    most dealers, so a session inverts once per holder set, not once per term)."""
+    weights = []
+    for i, xi in enumerate(xs):
+        den = 1
+        for j, xj in enumerate(xs):
             if j != i:
-                num = num * xj % PRIME
-                den = den * (xj - xi) % PRIME
-        total = (total + yi * num * pow(den, -1, PRIME)) % PRIME
+                den = den * (xi - xj) % PRIME
+        weights.append(pow(den, -1, PRIME))
+    return tuple(weights)
+
+
+def _evaluate(points: Sequence[tuple[int, int]], at: int) -> int:
+    """Lagrange interpolation of the unique degree < len(points) polynomial, evaluated at ``at``.
+
+    ``f(at) = sum_i y_i * w_i * prod_{j != i} (at - x_j)`` with the weights above; the products come
+    from prefix and suffix products of ``at - x_j``. The points must have distinct x, so every
+    weight exists.
+    """
+    xs = tuple(x for x, _ in points)
+    weights = _barycentric_weights(xs)
+    diffs = [(at - x) % PRIME for x in xs]
+    prefix = [1]
+    for d in diffs[:-1]:
+        prefix.append(prefix[-1] * d % PRIME)
+    total, suffix = 0, 1
+    for i in range(len(xs) - 1, -1, -1):
+        total = (total + points[i][1] * weights[i] % PRIME * prefix[i] % PRIME * suffix) % PRIME
+        suffix = suffix * diffs[i] % PRIME
     return total
 
 
@@ -161,7 +188,22 @@ def reconstruct(shares: Sequence[Share], threshold: int) -> bytes:
     if len(distinct) < threshold:
         raise ShamirError(f"need {threshold} distinct shares, got {len(distinct)}")
     points = list(distinct.items())[:threshold]  # dicts keep first-insertion order
-    secret = _interpolate_at_zero(points)
+    secret = _evaluate(points, 0)
     if secret >= _SECRET_BOUND:
         raise ShamirError("reconstruction out of range: shares are corrupt or inconsistent")
     return secret.to_bytes(SECRET_BYTES, "big")
+
+
+def reconstruct_verified(shares: Sequence[Share], threshold: int) -> bytes:
+    """Like :func:`reconstruct`, but every share must lie on the one polynomial the first ``threshold``
+    define: for shares known to be the dealer's own (each checked against its signed commitment), a
+    share off the polynomial proves an inconsistent dealing rather than a corrupt holder."""
+    secret = reconstruct(shares, threshold)
+    distinct = list({s.x: s.value for s in shares}.items())
+    basis = distinct[:threshold]
+    for x, value in distinct[threshold:]:
+        if _evaluate(basis, x) != value:
+            raise ShamirError(
+                f"share x={x} does not lie on the polynomial of the others: inconsistent dealing"
+            )
+    return secret

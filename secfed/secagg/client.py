@@ -15,6 +15,7 @@ process can reach them any more.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import replace
@@ -63,6 +64,7 @@ from secfed.secagg.messages import (
     ConsistencySignature,
     MaskedInputRequest,
     MaskedInputUpload,
+    ShareCommitment,
     ShareKeysRelay,
     ShareKeysUpload,
     SumEvidence,
@@ -70,6 +72,7 @@ from secfed.secagg.messages import (
     UnmaskResponse,
     consistency_payload,
     masked_input_payload,
+    share_commitment_payload,
 )
 from secfed.secagg.unmask import remove_masks
 
@@ -148,6 +151,9 @@ class ClientSession:
         self._own_b_share: bytes | None = None
         self._peer_s_shares: dict[str, bytes] = {}
         self._peer_b_shares: dict[str, bytes] = {}
+        # Dealers whose shares to this client did not match their signed commitment (or did not open):
+        # nothing of theirs is revealed, and the unmask response names them.
+        self._complaints: set[str] = set()
         # X25519(c_u, c_v) is symmetric: computed once to encrypt to v, reused to open v's shares.
         self._cipher_secrets: dict[str, bytes] = {}
         self._adverts: dict[str, AdvertiseKeys] = {}
@@ -246,6 +252,7 @@ class ClientSession:
         b_shares = shamir.split(self._b_seed, t, positions)
         self._own_b_share = b_shares[self._config.position(self.client_id)].to_bytes()
         ciphertexts: dict[str, bytes] = {}
+        commitments: dict[str, ShareCommitment] = {}
         for peer in sorted(peers):
             pos = self._config.position(peer)
             try:
@@ -260,6 +267,9 @@ class ClientSession:
                 self.client_id, peer, s_shares[pos].to_bytes(), b_shares[pos].to_bytes()
             )
             ciphertexts[peer] = aead.seal(key, plaintext, derive.share_ad(self._sid, self.client_id, peer))
+            commitments[peer] = self._commit(peer, ciphertexts[peer], s_shares[pos], b_shares[pos])
+        me = self._config.position(self.client_id)
+        commitments[self.client_id] = self._commit(self.client_id, b"", s_shares[me], b_shares[me])
         del s_shares, b_shares
         self._phase = Phase.SHARE_KEYS
         return ShareKeysUpload(
@@ -267,7 +277,57 @@ class ClientSession:
             sender=self.client_id,
             ciphertexts=ciphertexts,
             b_commitment=derive.b_commitment(self._sid, self.client_id, self._b_seed),
+            commitments=commitments,
         )
+
+    def _commit(
+        self, holder: str, ciphertext: bytes, s_share: shamir.Share, b_share: shamir.Share
+    ) -> ShareCommitment:
+        """This dealer's signed word on the shares ``holder`` gets (its own included, ciphertext empty)."""
+        unsigned = ShareCommitment(
+            s=derive.share_hash(self._sid, self.client_id, holder, b"s", s_share.to_bytes()),
+            b=derive.share_hash(self._sid, self.client_id, holder, b"b", b_share.to_bytes()),
+            signature=b"",
+        )
+        payload = share_commitment_payload(self._sid, self.client_id, holder, ciphertext, unsigned)
+        return replace(unsigned, signature=self._identity.sign(payload))
+
+    def _open_shares(self, sender: str, sealed: bytes, commitment: ShareCommitment) -> None:
+        """Open ``sender``'s shares for this client and check them against its signed commitment."""
+        phase = Phase.SHARE_KEYS
+        key = derive.share_key(self._cipher_secrets[sender], self._sid, sender, self.client_id)
+        try:
+            plaintext = aead.open_sealed(key, sealed, derive.share_ad(self._sid, sender, self.client_id))
+            frm, to, s_raw, b_raw = derive.parse_fields(plaintext, 4)
+            s_share, b_share = shamir.Share.from_bytes(s_raw), shamir.Share.from_bytes(b_raw)
+        except (aead.DecryptionError, ValueError) as exc:
+            raise ShareDecryptionError(
+                phase, f"share ciphertext does not open: {exc}", client_id=sender
+            ) from exc
+        if (frm.decode(errors="replace"), to.decode(errors="replace")) != (sender, self.client_id):
+            raise ShareDecryptionError(phase, "share plaintext names other parties", client_id=sender)
+        my_x = self._config.position(self.client_id) + 1
+        if s_share.x != my_x or b_share.x != my_x:
+            raise ShareDecryptionError(phase, "share is for another roster position", client_id=sender)
+        # Each share is kept if it matches: a dealer whose s-share is bad may still have dealt a good
+        # b-share, which this client then reveals as usual if the dealer survives.
+        bad = []
+        if derive.share_hash(self._sid, sender, self.client_id, b"s", s_raw) == commitment.s:
+            self._peer_s_shares[sender] = s_raw
+        else:
+            bad.append("s-share")
+        if derive.share_hash(self._sid, sender, self.client_id, b"b", b_raw) == commitment.b:
+            self._peer_b_shares[sender] = b_raw
+        else:
+            bad.append("b-share")
+        if bad:
+            raise ShareDecryptionError(
+                phase, f"{' and '.join(bad)} do not match the dealer's signed commitment", client_id=sender
+            )
+
+    def _log_complaint(self, exc: ShareDecryptionError) -> None:
+        """Kept for the unmask response; logged so the institution's operator sees which dealer lied."""
+        logging.getLogger("secfed.secagg").warning("share-complaint %s", exc)
 
     def _verify_advert(self, advert: AdvertiseKeys) -> None:
         phase = Phase.ADVERTISE
@@ -320,26 +380,33 @@ class ClientSession:
         if len(u2) < self._config.threshold:
             raise BelowThresholdError(phase, f"only {len(u2)} clients shared keys")
         peers = self._graph.neighbours(self.client_id, u2)
-        if set(msg.ciphertexts) != peers:
-            raise InconsistentViewError(phase, "relayed ciphertexts do not match the neighbours in U2")
+        if set(msg.ciphertexts) != peers or set(msg.commitments) != peers:
+            raise InconsistentViewError(
+                phase, "relayed ciphertexts or commitments do not match the neighbours in U2"
+            )
         assert self._cipher_keys is not None and self._mask_keys is not None and self._b_seed is not None
-        my_x = self._config.position(self.client_id) + 1
         for sender, sealed in msg.ciphertexts.items():
-            key = derive.share_key(self._cipher_secrets[sender], self._sid, sender, self.client_id)
+            commitment = msg.commitments[sender]
             try:
-                plaintext = aead.open_sealed(key, sealed, derive.share_ad(self._sid, sender, self.client_id))
-                frm, to, s_raw, b_raw = derive.parse_fields(plaintext, 4)
-                s_share, b_share = shamir.Share.from_bytes(s_raw), shamir.Share.from_bytes(b_raw)
-            except (aead.DecryptionError, ValueError) as exc:
-                raise ShareDecryptionError(
-                    phase, f"share ciphertext does not open: {exc}", client_id=sender
+                verify_signature(
+                    self._certs[sender],
+                    commitment.signature,
+                    share_commitment_payload(self._sid, sender, self.client_id, sealed, commitment),
+                )
+            except IdentityError as exc:
+                # The server checked every dealer's signature on upload: an invalid one here was
+                # altered in transit, by the server, not the dealer's doing.
+                raise SignatureError(
+                    phase, f"the relayed share commitment of {sender!r} is not signed by it"
                 ) from exc
-            if (frm.decode(errors="replace"), to.decode(errors="replace")) != (sender, self.client_id):
-                raise ShareDecryptionError(phase, "share plaintext names other parties", client_id=sender)
-            if s_share.x != my_x or b_share.x != my_x:
-                raise ShareDecryptionError(phase, "share is for another roster position", client_id=sender)
-            self._peer_s_shares[sender] = s_raw
-            self._peer_b_shares[sender] = b_raw
+            try:
+                self._open_shares(sender, sealed, commitment)
+            except ShareDecryptionError as exc:
+                # The dealer signed this ciphertext and commitment, so the fault is the dealer's; one
+                # dealer must not stall the session, so this client keeps nothing of its and says so
+                # at unmask (the server reconstructs from the other holders' verified shares).
+                self._complaints.add(sender)
+                self._log_complaint(exc)
         self._u2 = u2
         self._phase = Phase.COMPUTE
 
@@ -358,7 +425,9 @@ class ClientSession:
         if self._inputs is None:
             raise PhaseOrderError(Phase.COMPUTE, "no input to contribute", client_id=self.client_id)
         self._ready_sent = True
-        return ComputeReady(session_id=self._sid, sender=self.client_id)
+        return ComputeReady(
+            session_id=self._sid, sender=self.client_id, complaints=tuple(sorted(self._complaints))
+        )
 
     @_aborts_on_error
     def on_masked_input_request(self, msg: MaskedInputRequest) -> MaskedInputUpload:
@@ -464,11 +533,10 @@ class ClientSession:
                 raise SignatureError(
                     phase, "consistency signature does not verify", client_id=signer
                 ) from exc
-        peers = self._graph.neighbours(self.client_id, self._u2)
-        b_shares = {v: self._peer_b_shares[v] for v in sorted(u3 & peers)}
+        b_shares = {v: self._peer_b_shares[v] for v in sorted(u3) if v in self._peer_b_shares}
         assert self._own_b_share is not None
         b_shares[self.client_id] = self._own_b_share
-        s_shares = {u: self._peer_s_shares[u] for u in sorted(dropped & peers)}
+        s_shares = {u: self._peer_s_shares[u] for u in sorted(dropped) if u in self._peer_s_shares}
         self._erase()
         self._phase = Phase.DONE
         return UnmaskResponse(

@@ -58,6 +58,15 @@ def self_label(owner: str, spec_hash: bytes, length: int, ring_bits: int) -> byt
     return encode_fields(b"self", owner, spec_hash, length, ring_bits)
 
 
+def share_hash(sid: bytes, dealer: str, holder: str, kind: bytes, share: bytes) -> bytes:
+    """Hash commitment to one share (``kind`` ``b"s"`` or ``b"b"``), bound to the session and both parties.
+
+    No salt: the secrets are 256-bit random values that already have public commitments (the
+    b-commitment, the advertised mask key), so a share's hash lets fewer than ``t`` holders test a
+    guess of the secret no better than those do."""
+    return hashlib.sha256(encode_fields(b"secfed/secagg/share/v1", sid, dealer, holder, kind, share)).digest()
+
+
 def b_commitment(sid: bytes, owner: str, b_seed: bytes) -> bytes:
     """Hash commitment to the self-mask seed, so the server can check a reconstruction."""
     return hashlib.sha256(encode_fields(b"secfed/secagg/b-commit/v1", sid, owner, b_seed)).digest()

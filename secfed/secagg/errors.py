@@ -102,3 +102,16 @@ class ShareDecryptionError(ProtocolViolationError):
 
 class UnmaskError(SecAggError):
     """The server could not remove the masks (corrupt or missing shares)."""
+
+
+class DealerFaultError(UnmaskError):
+    """A member's own sharing is wrong, with evidence that holds whoever forwarded its shares.
+
+    ``client_id`` is the dealer. ``evidence`` names what shows it: the holders whose shares (each
+    signed by the dealer) do not form one valid sharing, or the holders that reported its shares
+    invalid when they outnumber the colluder bound. The coordinator records it with the round and
+    leaves the dealer out of the next attempts."""
+
+    def __init__(self, phase: Phase, message: str, *, client_id: str, evidence: dict[str, list[str]]) -> None:
+        super().__init__(phase, message, client_id=client_id)
+        self.evidence = evidence

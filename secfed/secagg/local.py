@@ -54,7 +54,13 @@ def _message_bytes(msg: object) -> int:
             total += sum(len(v) for v in value if isinstance(v, bytes | str))
         elif isinstance(value, Mapping):
             for k, v in value.items():
-                total += len(k) + (int(v.nbytes) if hasattr(v, "nbytes") else len(v))
+                if hasattr(v, "nbytes"):
+                    size = int(v.nbytes)
+                elif isinstance(v, bytes | str):
+                    size = len(v)
+                else:  # a nested message (a share commitment)
+                    size = _message_bytes(v)
+                total += len(k) + size
     return total
 
 

@@ -20,6 +20,7 @@ from secfed.secagg.config import PROTOCOL_VERSION
 ADVERT_CONTEXT = b"secfed/secagg/advertise/v1"
 CONSISTENCY_CONTEXT = b"secfed/secagg/consistency/v1"
 MASKED_INPUT_CONTEXT = b"secfed/secagg/masked-input/v1"
+SHARE_COMMITMENT_CONTEXT = b"secfed/secagg/share-commitment/v1"
 
 
 @dataclass(frozen=True)
@@ -65,23 +66,59 @@ class AdvertBroadcast:
 
 
 @dataclass(frozen=True)
+class ShareCommitment:
+    """A dealer's signed word on the two shares it sent one holder (see :func:`share_commitment_payload`).
+
+    Makes shares attributable: a share revealed at unmask counts only if it hashes to ``s`` or ``b``,
+    so a holder cannot substitute another (it would be caught as the liar), and shares that match
+    yet do not lie on one polynomial, or reconstruct a secret that fails its public check, carry the
+    dealer's own signature: the fault is provably the dealer's, never the holder's who forwarded them.
+    """
+
+    s: bytes
+    b: bytes
+    signature: bytes
+
+
+def share_commitment_payload(
+    session_id: bytes, dealer: str, holder: str, ciphertext: bytes, commitment: ShareCommitment
+) -> bytes:
+    """What a dealer signs for each holder: the session, both parties, the ciphertext (so a server that
+    alters it in transit breaks the signature, and a holder's complaint about it is credible) and the
+    two share hashes."""
+    return encode_fields(
+        SHARE_COMMITMENT_CONTEXT,
+        session_id,
+        dealer,
+        holder,
+        hashlib.sha256(ciphertext).digest(),
+        commitment.s,
+        commitment.b,
+    )
+
+
+@dataclass(frozen=True)
 class ShareKeysUpload:
-    """Phase 2 upload: one AES-GCM ciphertext of (s-share, b-share) per peer, and a commitment to b."""
+    """Phase 2 upload: one AES-GCM ciphertext of (s-share, b-share) per peer, a commitment to b, and
+    per peer the dealer's signed commitment to the two shares."""
 
     session_id: bytes
     sender: str
     ciphertexts: Mapping[str, bytes]
     b_commitment: bytes
+    commitments: Mapping[str, ShareCommitment] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
 class ShareKeysRelay:
-    """Phase 2 relay to one recipient: the ciphertexts addressed to it, and the set U2."""
+    """Phase 2 relay to one recipient: the ciphertexts addressed to it with their dealers' signed
+    commitments (both keyed by dealer), and the set U2."""
 
     session_id: bytes
     recipient: str
     u2: tuple[str, ...]
     ciphertexts: Mapping[str, bytes]
+    commitments: Mapping[str, ShareCommitment] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -94,6 +131,8 @@ class ComputeReady:
 
     session_id: bytes
     sender: str
+    # Dealers whose shares to this client failed their signed commitment (see ShareCommitment).
+    complaints: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -188,7 +227,9 @@ class UnmaskRequest:
 
 @dataclass(frozen=True)
 class UnmaskResponse:
-    """Phase 5 upload: b-shares of survivors and s-shares of dropped peers; never both for one peer."""
+    """Phase 5 upload: b-shares of survivors and s-shares of dropped peers; never both for one peer.
+
+    A holder reveals nothing it holds no valid share of (the dealers it complained about)."""
 
     session_id: bytes
     sender: str

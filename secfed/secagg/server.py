@@ -12,7 +12,6 @@ cohort size, and no individual (masked) vector outlives its ``receive_masked_inp
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Callable, Collection, Mapping, Sequence
 
 import numpy as np
@@ -27,6 +26,7 @@ from secfed.secagg.errors import (
     UPLOAD_PHASES,
     BelowThresholdError,
     ConfigError,
+    DealerFaultError,
     LateMessageError,
     MalformedInputError,
     Phase,
@@ -51,13 +51,13 @@ from secfed.secagg.messages import (
     UnmaskResponse,
     consistency_payload,
     masked_input_payload,
+    share_commitment_payload,
 )
 from secfed.secagg.unmask import remove_masks
 
 _ORDER = [*UPLOAD_PHASES, Phase.DONE]
 _MAX_CIPHERTEXT = 1024
-# How many share subsets to try when a reconstruction fails its check (a peer sent a corrupt share).
-_MAX_RECONSTRUCTION_TRIES = 256
+_MAX_SIGNATURE = 512
 
 
 def _s_check(public_key: bytes) -> Callable[[bytes], bool]:
@@ -103,6 +103,11 @@ class ServerSession:
         self._dropped: tuple[str, ...] = ()
         self._unmask: dict[str, UnmaskResponse] = {}
         self.abort_reason: str | None = None
+        # Members caught lying in this session (a holder revealing a share its dealer did not sign for
+        # it), with the reason: their messages are refused, and the coordinator leaves them out.
+        self.faults: dict[str, str] = {}
+        # Per dealer, the holders that reported its shares to them invalid (``ComputeReady.complaints``).
+        self.complaints: dict[str, list[str]] = {}
 
     @property
     def phase(self) -> Phase:
@@ -197,6 +202,25 @@ class ServerSession:
             raise bad("ciphertexts must be addressed to exactly the sender's neighbours in U1")
         if any(len(ct) > _MAX_CIPHERTEXT for ct in msg.ciphertexts.values()) or len(msg.b_commitment) != 32:
             raise bad("oversized ciphertext or malformed commitment")
+        if set(msg.commitments) != set(msg.ciphertexts) | {who}:
+            raise bad("share commitments must cover exactly the sender's neighbours and itself")
+        for holder, commitment in msg.commitments.items():
+            if (
+                len(commitment.s) != 32
+                or len(commitment.b) != 32
+                or len(commitment.signature) > _MAX_SIGNATURE
+            ):
+                raise bad("malformed share commitment")
+            if who in self._certs:  # known when the session checks identities (always, in a deployment)
+                sealed = msg.ciphertexts.get(holder, b"")
+                try:
+                    verify_signature(
+                        self._certs[who],
+                        commitment.signature,
+                        share_commitment_payload(self._sid, who, holder, sealed, commitment),
+                    )
+                except IdentityError as exc:
+                    raise bad(f"share commitment for {holder!r} is not signed by the sender") from exc
         self._share_uploads[who] = msg
 
     def close_share_keys(self) -> dict[str, ShareKeysRelay]:
@@ -213,6 +237,9 @@ class ServerSession:
                 ciphertexts={
                     u: self._share_uploads[u].ciphertexts[v] for u in self._graph.neighbours(v, self._u2)
                 },
+                commitments={
+                    u: self._share_uploads[u].commitments[v] for u in self._graph.neighbours(v, self._u2)
+                },
             )
             for v in u2
         }
@@ -227,11 +254,36 @@ class ServerSession:
         self._check_member(who, self._u2, Phase.COMPUTE, msg.session_id)
         if who in self._ready_from:
             raise self._malformed(Phase.COMPUTE, who)("duplicate ready notice")
+        complaints = set(msg.complaints)
+        if len(complaints) != len(msg.complaints) or not complaints <= self._graph.neighbours(who, self._u2):
+            raise self._malformed(Phase.COMPUTE, who)("complaints must name distinct neighbours in U2")
         self._ready_from.add(who)
+        for dealer in sorted(complaints):
+            self.complaints.setdefault(dealer, []).append(who)
 
     def close_compute(self) -> MaskedInputRequest:
-        """Fix the ready set and open the masked-input phase for it (a short phase: inputs are computed)."""
+        """Fix the ready set and open the masked-input phase for it (a short phase: inputs are computed).
+
+        A dealer that more holders report than could collude (so at least one honest holder did) ends
+        the session here, before any input is released, so the retry without it may sum the same inputs.
+        """
         self._expect(Phase.COMPUTE, None)
+        for dealer, holders in self.complaints.items():
+            if len(holders) > self._config.n_colluding:
+                self.faults[dealer] = (
+                    f"{len(holders)} holders ({', '.join(sorted(holders))}) report that its shares to them do "
+                    f"not match its signed commitments, more than the {self._config.n_colluding} that could collude"
+                )
+        if self.faults:
+            dealer = sorted(self.faults)[0]
+            reason = f"{self.faults[dealer]}; ended before any input was released"
+            self.abort(f"{Phase.COMPUTE.value}: client {dealer!r}: {reason}")
+            raise DealerFaultError(
+                Phase.COMPUTE,
+                reason,
+                client_id=dealer,
+                evidence={"complainers": sorted(self.complaints[dealer])},
+            )
         floor = max(self._config.threshold, self._config.min_cohort)
         self._require(len(self._ready_from), floor, Phase.COMPUTE, "clients ready")
         self._ready = frozenset(self._ready_from)
@@ -321,19 +373,33 @@ class ServerSession:
         self._check_member(who, self._signatures, Phase.UNMASK, msg.session_id)
         if who in self._unmask:
             raise bad("duplicate unmask response")
-        holders_of = self._graph.neighbours(who, self._u2) | {who}
-        if set(msg.b_shares) != set(self._u3) & holders_of:
-            raise bad("b-shares must cover exactly the sender's surviving neighbours")
-        if set(msg.s_shares) != set(self._dropped) & holders_of:
-            raise bad("s-shares must cover exactly the sender's dropped neighbours")
+        neighbours = self._graph.neighbours(who, self._u2)
+        complaints = {d for d, holders in self.complaints.items() if who in holders}
+        # Every neighbour's share is due, except those of dealers the sender complains about (it may
+        # hold one valid share of such a dealer and not the other).
+        holders_of, owed = neighbours | {who}, (neighbours - complaints) | {who}
+        for name, shares, of in (("b", msg.b_shares, set(self._u3)), ("s", msg.s_shares, set(self._dropped))):
+            if not of & owed <= set(shares) <= of & holders_of:
+                raise bad(
+                    f"{name}-shares must cover the sender's {'surviving' if name == 'b' else 'dropped'} neighbours"
+                )
         x = self._config.position(who) + 1
-        for raw in (*msg.b_shares.values(), *msg.s_shares.values()):
-            try:
-                share = shamir.Share.from_bytes(raw)
-            except ValueError as exc:
-                raise bad(f"malformed share: {exc}") from exc
-            if share.x != x:
-                raise bad("share evaluation point does not match the sender's roster position")
+        for kind, shares in ((b"b", msg.b_shares), (b"s", msg.s_shares)):
+            for dealer, raw in shares.items():
+                try:
+                    share = shamir.Share.from_bytes(raw)
+                except ValueError as exc:
+                    raise bad(f"malformed share: {exc}") from exc
+                if share.x != x:
+                    raise bad("share evaluation point does not match the sender's roster position")
+                committed = self._share_uploads[dealer].commitments[who]
+                if derive.share_hash(self._sid, dealer, who, kind, raw) != (
+                    committed.s if kind == b"s" else committed.b
+                ):
+                    # The dealer signed what it sent this holder; the holder revealed something else.
+                    reason = f"revealed a share of {dealer!r} that is not the one {dealer!r} signed for it"
+                    self.faults[who] = reason
+                    raise bad(reason)
         self._unmask[who] = msg
 
     def finalize(self) -> AggregateResult:
@@ -399,21 +465,38 @@ class ServerSession:
         return lambda secret: derive.b_commitment(self._sid, owner, secret) == commitment
 
     def _reconstruct(self, owner: str, raw_shares: list[bytes], ok: Callable[[bytes], bool]) -> bytes:
-        """Shamir-reconstruct ``owner``'s secret and check it; try other share subsets if one is corrupt."""
+        """Reconstruct ``owner``'s secret from shares already checked against its signed commitments.
+
+        No subset search: every share here is the one the dealer signed for its holder. If they do
+        not lie on one polynomial, or reconstruct a secret that fails its public check, the dealing
+        itself is wrong and provably the dealer's (:class:`DealerFaultError`, which names it). Too few
+        shares blame no one (a dealer more holders complained about than could collude never gets
+        here: :meth:`close_compute` ends the session first).
+        """
         t = self._config.threshold
         shares = [shamir.Share.from_bytes(r) for r in raw_shares]
         if len(shares) < t:
-            raise UnmaskError(Phase.UNMASK, f"only {len(shares)} shares, need {t}", client_id=owner)
-        for subset in itertools.islice(itertools.combinations(shares, t), _MAX_RECONSTRUCTION_TRIES):
-            try:
-                secret = shamir.reconstruct(list(subset), t)
-            except shamir.ShamirError:
-                continue
-            if ok(secret):
-                return secret
-        raise UnmaskError(
-            Phase.UNMASK, "no subset of shares reconstructs a secret that checks", client_id=owner
-        )
+            raise UnmaskError(Phase.UNMASK, f"only {len(shares)} valid shares, need {t}", client_id=owner)
+        try:
+            secret = shamir.reconstruct_verified(shares, t)
+        except shamir.ShamirError as exc:
+            raise DealerFaultError(
+                Phase.UNMASK,
+                f"the shares it signed do not form one sharing of a secret ({exc})",
+                client_id=owner,
+                evidence={"holders": sorted(self._holder_of(s) for s in shares)},
+            ) from exc
+        if not ok(secret):
+            raise DealerFaultError(
+                Phase.UNMASK,
+                "the shares it signed reconstruct a secret that does not match its own commitment",
+                client_id=owner,
+                evidence={"holders": sorted(self._holder_of(s) for s in shares)},
+            )
+        return secret
+
+    def _holder_of(self, share: shamir.Share) -> str:
+        return self._config.roster[share.x - 1]
 
     # -- helpers -------------------------------------------------------------------------------
     def _expect(self, phase: Phase, who: str | None) -> None:

@@ -18,6 +18,7 @@ are tested without a network and usable from any transport.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Final, cast
 
 import numpy as np
@@ -37,6 +38,7 @@ from secfed.secagg.messages import (
     ConsistencySignature,
     MaskedInputRequest,
     MaskedInputUpload,
+    ShareCommitment,
     ShareKeysRelay,
     ShareKeysUpload,
     SumEvidence,
@@ -284,12 +286,21 @@ def advert_broadcast_from_proto(msg: pb.AdvertBroadcast) -> AdvertBroadcast:
 # ---------------------------------------------------------------------------------------------------
 
 
+def _commitments_to_proto(commitments: Mapping[str, ShareCommitment]) -> dict[str, pb.ShareCommitment]:
+    return {k: pb.ShareCommitment(s=c.s, b=c.b, signature=c.signature) for k, c in commitments.items()}
+
+
+def _commitments_from_proto(commitments: Mapping[str, pb.ShareCommitment]) -> dict[str, ShareCommitment]:
+    return {k: ShareCommitment(bytes(c.s), bytes(c.b), bytes(c.signature)) for k, c in commitments.items()}
+
+
 def share_keys_upload_to_proto(m: ShareKeysUpload) -> pb.ShareKeysUpload:
     return pb.ShareKeysUpload(
         session_id=m.session_id,
         sender=m.sender,
         ciphertexts=dict(m.ciphertexts),
         b_commitment=m.b_commitment,
+        commitments=_commitments_to_proto(m.commitments),
     )
 
 
@@ -299,6 +310,7 @@ def share_keys_upload_from_proto(msg: pb.ShareKeysUpload) -> ShareKeysUpload:
         sender=msg.sender,
         ciphertexts=dict(msg.ciphertexts),
         b_commitment=bytes(msg.b_commitment),
+        commitments=_commitments_from_proto(msg.commitments),
     )
 
 
@@ -308,6 +320,7 @@ def share_keys_relay_to_proto(m: ShareKeysRelay) -> pb.ShareKeysRelay:
         recipient=m.recipient,
         u2=list(m.u2),
         ciphertexts=dict(m.ciphertexts),
+        commitments=_commitments_to_proto(m.commitments),
     )
 
 
@@ -317,6 +330,7 @@ def share_keys_relay_from_proto(msg: pb.ShareKeysRelay) -> ShareKeysRelay:
         recipient=msg.recipient,
         u2=tuple(msg.u2),
         ciphertexts=dict(msg.ciphertexts),
+        commitments=_commitments_from_proto(msg.commitments),
     )
 
 
@@ -326,11 +340,11 @@ def share_keys_relay_from_proto(msg: pb.ShareKeysRelay) -> ShareKeysRelay:
 
 
 def compute_ready_to_proto(m: ComputeReady) -> pb.ComputeReady:
-    return pb.ComputeReady(session_id=m.session_id, sender=m.sender)
+    return pb.ComputeReady(session_id=m.session_id, sender=m.sender, complaints=list(m.complaints))
 
 
 def compute_ready_from_proto(msg: pb.ComputeReady) -> ComputeReady:
-    return ComputeReady(session_id=bytes(msg.session_id), sender=msg.sender)
+    return ComputeReady(session_id=bytes(msg.session_id), sender=msg.sender, complaints=tuple(msg.complaints))
 
 
 def masked_input_request_to_proto(m: MaskedInputRequest) -> pb.MaskedInputRequest:

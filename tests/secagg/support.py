@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
+import pytest
 from numpy.typing import NDArray
 
+from secfed.crypto import shamir
 from secfed.crypto.identity import Identity, TrustAnchor
 from secfed.pki.issue import CertificateAuthority, create_ca, issue_client
+from secfed.secagg import client as client_module
+from secfed.secagg import derive
 from secfed.secagg.client import ClientSession
 from secfed.secagg.config import SessionConfig, default_colluding, required_threshold
 from secfed.secagg.messages import MaskedInputUpload, ShareKeysRelay
@@ -124,3 +131,66 @@ def masked_inputs(s: Session, relays: dict[str, ShareKeysRelay]) -> dict[str, Ma
         s.server.receive_ready(s.clients[cid].ready())
     go = s.server.close_compute()
     return {cid: s.clients[cid].on_masked_input_request(go) for cid in go.ready}
+
+
+@contextlib.contextmanager
+def corrupt_dealing(
+    monkeypatch: pytest.MonkeyPatch,
+    config: SessionConfig | None,
+    dealer: str,
+    *,
+    kind: str,
+    victims: int | None,
+    signed: bool,
+) -> Iterator[None]:
+    """A test double of a malicious member: ``dealer`` deals ``kind`` ("s", "b" or "both") shares off by one to ``victims`` holders (None:
+    all). ``signed``: it signs commitments to the bad shares (an inconsistent dealing, caught at
+    reconstruction); otherwise it commits to the good shares and encrypts bad ones (caught by the
+    holders, who complain)."""
+    real_split, real_plaintext = shamir.split, derive.share_plaintext
+    bad_positions: set[int] = set()
+    own_position: dict[str, int] = {}
+
+    def off_by_one(raw: bytes) -> bytes:
+        share = shamir.Share.from_bytes(raw)
+        return shamir.Share(share.x, (share.value + 1) % shamir.PRIME).to_bytes()
+
+    calls = {"n": 0}
+
+    def split(secret: bytes, t: int, positions: Any) -> dict[int, shamir.Share]:
+        shares = real_split(secret, t, positions)
+        which = "s" if calls["n"] == 0 else "b"
+        calls["n"] += 1
+        targets = [p for p in sorted(shares) if p != own_position["p"]]
+        chosen = set(targets if victims is None else targets[-victims:])
+        bad_positions.update(chosen)
+        if not signed or kind not in (which, "both"):
+            return shares
+        return {
+            p: shamir.Share.from_bytes(off_by_one(s.to_bytes())) if p in chosen else s
+            for p, s in shares.items()
+        }
+
+    def plaintext(sender: str, recipient: str, s_share: bytes, b_share: bytes) -> bytes:
+        if not signed and sender == dealer:
+            x = shamir.Share.from_bytes(s_share).x
+            if x - 1 in bad_positions:
+                s_share = off_by_one(s_share) if kind in ("s", "both") else s_share
+                b_share = off_by_one(b_share) if kind in ("b", "both") else b_share
+        return real_plaintext(sender, recipient, s_share, b_share)
+
+    original = client_module.ClientSession.on_advert_broadcast
+
+    def advert_broadcast(self: client_module.ClientSession, msg: Any) -> Any:
+        if self.client_id != dealer:
+            return original(self, msg)
+        calls["n"] = 0
+        own_position["p"] = (config or self._config).position(dealer)
+        with monkeypatch.context() as m:
+            m.setattr(shamir, "split", split)
+            m.setattr(derive, "share_plaintext", plaintext)
+            return original(self, msg)
+
+    with monkeypatch.context() as m:
+        m.setattr(client_module.ClientSession, "on_advert_broadcast", advert_broadcast)
+        yield

@@ -433,7 +433,7 @@ class AdvertBroadcast(_message.Message):
     def __init__(self, round: _Optional[int] = ..., config_digest: _Optional[bytes] = ..., adverts: _Optional[_Iterable[_Union[AdvertiseKeys, _Mapping]]] = ...) -> None: ...
 
 class ShareKeysUpload(_message.Message):
-    __slots__ = ("session_id", "sender", "ciphertexts", "b_commitment")
+    __slots__ = ("session_id", "sender", "ciphertexts", "b_commitment", "commitments")
     class CiphertextsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -441,18 +441,37 @@ class ShareKeysUpload(_message.Message):
         key: str
         value: bytes
         def __init__(self, key: _Optional[str] = ..., value: _Optional[bytes] = ...) -> None: ...
+    class CommitmentsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: ShareCommitment
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[ShareCommitment, _Mapping]] = ...) -> None: ...
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     SENDER_FIELD_NUMBER: _ClassVar[int]
     CIPHERTEXTS_FIELD_NUMBER: _ClassVar[int]
     B_COMMITMENT_FIELD_NUMBER: _ClassVar[int]
+    COMMITMENTS_FIELD_NUMBER: _ClassVar[int]
     session_id: bytes
     sender: str
     ciphertexts: _containers.ScalarMap[str, bytes]
     b_commitment: bytes
-    def __init__(self, session_id: _Optional[bytes] = ..., sender: _Optional[str] = ..., ciphertexts: _Optional[_Mapping[str, bytes]] = ..., b_commitment: _Optional[bytes] = ...) -> None: ...
+    commitments: _containers.MessageMap[str, ShareCommitment]
+    def __init__(self, session_id: _Optional[bytes] = ..., sender: _Optional[str] = ..., ciphertexts: _Optional[_Mapping[str, bytes]] = ..., b_commitment: _Optional[bytes] = ..., commitments: _Optional[_Mapping[str, ShareCommitment]] = ...) -> None: ...
+
+class ShareCommitment(_message.Message):
+    __slots__ = ("s", "b", "signature")
+    S_FIELD_NUMBER: _ClassVar[int]
+    B_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    s: bytes
+    b: bytes
+    signature: bytes
+    def __init__(self, s: _Optional[bytes] = ..., b: _Optional[bytes] = ..., signature: _Optional[bytes] = ...) -> None: ...
 
 class ShareKeysRelay(_message.Message):
-    __slots__ = ("session_id", "recipient", "u2", "ciphertexts")
+    __slots__ = ("session_id", "recipient", "u2", "ciphertexts", "commitments")
     class CiphertextsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -460,23 +479,34 @@ class ShareKeysRelay(_message.Message):
         key: str
         value: bytes
         def __init__(self, key: _Optional[str] = ..., value: _Optional[bytes] = ...) -> None: ...
+    class CommitmentsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: ShareCommitment
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[ShareCommitment, _Mapping]] = ...) -> None: ...
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     RECIPIENT_FIELD_NUMBER: _ClassVar[int]
     U2_FIELD_NUMBER: _ClassVar[int]
     CIPHERTEXTS_FIELD_NUMBER: _ClassVar[int]
+    COMMITMENTS_FIELD_NUMBER: _ClassVar[int]
     session_id: bytes
     recipient: str
     u2: _containers.RepeatedScalarFieldContainer[str]
     ciphertexts: _containers.ScalarMap[str, bytes]
-    def __init__(self, session_id: _Optional[bytes] = ..., recipient: _Optional[str] = ..., u2: _Optional[_Iterable[str]] = ..., ciphertexts: _Optional[_Mapping[str, bytes]] = ...) -> None: ...
+    commitments: _containers.MessageMap[str, ShareCommitment]
+    def __init__(self, session_id: _Optional[bytes] = ..., recipient: _Optional[str] = ..., u2: _Optional[_Iterable[str]] = ..., ciphertexts: _Optional[_Mapping[str, bytes]] = ..., commitments: _Optional[_Mapping[str, ShareCommitment]] = ...) -> None: ...
 
 class ComputeReady(_message.Message):
-    __slots__ = ("session_id", "sender")
+    __slots__ = ("session_id", "sender", "complaints")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     SENDER_FIELD_NUMBER: _ClassVar[int]
+    COMPLAINTS_FIELD_NUMBER: _ClassVar[int]
     session_id: bytes
     sender: str
-    def __init__(self, session_id: _Optional[bytes] = ..., sender: _Optional[str] = ...) -> None: ...
+    complaints: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, session_id: _Optional[bytes] = ..., sender: _Optional[str] = ..., complaints: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class MaskedInputRequest(_message.Message):
     __slots__ = ("session_id", "ready")
