@@ -44,19 +44,25 @@ Randomness and known limitations:
   reproducible. Privacy amplification by subsampling assumes the adversary does not know which
   sequences were sampled: ``settings.seed`` must be secret to the institution (not a seed chosen by
   the server and shared with everyone).
-* The noise uses Opacus's ``secure_mode`` sampling (each Gaussian is a scaled sum of four draws, which
-  defeats the known floating-point attacks on the Gaussian mechanism) but from torch's default
-  generator (Mersenne Twister on CPU, Philox on CUDA) seeded with 63 bits from the OS CSPRNG, not
-  from a CSPRNG itself: Opacus's full ``secure_mode`` needs ``torchcsprng``, which is not installed.
-  The seed is unpredictable to anyone who knows the configuration; the generator is not
-  cryptographically strong. ``noise_seed`` makes the noise reproducible, for tests only.
+* The noise comes from a cryptographic generator, not from torch's:
+  :class:`secfed.dp.csprng.AesCtrGaussian` (the keystream of AES-256 in CTR mode under a fresh
+  ``os.urandom(32)`` key per round, turned into 53-bit uniforms and then normals by Box-Muller in
+  float64; each coordinate gets ``sigma * C * (Z1 + Z2 + Z3 + Z4) / 2``, the sum of four keeping
+  Opacus's ``secure_mode`` countermeasure to the floating-point attacks on Gaussian samplers). It is
+  hooked in by overriding ``add_noise`` in a subclass of Opacus's ``DPOptimizer``, so clipping, the
+  step hook, empty batches and the divisor after the noise are Opacus's code as before; Opacus's
+  ``generator`` and ``secure_mode`` (which needs ``torchcsprng``, unusable with our torch) are unused.
+  Knowing or resetting torch's seeds, or recovering the state of torch's generators (624 outputs of
+  its Mersenne Twister suffice), tells nothing about the noise. ``noise_seed`` derives the AES key
+  from an integer (HKDF-SHA256) so that tests can reproduce the noise: for tests only, it removes the
+  privacy.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
-import secrets
 import sys
 import time
 import warnings
@@ -71,6 +77,7 @@ from tqdm import tqdm
 from secfed import cancel
 from secfed.data.formats import Record
 from secfed.data.prompts import TokenizedExample, collate, tokenize_example
+from secfed.dp.csprng import AesCtrGaussian
 from secfed.model.train import TrainSettings, TrainStats, sequence_mean_loss
 
 __all__ = ["DpRoundEvent", "DpSettings", "per_sample_gradients", "train_local_dp"]
@@ -240,6 +247,39 @@ def _base_optimizer(params: list[torch.nn.Parameter], settings: TrainSettings) -
     return torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay)
 
 
+@functools.cache
+def _csprng_dp_optimizer() -> Any:
+    """:class:`opacus.optimizers.DPOptimizer` with its noise drawn from :class:`AesCtrGaussian`.
+
+    Only ``add_noise`` is replaced, by Opacus's own body with the noise source swapped (noise of std
+    ``noise_multiplier * max_grad_norm`` on every coordinate of ``summed_grad``, none when that std is
+    0), so everything else (clipping, virtual steps, the step hook, ``scale_grad``'s divisor after the
+    noise) stays Opacus's code. Built on first use: importing Opacus takes over a second.
+    """
+    from opacus.optimizers import DPOptimizer
+    from opacus.optimizers.optimizer import _check_processed_flag, _mark_as_processed
+
+    class CsprngDPOptimizer(DPOptimizer):  # type: ignore[misc]  # opacus is untyped
+        def __init__(self, *args: Any, noise_source: AesCtrGaussian, **kwargs: Any) -> None:
+            if kwargs.get("generator") is not None or kwargs.get("secure_mode"):
+                raise ValueError("the noise comes from noise_source; torch generators are not used")
+            super().__init__(*args, **kwargs)
+            self.noise_source = noise_source
+
+        def add_noise(self) -> None:
+            std = float(self.noise_multiplier * self.max_grad_norm)
+            for p in self.params:
+                _check_processed_flag(p.summed_grad)
+                summed: torch.Tensor = p.summed_grad
+                noise = self.noise_source.gaussian(
+                    summed.shape, std=std, dtype=summed.dtype, device=summed.device
+                )
+                p.grad = (summed + noise).view_as(p)
+                _mark_as_processed(p.summed_grad)
+
+    return CsprngDPOptimizer
+
+
 def _sampling_generator(seed: int, round_: int) -> torch.Generator:
     state = np.random.SeedSequence([seed, round_, 0x5D9]).generate_state(1, dtype=np.uint64)[0]
     return torch.Generator().manual_seed(int(state) >> 1)
@@ -265,12 +305,15 @@ def train_local_dp(
     training statistics (local only: the losses are not differentially private) and the
     :class:`DpRoundEvent` to record in the privacy ledger. Raises ``RuntimeError`` if a frozen weight
     changed or the number of noised steps is not the number planned.
+
+    The noise is drawn from :class:`secfed.dp.csprng.AesCtrGaussian` under a fresh ``os.urandom`` key.
+    ``noise_seed`` is for tests only: it keys the noise stream with a key derived from that integer,
+    so the noise is reproducible by anyone who knows it and the round has no privacy.
     """
     if not isinstance(dp, DpSettings):
         raise TypeError(f"dp must be DpSettings, got {type(dp).__name__}")
     if not records:
         raise ValueError("no training records")
-    from opacus.optimizers import DPOptimizer
     from opacus.utils.batch_memory_manager import BatchMemoryManager
     from opacus.utils.uniform_sampler import UniformWithReplacementSampler
     from torch.utils.data import DataLoader
@@ -292,8 +335,7 @@ def train_local_dp(
     # The dataset is the indices; each physical batch of indices is collated into tokens below.
     indices: Any = list(range(n))  # a map-style dataset; torch's stubs want a Dataset subclass
     loader: DataLoader[int] = DataLoader(indices, batch_sampler=sampler, collate_fn=list)
-    noise_generator = torch.Generator(device=device)
-    noise_generator.manual_seed(secrets.randbits(63) if noise_seed is None else noise_seed)
+    noise_source = AesCtrGaussian() if noise_seed is None else AesCtrGaussian.from_test_seed(noise_seed)
     torch.manual_seed(settings.seed * 1_000_003 + round_)  # LoRA dropout, as in train_local
 
     frozen_before = _frozen_digest(model)
@@ -304,14 +346,13 @@ def train_local_dp(
     hooks = _attach(model)  # from here on, the finally below removes them whatever happens
     started = time.perf_counter()
     try:
-        optimizer = DPOptimizer(
+        optimizer = _csprng_dp_optimizer()(
             _base_optimizer(params, settings),
             noise_multiplier=float(dp.noise_multiplier),
             max_grad_norm=float(dp.max_grad_norm),
             expected_batch_size=n * float(sampler.sample_rate),
             loss_reduction="mean",
-            generator=noise_generator,
-            secure_mode=True,
+            noise_source=noise_source,
         )
         optimizer.attach_step_hook(step_hook)
         model.train()
@@ -346,6 +387,7 @@ def train_local_dp(
         seconds = time.perf_counter() - started
     finally:
         bar.close()
+        noise_source.close()
         _detach(model, hooks)
         model.eval()
     if step_hook.count != steps:
