@@ -1,10 +1,14 @@
 """An institution's client process: join, poll for instructions, take part in rounds, until told to stop.
 
-The client only ever dials out. Each instruction is handed to the institution's
+The client only ever dials out, through :class:`client.channel.CoordinatorLink`: every connection that
+carries instructions is opened by the client itself and the coordinator's certificate (CRL included) is
+checked on it, the first and every reconnection; a refused certificate ends the run
+(:class:`client.tls.ServerRefused`). Each instruction is handed to the institution's
 :class:`~secfed.fl.participant.Participant`, which checks it against the institution's own policy and
 drives the SecAgg client state machine; the local task computes the contribution only after every
 peer's advert has been verified (the compute phase, between ShareKeys and MaskedInput). Transport
-failures are retried with exponential back-off and jitter (a restarting server is normal); a protocol
+failures are retried with exponential back-off and jitter (a restarting server is normal, and an
+institution started before its coordinator waits for it); a protocol
 violation by the server ends that session (its secrets are erased) and the client goes on polling.
 """
 
@@ -25,9 +29,9 @@ from typing import Any, TypeVar
 import grpc
 import numpy as np
 
+from client.channel import CoordinatorLink
 from client.config import RetryPolicy
 from client.faults import Fault
-from client.tls import verify_server
 from secfed import logs
 from secfed.cancel import ComputeCancelled, cancellable
 from secfed.chain import HashChain
@@ -76,7 +80,8 @@ _MAX_MODEL_BYTES = 8 * 1024**3
 
 
 def _looks_like_tls_refusal(details: str) -> bool:
-    """gRPC reports a TLS handshake the server broke off as UNAVAILABLE; its details say so."""
+    """An UNAVAILABLE whose details speak of the handshake or certificates (the link's own record of a
+    connection the coordinator broke off is :class:`client.channel.LinkFailure`)."""
     lowered = details.lower()
     return any(word in lowered for word in ("handshake", "certificate", "ssl", "tls"))
 
@@ -145,41 +150,70 @@ class ClientRuntime:
         self.checkpoint_every = checkpoint_every
         # How often the compute phase asks whether its session is still open.
         self.heartbeat_s = 2.0
+        self._link: CoordinatorLink | None = None  # while run() runs
 
     # -- transport -----------------------------------------------------------------------------
-    def _channel(self) -> grpc.Channel:
-        credentials = grpc.ssl_channel_credentials(
-            root_certificates=self.kit.ca_path.read_bytes(),
-            private_key=self.kit.key_path.read_bytes(),
-            certificate_chain=self.kit.cert_path.read_bytes(),
-        )
+    def _open_link(self) -> CoordinatorLink:
+        """The channel to the coordinator; each of its connections is checked (:mod:`client.channel`)."""
         limit = 64 * 1024 * 1024
-        return grpc.secure_channel(
+        return CoordinatorLink(
+            self.kit,
             self.address,
-            credentials,
-            options=[("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", limit)],
+            options=[
+                ("grpc.max_receive_message_length", limit),
+                ("grpc.max_send_message_length", limit),
+                # gRPC's own reconnection back-off follows the retry policy (its default grows to two
+                # minutes): a restarted coordinator is found again as soon as the runtime retries.
+                ("grpc.initial_reconnect_backoff_ms", max(1, int(self.retry.initial_backoff_s * 1000))),
+                ("grpc.max_reconnect_backoff_ms", max(1, int(self.retry.max_backoff_s * 1000))),
+            ],
         )
 
+    def _check_link(self) -> None:
+        """Stop for good once the link refused the coordinator's certificate on any connection."""
+        if self._link is not None:
+            self._link.raise_if_refused()  # the link logged the refusal ("server-refused")
+
     def _call(self, what: str, fn: Callable[[], T]) -> T:
-        """Run one RPC, retrying transient failures with exponential back-off and full jitter."""
+        """Run one RPC, retrying transient failures with exponential back-off and full jitter.
+
+        A coordinator whose certificate the link refused is final (:class:`client.tls.ServerRefused`);
+        one that cannot be reached (down, restarting) is waited for, up to ``give_up_after_s``.
+        """
         delay = self.retry.initial_backoff_s
         give_up = time.monotonic() + self.retry.give_up_after_s
         while True:
+            self._check_link()
             try:
                 return fn()
             except grpc.RpcError as exc:
+                self._check_link()
                 code = exc.code()
-                if code not in _RETRYABLE or time.monotonic() > give_up:
-                    raise ClientStopped(f"{what} failed: {code.name}: {exc.details()}") from exc
                 details = str(exc.details() or "")
-                if _looks_like_tls_refusal(details):
+                failure = self._link.failure if self._link is not None else None
+                if code != grpc.StatusCode.UNAVAILABLE:
+                    failure = None
+                if code not in _RETRYABLE or time.monotonic() > give_up:
+                    if failure is not None and failure.kind == "unreachable":
+                        raise ClientStopped(f"server {self.address} unreachable: {failure.detail}") from exc
+                    cause = f" ({failure.detail})" if failure is not None else ""
+                    raise ClientStopped(f"{what} failed: {code.name}: {details}{cause}") from exc
+                if failure is not None and failure.kind == "unreachable":
+                    logs.event(
+                        log, "waiting-for-coordinator", server=self.address, rpc=what, cause=failure.detail
+                    )
+                elif failure is not None and failure.kind == "crl":
+                    logs.event(
+                        log, "kit-crl-unusable", logging.WARNING, server=self.address, cause=failure.detail
+                    )
+                elif (failure is not None and failure.kind == "tls") or _looks_like_tls_refusal(details):
                     logs.event(
                         log,
                         "certificate-rejected",
                         logging.WARNING,
                         rpc=what,
                         server=self.address,
-                        cause=details,
+                        cause=failure.detail if failure is not None else details,
                         hint="the coordinator refused this kit's certificate (another CA, revoked, expired?): "
                         "run `secfed certs check` on the kit",
                     )
@@ -188,73 +222,56 @@ class ClientRuntime:
                 self._sleep(delay * (0.5 + secrets.randbelow(1000) / 2000))
                 delay = min(delay * 2, self.retry.max_backoff_s)
 
-    def _verify_server(self) -> None:
-        """Check the coordinator's certificate, waiting (with back-off) while it cannot be reached.
-
-        A coordinator that is restarting refuses connections for a moment; an institution started in
-        that moment must wait for it as its RPCs would, not exit. A certificate that fails the policy
-        (:class:`client.tls.ServerRefused`) is final.
-        """
-        delay = self.retry.initial_backoff_s
-        give_up = time.monotonic() + self.retry.give_up_after_s
-        while True:
-            try:
-                verify_server(self.kit, self.address)
-                return
-            except OSError as exc:  # refused, reset or timed out: nobody is serving there yet
-                if time.monotonic() > give_up:
-                    raise ClientStopped(f"server {self.address} unreachable: {exc}") from exc
-                logs.event(log, "waiting-for-coordinator", server=self.address, cause=str(exc))
-                self._sleep(delay * (0.5 + secrets.randbelow(1000) / 2000))
-                delay = min(delay * 2, self.retry.max_backoff_s)
-
     # -- main loop -----------------------------------------------------------------------------
     def run(self) -> ClientReport:
-        self._verify_server()
-        with self._channel() as channel:
-            stub = pb_grpc.FederationStub(channel)  # type: ignore[no-untyped-call]
-            reply = self._call(
-                "Join",
-                lambda: stub.Join(
-                    pb.JoinRequest(software_version="secfed", protocol_version=PROTOCOL_VERSION),
-                    timeout=_RPC_TIMEOUT_S,
-                ),
-            )
-            if reply.client_id != self.kit.client_id:
-                raise ClientStopped(
-                    f"server identified us as {reply.client_id!r}, not {self.kit.client_id!r}"
-                )
-            self._chunk_bytes = reply.chunk_bytes or self._chunk_bytes
-            logs.event(log, "joined", client=self.kit.client_id, federation=reply.federation_name)
-            last = 0
-            while True:
-                request = pb.PollRequest(last_instruction_id=last)
-                ins = self._call("Poll", partial(stub.Poll, request, timeout=_RPC_TIMEOUT_S))
-                step = ins.WhichOneof("step")
-                if step == "finished":
-                    self.report.finished_reason = ins.finished.reason
-                    self._drop_session()
-                    logs.event(log, "finished", client=self.kit.client_id, reason=ins.finished.reason)
-                    self._save_final(stub, ins.finished)
-                    with contextlib.suppress(grpc.RpcError):  # tell the server this client is done
-                        stub.Poll(pb.PollRequest(last_instruction_id=ins.instruction_id), timeout=5.0)
-                    return self.report
-                if step == "wait" or ins.instruction_id in self._handled:
-                    self._sleep(max(ins.wait.retry_after_ms, 50) / 1000 if step == "wait" else 0.05)
-                    continue
-                self._handled.add(ins.instruction_id)
-                last = ins.instruction_id
-                try:
-                    self._handle(stub, ins)
-                # Whatever the server sent (a protocol break, malformed bytes, a value the task
-                # cannot use): this session is over, the client goes on polling.
-                except (SecAggError, WireError, ValueError) as exc:
-                    self.report.violations.append(str(exc))
-                    self._ledger("session-refused", round=self._session_round, error=str(exc))
-                    logs.event(
-                        log, "session-refused", logging.WARNING, client=self.kit.client_id, error=str(exc)
-                    )
-                    self._drop_session()
+        """Take part until the federation finishes; :class:`ClientStopped` or
+        :class:`client.tls.ServerRefused` when the run cannot go on."""
+        with self._open_link() as link:
+            self._link = link
+            try:
+                return self._run(pb_grpc.FederationStub(link.channel))  # type: ignore[no-untyped-call]
+            finally:
+                self._link = None
+
+    def _run(self, stub: pb_grpc.FederationStub) -> ClientReport:
+        reply = self._call(
+            "Join",
+            lambda: stub.Join(
+                pb.JoinRequest(software_version="secfed", protocol_version=PROTOCOL_VERSION),
+                timeout=_RPC_TIMEOUT_S,
+            ),
+        )
+        if reply.client_id != self.kit.client_id:
+            raise ClientStopped(f"server identified us as {reply.client_id!r}, not {self.kit.client_id!r}")
+        self._chunk_bytes = reply.chunk_bytes or self._chunk_bytes
+        logs.event(log, "joined", client=self.kit.client_id, federation=reply.federation_name)
+        last = 0
+        while True:
+            request = pb.PollRequest(last_instruction_id=last)
+            ins = self._call("Poll", partial(stub.Poll, request, timeout=_RPC_TIMEOUT_S))
+            step = ins.WhichOneof("step")
+            if step == "finished":
+                self.report.finished_reason = ins.finished.reason
+                self._drop_session()
+                logs.event(log, "finished", client=self.kit.client_id, reason=ins.finished.reason)
+                self._save_final(stub, ins.finished)
+                with contextlib.suppress(grpc.RpcError):  # tell the server this client is done
+                    stub.Poll(pb.PollRequest(last_instruction_id=ins.instruction_id), timeout=5.0)
+                return self.report
+            if step == "wait" or ins.instruction_id in self._handled:
+                self._sleep(max(ins.wait.retry_after_ms, 50) / 1000 if step == "wait" else 0.05)
+                continue
+            self._handled.add(ins.instruction_id)
+            last = ins.instruction_id
+            try:
+                self._handle(stub, ins)
+            # Whatever the server sent (a protocol break, malformed bytes, a value the task
+            # cannot use): this session is over, the client goes on polling.
+            except (SecAggError, WireError, ValueError) as exc:
+                self.report.violations.append(str(exc))
+                self._ledger("session-refused", round=self._session_round, error=str(exc))
+                logs.event(log, "session-refused", logging.WARNING, client=self.kit.client_id, error=str(exc))
+                self._drop_session()
 
     def _handle(self, stub: pb_grpc.FederationStub, ins: pb.Instruction) -> None:
         step = ins.WhichOneof("step")
