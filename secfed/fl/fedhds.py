@@ -516,7 +516,7 @@ class FedhdsClient(FeditClient):
         self._last_model = (round_, np.array(model, dtype=np.float32))
         stats, dp_trained = train_round(self.privacy, peft, self._base.tokenizer, plan, self.client_id)
         self.last_stats = stats
-        self._last_identity = self.update_identity(model, dp_trained)
+        self._last_identity = self.update_identity(model)
         delta = adapter_to_vector(peft).astype(np.float64) - model.astype(np.float64)
         # A public weight: a winner and a non-winner, one record or five, weigh the same, so the
         # weight sum reveals only the (public) number of contributors.

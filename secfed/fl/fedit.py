@@ -469,7 +469,7 @@ class FeditClient:
         vector_to_adapter(self._peft, model)
         save_adapter(self._peft, directory, base_model=self.model_source)
 
-    def update_identity(self, model: NDArray[np.float32], dp_covered: bool) -> bytes | None:
+    def update_identity(self, model: NDArray[np.float32]) -> bytes:
         """The release identity of an update trained from ``model`` on this institution's records.
 
         Named by what it is computed from and nothing else: the global model and the institution's
@@ -479,12 +479,11 @@ class FeditClient:
         would difference it out. So any second session training from the same model on the same data
         is the same input, whatever its settings.
 
-        A DP-SGD update carries its own guarantee and may be re-submitted (None), but only when the
-        institution's budget caps that guarantee: without a budget a server could ask for negligible
-        noise and re-run the round at will."""
-        budget = self.privacy.policy.budget_epsilon if self.privacy.policy is not None else None
-        if dp_covered and budget is not None:
-            return None
+        A DP-SGD update has one too. Its own guarantee covers re-sending it, but not its peers: a server
+        that re-runs a completed round without one member gets the same (kept) updates from the others
+        and differences that member's update out (attack catalogue, "complement re-submission"). So a
+        kept DP update is re-submitted only where any input may be: into the same session, or after
+        the earlier session is proven void (never unmasked), as in a retry after a lost attempt."""
         return release_identity("lora-update", model_hash(model), self.dataset_hash())
 
     def compute(
@@ -503,7 +502,7 @@ class FeditClient:
         plan = self.admitted_plan(round_)
         stats, dp_trained = train_round(self.privacy, peft, self._base.tokenizer, plan, self.client_id)
         self.last_stats = stats
-        self._last_identity = self.update_identity(model, dp_trained)
+        self._last_identity = self.update_identity(model)
         delta = adapter_to_vector(peft).astype(np.float64) - model.astype(np.float64)
         # Under DP the weight must not depend on the data (a record count is a release DP-SGD does
         # not cover), so every DP round uses the public cap; otherwise FedAvg weights by data size.
@@ -530,7 +529,7 @@ class FeditClient:
         """The DP update already released for this round (a retry re-submits it), or None."""
         kept = self._dp_updates.get(self._round_key(round_, model, ins)) if ins.dp is not None else None
         if kept is not None:
-            self._last_identity = self.update_identity(model, dp_covered=True)
+            self._last_identity = self.update_identity(model)
         return kept
 
     def _released(

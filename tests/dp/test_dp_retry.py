@@ -20,6 +20,7 @@ from secfed.dp.ledger import PrivacyLedger
 from secfed.dp.policy import PrivacyPolicy
 from secfed.fl.fedhds import FedhdsClient, FedhdsServer
 from secfed.fl.fedit import FeditClient, FeditServer
+from secfed.fl.releases import ReleaseLog
 from secfed.secagg.messages import MaskedInputRequest
 
 pytestmark = pytest.mark.timeout(300)
@@ -155,3 +156,33 @@ def test_a_retried_fedhds_round_re_submits_its_dp_update_despite_a_fresh_selecti
     assert run.aborted, "the first attempt was meant to be lost"
     assert run.finished_reason == "completed 1 rounds", (run.finished_reason, run.refusals)
     _one_release_each(ledgers)
+
+
+def test_a_completed_dp_round_cannot_be_re_run_without_one_member(tmp_path: Path) -> None:
+    """The complement attack: a server completes round 0 with {victim, A, B, C}, then runs round 0
+    again without the victim. Had A, B and C re-submitted their kept DP updates (each covered by its own
+    guarantee), S1 - S2 would be the victim's update exactly. A kept DP update is re-submitted only
+    where any input may be re-released (the earlier session proven never unmasked), so the re-run gets
+    nothing."""
+    world = World(tmp_path)
+    ids = _ids(4)
+    ledgers = {c: tmp_path / f"{c}-privacy.jsonl" for c in ids}
+    releases = {c: ReleaseLog(tmp_path / f"{c}-releases.jsonl") for c in ids}
+    clients = _clients(world, ledgers)
+    consortium = make_consortium(ids)
+    server = _server(world)
+    first = drive(server, clients, consortium, rounds=1, max_attempts=1, releases=releases)
+    assert first.finished_reason == "completed 1 rounds", first.refusals
+    complement = {c: clients[c] for c in ids[1:]}
+    again = drive(
+        server,
+        complement,
+        consortium,
+        rounds=1,
+        first_attempt=2,
+        max_attempts=1,
+        releases={c: releases[c] for c in complement},
+    )
+    assert again.finished_reason != "completed 1 rounds" and not again.stages
+    reasons = [reason for refusals in again.refusals.values() for _, reason in refusals]
+    assert reasons and all(reason.startswith("released") for reason in reasons), again.refusals
