@@ -74,8 +74,10 @@ from secfed.secagg.messages import (
     masked_input_payload,
     share_commitment_payload,
 )
+from secfed.secagg.shares import open_dealt_shares
 from secfed.secagg.unmask import remove_masks
 
+log = logging.getLogger("secfed.secagg")
 P = ParamSpec("P")
 R = TypeVar("R")
 
@@ -292,43 +294,6 @@ class ClientSession:
         payload = share_commitment_payload(self._sid, self.client_id, holder, ciphertext, unsigned)
         return replace(unsigned, signature=self._identity.sign(payload))
 
-    def _open_shares(self, sender: str, sealed: bytes, commitment: ShareCommitment) -> None:
-        """Open ``sender``'s shares for this client and check them against its signed commitment."""
-        phase = Phase.SHARE_KEYS
-        key = derive.share_key(self._cipher_secrets[sender], self._sid, sender, self.client_id)
-        try:
-            plaintext = aead.open_sealed(key, sealed, derive.share_ad(self._sid, sender, self.client_id))
-            frm, to, s_raw, b_raw = derive.parse_fields(plaintext, 4)
-            s_share, b_share = shamir.Share.from_bytes(s_raw), shamir.Share.from_bytes(b_raw)
-        except (aead.DecryptionError, ValueError) as exc:
-            raise ShareDecryptionError(
-                phase, f"share ciphertext does not open: {exc}", client_id=sender
-            ) from exc
-        if (frm.decode(errors="replace"), to.decode(errors="replace")) != (sender, self.client_id):
-            raise ShareDecryptionError(phase, "share plaintext names other parties", client_id=sender)
-        my_x = self._config.position(self.client_id) + 1
-        if s_share.x != my_x or b_share.x != my_x:
-            raise ShareDecryptionError(phase, "share is for another roster position", client_id=sender)
-        # Each share is kept if it matches: a dealer whose s-share is bad may still have dealt a good
-        # b-share, which this client then reveals as usual if the dealer survives.
-        bad = []
-        if derive.share_hash(self._sid, sender, self.client_id, b"s", s_raw) == commitment.s:
-            self._peer_s_shares[sender] = s_raw
-        else:
-            bad.append("s-share")
-        if derive.share_hash(self._sid, sender, self.client_id, b"b", b_raw) == commitment.b:
-            self._peer_b_shares[sender] = b_raw
-        else:
-            bad.append("b-share")
-        if bad:
-            raise ShareDecryptionError(
-                phase, f"{' and '.join(bad)} do not match the dealer's signed commitment", client_id=sender
-            )
-
-    def _log_complaint(self, exc: ShareDecryptionError) -> None:
-        """Kept for the unmask response; logged so the institution's operator sees which dealer lied."""
-        logging.getLogger("secfed.secagg").warning("share-complaint %s", exc)
-
     def _verify_advert(self, advert: AdvertiseKeys) -> None:
         phase = Phase.ADVERTISE
         who = advert.client_id
@@ -400,13 +365,24 @@ class ClientSession:
                     phase, f"the relayed share commitment of {sender!r} is not signed by it"
                 ) from exc
             try:
-                self._open_shares(sender, sealed, commitment)
+                s_raw, b_raw = open_dealt_shares(
+                    self._cipher_secrets[sender],
+                    self._sid,
+                    sender,
+                    self.client_id,
+                    self._config.position(self.client_id) + 1,
+                    sealed,
+                    commitment,
+                )
             except ShareDecryptionError as exc:
-                # The dealer signed this ciphertext and commitment, so the fault is the dealer's; one
-                # dealer must not stall the session, so this client keeps nothing of its and says so
-                # at unmask (the server reconstructs from the other holders' verified shares).
+                # The dealer signed this ciphertext and commitment. This client complains in its ready
+                # notice and reveals its cipher key for the session, so the server can open the same
+                # ciphertext and see who lied; it then sends no input in this session (its key is out).
                 self._complaints.add(sender)
-                self._log_complaint(exc)
+                log.warning("share-complaint client=%s %s", self.client_id, exc)
+                continue
+            self._peer_s_shares[sender] = s_raw
+            self._peer_b_shares[sender] = b_raw
         self._u2 = u2
         self._phase = Phase.COMPUTE
 
@@ -425,8 +401,14 @@ class ClientSession:
         if self._inputs is None:
             raise PhaseOrderError(Phase.COMPUTE, "no input to contribute", client_id=self.client_id)
         self._ready_sent = True
+        if not self._complaints:
+            return ComputeReady(session_id=self._sid, sender=self.client_id)
+        assert self._cipher_keys is not None
         return ComputeReady(
-            session_id=self._sid, sender=self.client_id, complaints=tuple(sorted(self._complaints))
+            session_id=self._sid,
+            sender=self.client_id,
+            complaints=tuple(sorted(self._complaints)),
+            cipher_key=private_to_bytes(self._cipher_keys.private),
         )
 
     @_aborts_on_error
@@ -435,6 +417,11 @@ class ClientSession:
         self._expect(Phase.COMPUTE)
         phase = Phase.MASKED_INPUT
         self._check_session(msg.session_id, phase)
+        if self._complaints:
+            raise InconsistentViewError(
+                phase,
+                "this client revealed its cipher key with a complaint: it sends no input in this session",
+            )
         if not self._ready_sent:
             raise PhaseOrderError(phase, "masked input requested before this client was ready")
         ready = frozenset(msg.ready)

@@ -104,6 +104,15 @@ class UnmaskError(SecAggError):
     """The server could not remove the masks (corrupt or missing shares)."""
 
 
+class MemberFaultError(SecAggError):
+    """A member was caught lying with evidence anyone can check (a false complaint): ``client_id``
+    names it; the session ends before any input is released and the coordinator leaves it out."""
+
+    def __init__(self, phase: Phase, message: str, *, client_id: str, evidence: dict[str, list[str]]) -> None:
+        super().__init__(phase, message, client_id=client_id)
+        self.evidence = evidence
+
+
 class DealerFaultError(UnmaskError):
     """A member's own sharing is wrong, with evidence that holds whoever forwarded its shares.
 

@@ -131,8 +131,11 @@ class ComputeReady:
 
     session_id: bytes
     sender: str
-    # Dealers whose shares to this client failed their signed commitment (see ShareCommitment).
+    # Dealers whose shares to this client failed their signed commitment (see ShareCommitment), and, with
+    # a complaint, this client's X25519 cipher private key of the session: anyone can then open the
+    # dealer's ciphertext and see who lied (the complainer sends no input in this session).
     complaints: tuple[str, ...] = ()
+    cipher_key: bytes = b""
 
 
 @dataclass(frozen=True)

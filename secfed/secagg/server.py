@@ -18,7 +18,7 @@ import numpy as np
 from cryptography import x509
 
 from secfed.crypto import shamir
-from secfed.crypto.agreement import private_from_bytes, public_of
+from secfed.crypto.agreement import AgreementError, agree, private_from_bytes, public_of
 from secfed.crypto.identity import IdentityError, TrustAnchor, verify_signature
 from secfed.secagg import derive
 from secfed.secagg.config import SessionConfig
@@ -29,8 +29,10 @@ from secfed.secagg.errors import (
     DealerFaultError,
     LateMessageError,
     MalformedInputError,
+    MemberFaultError,
     Phase,
     PhaseOrderError,
+    ShareDecryptionError,
     UnmaskError,
 )
 from secfed.secagg.fixedpoint import decode
@@ -53,6 +55,7 @@ from secfed.secagg.messages import (
     masked_input_payload,
     share_commitment_payload,
 )
+from secfed.secagg.shares import open_dealt_shares
 from secfed.secagg.unmask import remove_masks
 
 _ORDER = [*UPLOAD_PHASES, Phase.DONE]
@@ -108,6 +111,7 @@ class ServerSession:
         self.faults: dict[str, str] = {}
         # Per dealer, the holders that reported its shares to them invalid (``ComputeReady.complaints``).
         self.complaints: dict[str, list[str]] = {}
+        self._faulty_dealers: set[str] = set()
 
     @property
     def phase(self) -> Phase:
@@ -257,32 +261,31 @@ class ServerSession:
         complaints = set(msg.complaints)
         if len(complaints) != len(msg.complaints) or not complaints <= self._graph.neighbours(who, self._u2):
             raise self._malformed(Phase.COMPUTE, who)("complaints must name distinct neighbours in U2")
+        if bool(complaints) != bool(msg.cipher_key) or len(msg.cipher_key) not in (0, 32):
+            raise self._malformed(Phase.COMPUTE, who)(
+                "a complaint comes with the 32-byte cipher key, and only then"
+            )
         self._ready_from.add(who)
-        for dealer in sorted(complaints):
-            self.complaints.setdefault(dealer, []).append(who)
+        if complaints:
+            self._judge(who, msg.cipher_key, sorted(complaints))
 
     def close_compute(self) -> MaskedInputRequest:
         """Fix the ready set and open the masked-input phase for it (a short phase: inputs are computed).
 
-        A dealer that more holders report than could collude (so at least one honest holder did) ends
-        the session here, before any input is released, so the retry without it may sum the same inputs.
+        A judged complaint (:meth:`_judge`) ends the session here, before any input is released, so the
+        retry without the liar may sum the same inputs.
         """
         self._expect(Phase.COMPUTE, None)
-        for dealer, holders in self.complaints.items():
-            if len(holders) > self._config.n_colluding:
-                self.faults[dealer] = (
-                    f"{len(holders)} holders ({', '.join(sorted(holders))}) report that its shares to them do "
-                    f"not match its signed commitments, more than the {self._config.n_colluding} that could collude"
-                )
-        if self.faults:
-            dealer = sorted(self.faults)[0]
-            reason = f"{self.faults[dealer]}; ended before any input was released"
-            self.abort(f"{Phase.COMPUTE.value}: client {dealer!r}: {reason}")
-            raise DealerFaultError(
+        if self.faults:  # a judged complaint: end before any input is released
+            who = sorted(self.faults)[0]
+            reason = "; ".join(f"{c}: {why}" for c, why in sorted(self.faults.items()))
+            self.abort(f"{Phase.COMPUTE.value}: {reason}; ended before any input was released")
+            error = DealerFaultError if who in self._faulty_dealers else MemberFaultError
+            raise error(
                 Phase.COMPUTE,
-                reason,
-                client_id=dealer,
-                evidence={"complainers": sorted(self.complaints[dealer])},
+                f"{self.faults[who]}; ended before any input was released",
+                client_id=who,
+                evidence={"complainers": sorted(self.complaints.get(who, []))},
             )
         floor = max(self._config.threshold, self._config.min_cohort)
         self._require(len(self._ready_from), floor, Phase.COMPUTE, "clients ready")
@@ -292,6 +295,40 @@ class ServerSession:
         return MaskedInputRequest(
             session_id=self._sid, ready=tuple(c for c in self._config.roster if c in self._ready)
         )
+
+    def _judge(self, holder: str, cipher_key: bytes, dealers: list[str]) -> None:
+        """Decide a complaint with evidence anyone can check: the holder's revealed cipher private key
+        (it must match its signed advert), the dealer's signed public key, ciphertext and share hashes.
+
+        If the dealer's shares open and match, the complaint was false and the holder is the liar;
+        otherwise the dealer is, provably (it signed what does not open or does not match)."""
+        try:
+            own = private_from_bytes(cipher_key)
+            if public_of(own) != self._adverts[holder].pk_cipher:
+                raise ValueError("it is not the key the holder advertised")
+        except ValueError as exc:
+            self.faults[holder] = f"complained with a cipher key that does not check ({exc})"
+            return
+        x = self._config.position(holder) + 1
+        for dealer in dealers:
+            self.complaints.setdefault(dealer, []).append(holder)
+            upload = self._share_uploads[dealer]
+            try:
+                agreed = agree(own, self._adverts[dealer].pk_cipher)
+                open_dealt_shares(
+                    agreed,
+                    self._sid,
+                    dealer,
+                    holder,
+                    x,
+                    upload.ciphertexts[holder],
+                    upload.commitments[holder],
+                )
+            except (ShareDecryptionError, AgreementError) as exc:
+                self.faults.setdefault(dealer, f"dealt shares that do not check: {exc}")
+                self._faulty_dealers.add(dealer)
+                continue
+            self.faults.setdefault(holder, f"complained about {dealer!r}, whose shares to it open and match")
 
     # -- phase 3 -------------------------------------------------------------------------------
     def receive_masked_input(self, msg: MaskedInputUpload) -> None:
@@ -374,15 +411,11 @@ class ServerSession:
         if who in self._unmask:
             raise bad("duplicate unmask response")
         neighbours = self._graph.neighbours(who, self._u2)
-        complaints = {d for d, holders in self.complaints.items() if who in holders}
-        # Every neighbour's share is due, except those of dealers the sender complains about (it may
-        # hold one valid share of such a dealer and not the other).
-        holders_of, owed = neighbours | {who}, (neighbours - complaints) | {who}
-        for name, shares, of in (("b", msg.b_shares, set(self._u3)), ("s", msg.s_shares, set(self._dropped))):
-            if not of & owed <= set(shares) <= of & holders_of:
-                raise bad(
-                    f"{name}-shares must cover the sender's {'surviving' if name == 'b' else 'dropped'} neighbours"
-                )
+        holders_of = neighbours | {who}
+        if set(msg.b_shares) != set(self._u3) & holders_of:
+            raise bad("b-shares must cover exactly the sender's surviving neighbours")
+        if set(msg.s_shares) != set(self._dropped) & holders_of:
+            raise bad("s-shares must cover exactly the sender's dropped neighbours")
         x = self._config.position(who) + 1
         for kind, shares in ((b"b", msg.b_shares), (b"s", msg.s_shares)):
             for dealer, raw in shares.items():

@@ -340,11 +340,18 @@ def share_keys_relay_from_proto(msg: pb.ShareKeysRelay) -> ShareKeysRelay:
 
 
 def compute_ready_to_proto(m: ComputeReady) -> pb.ComputeReady:
-    return pb.ComputeReady(session_id=m.session_id, sender=m.sender, complaints=list(m.complaints))
+    return pb.ComputeReady(
+        session_id=m.session_id, sender=m.sender, complaints=list(m.complaints), cipher_key=m.cipher_key
+    )
 
 
 def compute_ready_from_proto(msg: pb.ComputeReady) -> ComputeReady:
-    return ComputeReady(session_id=bytes(msg.session_id), sender=msg.sender, complaints=tuple(msg.complaints))
+    return ComputeReady(
+        session_id=bytes(msg.session_id),
+        sender=msg.sender,
+        complaints=tuple(msg.complaints),
+        cipher_key=bytes(msg.cipher_key),
+    )
 
 
 def masked_input_request_to_proto(m: MaskedInputRequest) -> pb.MaskedInputRequest:

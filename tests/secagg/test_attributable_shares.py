@@ -12,14 +12,17 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import replace
+from typing import Any
 
 import numpy as np
 import pytest
 
 from secfed.crypto import shamir
-from secfed.secagg.errors import DealerFaultError, MalformedInputError, Phase, SecAggError
+from secfed.crypto.agreement import private_to_bytes
+from secfed.secagg import client as client_module
+from secfed.secagg.errors import DealerFaultError, MalformedInputError, MemberFaultError, Phase, SecAggError
 from secfed.secagg.local import LocalRouter
-from secfed.secagg.messages import AggregateResult, UnmaskResponse
+from secfed.secagg.messages import AggregateResult, ComputeReady, UnmaskResponse
 from tests.secagg.support import Consortium, Session, corrupt_dealing, make_session
 
 SIZES = [5, 13, 30]
@@ -64,19 +67,56 @@ def test_a_dealer_with_bad_shares_for_every_holder_is_named_before_any_input_lea
 
 
 @pytest.mark.parametrize("n", SIZES)
-def test_a_dealer_with_bad_shares_for_one_holder_cannot_stall_the_session(
+def test_one_complaint_suffices_because_anyone_can_check_it(
     consortium: Consortium, monkeypatch: pytest.MonkeyPatch, n: int
 ) -> None:
-    """Corrupt shares to one peer: that holder keeps nothing of the dealer's and says so; the other
-    holders' verified shares rebuild the seed and the sum is exact, in the same session."""
+    """Corrupt shares to one peer: that holder complains with its cipher key of the session, the server
+    opens the dealer's signed ciphertext itself and sees that the dealer lied. Before the change one
+    bad holder view could not be told from a lying holder, so a dealer corrupting up to c holders went
+    unblamed and could stall the unmask after the inputs were released."""
     session = make_session(consortium, n)
     dealer = session.config.roster[0]
-    with corrupt_dealing(monkeypatch, session.config, dealer, kind="both", victims=1, signed=False):
+    with corrupt_dealing(monkeypatch, session.config, dealer, kind="b", victims=1, signed=False):
         result, error = _run(session)
-    assert error is None and result is not None
-    _exact(session, result)
-    assert [len(v) for v in session.server.complaints.values()] == [1]
-    assert session.server.faults == {}  # one complaint proves nothing: no one is blamed
+    assert result is None and isinstance(error, DealerFaultError) and error.client_id == dealer
+    assert error.phase is Phase.COMPUTE and len(error.evidence["complainers"]) == 1
+    _honest_not_blamed(session, dealer, error)
+
+
+def _lying_complaints(
+    monkeypatch: pytest.MonkeyPatch, liars: set[str], targets: list[str], *, wrong_key: bool = False
+) -> None:
+    """Members of ``liars`` complain about honest ``targets`` in their ready notice (with their real
+    cipher key, or another one)."""
+    original = client_module.ClientSession.ready
+
+    def ready(self: client_module.ClientSession, inputs: Any = None) -> ComputeReady:
+        msg = original(self, inputs)
+        if self.client_id not in liars:
+            return msg
+        key = bytes(32) if wrong_key else private_to_bytes(self._cipher_keys.private)  # type: ignore[union-attr]
+        return replace(msg, complaints=tuple(t for t in targets if t != self.client_id), cipher_key=key)
+
+    monkeypatch.setattr(client_module.ClientSession, "ready", ready)
+
+
+@pytest.mark.parametrize("n", SIZES)
+@pytest.mark.parametrize("wrong_key", [False, True])
+def test_lying_complainers_are_named_and_no_honest_dealer_is(
+    consortium: Consortium, monkeypatch: pytest.MonkeyPatch, n: int, wrong_key: bool
+) -> None:
+    """The framing attack (attacker review): two members complain about every honest dealer. A count of
+    complaints could not tell them from honest ones; the server opens each dealer's signed ciphertext
+    with the complainer's revealed key (or finds the key is not the advertised one): the shares open and
+    match, so the complainers are the liars, and only they are named. Nothing was released."""
+    session = make_session(consortium, n)
+    roster = list(session.config.roster)
+    liars = set(roster[-2:])
+    _lying_complaints(monkeypatch, liars, roster, wrong_key=wrong_key)
+    result, error = _run(session)
+    assert result is None and isinstance(error, MemberFaultError) and error.client_id in liars
+    assert set(session.server.faults) == liars, session.server.faults
+    assert all(c.phase is not Phase.DONE for c in session.clients.values())
 
 
 @pytest.mark.parametrize("n", SIZES)

@@ -499,14 +499,16 @@ class ShareKeysRelay(_message.Message):
     def __init__(self, session_id: _Optional[bytes] = ..., recipient: _Optional[str] = ..., u2: _Optional[_Iterable[str]] = ..., ciphertexts: _Optional[_Mapping[str, bytes]] = ..., commitments: _Optional[_Mapping[str, ShareCommitment]] = ...) -> None: ...
 
 class ComputeReady(_message.Message):
-    __slots__ = ("session_id", "sender", "complaints")
+    __slots__ = ("session_id", "sender", "complaints", "cipher_key")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     SENDER_FIELD_NUMBER: _ClassVar[int]
     COMPLAINTS_FIELD_NUMBER: _ClassVar[int]
+    CIPHER_KEY_FIELD_NUMBER: _ClassVar[int]
     session_id: bytes
     sender: str
     complaints: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, session_id: _Optional[bytes] = ..., sender: _Optional[str] = ..., complaints: _Optional[_Iterable[str]] = ...) -> None: ...
+    cipher_key: bytes
+    def __init__(self, session_id: _Optional[bytes] = ..., sender: _Optional[str] = ..., complaints: _Optional[_Iterable[str]] = ..., cipher_key: _Optional[bytes] = ...) -> None: ...
 
 class MaskedInputRequest(_message.Message):
     __slots__ = ("session_id", "ready")
