@@ -280,7 +280,9 @@ class HashChain:
 
     @contextlib.contextmanager
     def _locked_append_fd(self) -> Iterator[int]:
-        fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+        # 0600: a ledger says what an institution released and when (a privacy ledger even holds record
+        # counts); it is its owner's, like its key.
+        fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             yield fd

@@ -36,8 +36,10 @@ def write_synced(path: Path, text: str) -> None:
 
 
 def append_line(path: Path, text: str) -> None:
-    """Append ``text`` and a newline to ``path`` and flush it to disk."""
-    with path.open("a", encoding="utf-8") as handle:
+    """Append ``text`` and a newline to ``path`` and flush it to disk (a new file is its owner's only:
+    these logs say what a party released and when)."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    with open(fd, "a", encoding="utf-8") as handle:
         handle.write(text + "\n")
         handle.flush()
         os.fsync(handle.fileno())

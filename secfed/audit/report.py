@@ -64,7 +64,9 @@ NOT_COVERED = (
     "DP covers them.",
     "Secure aggregation protects individual updates only while fewer than the stated colluding bound "
     "of institutions collude with the server; it does not protect the cohort sum.",
-    "DP noise is drawn from torch's generator seeded from the OS CSPRNG, not from a CSPRNG itself.",
+    "DP noise is drawn from AES-256-CTR under a fresh OS-random key (secfed/dp/csprng.py), but which "
+    "records each DP step samples (Poisson sampling) comes from torch's generator seeded with 43 secret "
+    "bits from the OS CSPRNG, not from a CSPRNG itself.",
 )
 
 

@@ -75,6 +75,10 @@ _RELEASE_FIELDS = (
 )
 
 
+class _AlreadyOpenedError(Exception):
+    """Another process wrote the ledger's header first (two federations opening a new ledger at once)."""
+
+
 class LedgerError(ValueError):
     """The ledger file exists but does not match what the caller expects, or is malformed."""
 
@@ -129,25 +133,17 @@ class PrivacyLedger:
         self.institution = institution
         self.delta = validate_delta(delta)
         budget = _validate_budget(budget_epsilon)
+        # This process's own budget: whatever another federation sharing the ledger writes into it, this
+        # one never spends beyond its own (the budget in force is the smaller, see :meth:`budget_epsilon`).
+        self._own_budget = budget
         self.chain = chain if chain is not None else HashChain(path)
         entries = self.chain.entries()
         if not entries:
-            self.chain.append(
-                OPEN,
-                {
-                    "format": LEDGER_FORMAT,
-                    "institution": institution,
-                    "delta": self.delta,
-                    "budget_epsilon": budget,
-                    "accountant": {
-                        "reported": "pld",
-                        "cross_check": "rdp",
-                        "pld_value_discretization": PLD_DISCRETIZATION,
-                        "neighbouring_relation": "add-or-remove-one training sequence",
-                    },
-                },
-            )
-            return
+            try:
+                self._open(budget)
+                return
+            except _AlreadyOpenedError:  # another process created it in between: check its header instead
+                entries = self.chain.entries()
         header = self._header(entries)
         if header.body.get("institution") != institution:
             raise LedgerError(
@@ -162,6 +158,30 @@ class PrivacyLedger:
         current = self.budget_in(entries)
         if budget != current:
             self.set_budget(budget, reason="ledger reopened with a different budget")
+
+    def _open(self, budget: float | None) -> None:
+        """Write the header, unless another process wrote one first (then :class:`_AlreadyOpenedError`)."""
+
+        def empty(entries: list[Entry]) -> None:
+            if entries:
+                raise _AlreadyOpenedError
+
+        self.chain.append(
+            OPEN,
+            {
+                "format": LEDGER_FORMAT,
+                "institution": self.institution,
+                "delta": self.delta,
+                "budget_epsilon": budget,
+                "accountant": {
+                    "reported": "pld",
+                    "cross_check": "rdp",
+                    "pld_value_discretization": PLD_DISCRETIZATION,
+                    "neighbouring_relation": "add-or-remove-one training sequence",
+                },
+            },
+            precondition=empty,
+        )
 
     @classmethod
     def open_existing(cls, path: str | os.PathLike[str]) -> PrivacyLedger:
@@ -222,8 +242,15 @@ class PrivacyLedger:
 
     @property
     def budget_epsilon(self) -> float | None:
-        """The budget in force (the last ``budget-change``, else the header's); ``None`` = none."""
-        return self.budget_in(self.entries())
+        """The budget this process enforces: the smaller of its own (the policy it was opened with) and
+        the ledger's (the last ``budget-change``, else the header's); ``None`` = none. So a second
+        federation that reopens the shared ledger with a larger budget, or none, does not lift the
+        budget of one already running."""
+        return self._in_force(self.entries())
+
+    def _in_force(self, entries: list[Entry]) -> float | None:
+        caps = [b for b in (self._own_budget, self.budget_in(entries)) if b is not None]
+        return min(caps) if caps else None
 
     def events(self) -> list[DpEvent]:
         """The DP releases recorded so far, in order (one per ``dp-round`` entry)."""
@@ -302,7 +329,7 @@ class PrivacyLedger:
         )
 
     def _fits(self, entries: list[Entry], planned: DpEvent) -> None:
-        budget = self.budget_in(entries)
+        budget = self._in_force(entries)
         if budget is None:
             return
         unbounded = any(e.kind == NON_DP and e.body.get("release") == "update" for e in entries)

@@ -86,17 +86,26 @@ class PrivacyPolicy:
     ledger: Path | None = None
     delta: float = DEFAULT_DELTA
     budget_epsilon: float | None = None
-    require_dp: bool = False
+    # None: require_dp_by_default (true exactly when a budget is set).
+    require_dp: bool | None = None
     # Refuse coreset statistics (FedHDS selection), which carry no DP guarantee until DP selection
     # exists; off by default so FedHDS with DP-SGD training keeps working (they are ledgered either way).
     require_selection_dp: bool = False
 
     def __post_init__(self) -> None:
+        if self.require_dp is None:
+            object.__setattr__(self, "require_dp", require_dp_by_default(self.budget_epsilon))
         _check_delta(self.delta, "privacy: ")
         if self.budget_epsilon is not None and not (
             self.budget_epsilon > 0 and math.isfinite(self.budget_epsilon)
         ):
             raise ValueError(f"privacy: budget_epsilon must be > 0, got {self.budget_epsilon}")
+        if self.budget_epsilon is not None and not self.require_dp:
+            raise ValueError(
+                f"privacy: budget_epsilon = {self.budget_epsilon} with require_dp = false: one round without "
+                "DP-SGD makes epsilon unbounded, so the budget could not hold; drop the budget to take part "
+                "in a federation without DP, or require DP"
+            )
 
     def to_mapping(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -121,6 +130,6 @@ class PrivacyPolicy:
             ledger=None if raw.get("ledger") is None else Path(raw["ledger"]),
             delta=float(raw.get("delta", DEFAULT_DELTA)),
             budget_epsilon=budget,
-            require_dp=bool(raw.get("require_dp", require_dp_by_default(budget))),
+            require_dp=None if raw.get("require_dp") is None else bool(raw["require_dp"]),
             require_selection_dp=bool(raw.get("require_selection_dp", False)),
         )

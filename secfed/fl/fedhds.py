@@ -541,7 +541,7 @@ class FedhdsClient(FeditClient):
         this institution's release for the round: re-submitting it reveals nothing new, training on
         the new selection would spend the budget twice. So those two fields are not part of the key."""
         wire = {k: v for k, v in ins.wire().items() if k not in ("round_seed", "plan")}
-        return round_, model_hash(model), canonical_json(wire)
+        return round_, model_hash(model), self.dataset_hash() + canonical_json(wire)
 
 
 def space_stage() -> str:

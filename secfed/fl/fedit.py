@@ -554,9 +554,10 @@ class FeditClient:
         return self._fingerprint
 
     def _round_key(self, round_: int, model: NDArray[np.float32], ins: FeditInstruction) -> RoundKey:
-        """What makes two attempts at a round the same computation: the round, the global model and the
-        instruction (a retry of the same round sends the same ones)."""
-        return round_, model_hash(model), canonical_json(ins.wire())
+        """What makes two attempts at a round the same computation: the round, the global model, the
+        instruction (a retry of the same round sends the same ones) and this institution's records (the
+        kept update is the institution's, shared by its federations: another dataset is another update)."""
+        return round_, model_hash(model), self.dataset_hash() + canonical_json(ins.wire())
 
 
 @dataclass(frozen=True)

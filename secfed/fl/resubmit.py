@@ -9,12 +9,13 @@ update leaves, so a client restarted between an attempt and its retry re-submits
 from __future__ import annotations
 
 import io
-import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
+
+from secfed.pki.files import write_secret
 
 __all__ = ["RoundKey", "UpdateStore"]
 
@@ -52,9 +53,7 @@ class UpdateStore:
             **self._kept[1],
         }
         np.savez(buffer, **arrays)
-        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-        tmp.write_bytes(buffer.getvalue())
-        os.replace(tmp, self.path)
+        write_secret(self.path, buffer.getvalue())  # atomic, 0600 from creation on
 
     def _load(self) -> tuple[RoundKey, dict[str, NDArray[np.float64]]] | None:
         if self.path is None or not self.path.exists():

@@ -123,7 +123,8 @@ def test_a_budget_requires_dp_unless_the_institution_says_otherwise(tmp_path: Pa
     path.write_text('[client]\nkit = "k"\n[privacy]\nbudget_epsilon = 8.0\n')
     assert load_client_config(path).privacy.require_dp is True
     path.write_text('[client]\nkit = "k"\n[privacy]\nbudget_epsilon = 8.0\nrequire_dp = false\n')
-    assert load_client_config(path).privacy.require_dp is False
+    with pytest.raises(ConfigFileError, match="budget could not hold"):  # contradictory: say so
+        load_client_config(path)
     path.write_text('[client]\nkit = "k"\n')
     assert load_client_config(path).privacy.require_dp is False
     assert PrivacyPolicy.from_mapping({"ledger": "l", "budget_epsilon": 2.0}).require_dp is True

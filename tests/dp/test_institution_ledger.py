@@ -13,16 +13,20 @@ The attacks and failures these tests close:
 from __future__ import annotations
 
 import math
+import stat
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from secfed.bench.attacks import World, _data, _ids
 from secfed.bench.inprocess import drive, make_consortium
+from secfed.chain import HashChain
 from secfed.dp.accounting import DpEvent, epsilon_pld
+from secfed.dp.guard import BudgetGuard
 from secfed.dp.institution import DatasetTag, InstitutionPrivacy, PrivacyRefusal
-from secfed.dp.ledger import PrivacyLedger
+from secfed.dp.ledger import BudgetExceeded, PrivacyLedger
 from secfed.dp.policy import DpOptions, PrivacyPolicy
 from secfed.dp.sgd import DpRoundEvent
 from secfed.fl.fedit import FeditClient, FeditServer
@@ -121,3 +125,53 @@ def test_a_release_is_written_only_if_it_still_fits_the_budget_when_written(tmp_
     assert len(book.events()) == 1 and book.spent().pld <= budget
     (refusal,) = book.refusals()
     assert refusal.body["dataset"] == tag.sha256
+
+
+def test_a_second_federation_cannot_lift_the_budget_of_one_already_running(tmp_path: Path) -> None:
+    """Attacker review: reopening the shared ledger with another budget (or none) recorded a
+    budget-change that every process then enforced, so a second federation opened without a budget
+    let the first one spend past its own. Each process now enforces the smaller of its own budget and
+    the ledger's."""
+    path = tmp_path / "p.jsonl"
+    running = PrivacyLedger(path, institution="inst00", delta=1e-5, budget_epsilon=1.0)
+    PrivacyLedger(path, institution="inst00", delta=1e-5, budget_epsilon=None)  # another federation
+    assert PrivacyLedger.budget_in(running.entries()) is None and running.budget_epsilon == 1.0
+    event = DpEvent(1.0, 0.1, 20, 0)
+    assert epsilon_pld([event], 1e-5) > 1.0
+    assert not BudgetGuard(running).check(event, record_refusal=False).allowed
+    with pytest.raises(BudgetExceeded):
+        running.record_round(0, event, within_budget=True)
+
+
+def test_two_processes_creating_the_ledger_at_once_leave_one_header(tmp_path: Path) -> None:
+    """Attacker review: two federations opening a new default ledger at once both wrote a header,
+    after which every read failed. The header is written only onto an empty file, under the lock."""
+    path = tmp_path / "p.jsonl"
+    chain = HashChain(path)
+    real = chain.entries
+    first = {"call": True}
+
+    def racing_entries() -> list[Any]:
+        if first["call"]:
+            first["call"] = False
+            PrivacyLedger(path, institution="inst00", delta=1e-5, budget_epsilon=None)  # wins the race
+            return []
+        return real()
+
+    chain.entries = racing_entries  # type: ignore[method-assign]
+    PrivacyLedger(path, institution="inst00", delta=1e-5, budget_epsilon=None, chain=chain)
+    kinds = [e.kind for e in PrivacyLedger.open_existing(path).entries()]
+    assert kinds.count("ledger-open") == 1
+
+
+def test_the_institutions_ledgers_are_its_own_to_read(tmp_path: Path) -> None:
+    """Attacker review: ledgers were created 0644; a privacy ledger holds record counts, the release log
+    what left and when, the kept update the update itself. All are created 0600."""
+    from secfed.fl.releases import ReleaseLog
+    from secfed.fl.resubmit import UpdateStore
+
+    ledger = PrivacyLedger(tmp_path / "p.jsonl", institution="inst00", delta=1e-5, budget_epsilon=None)
+    ReleaseLog(tmp_path / "r.jsonl").joined(b"\x01" * 32, 0)
+    UpdateStore(tmp_path / "u.npz").put((0, b"m", b"i"), {"delta": np.zeros(2)})
+    for path in (ledger.path, tmp_path / "r.jsonl", tmp_path / "u.npz"):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
