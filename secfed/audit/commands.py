@@ -28,8 +28,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from secfed.audit.report import ServerFacts, federation_report, institution_report, privacy_section
-from secfed.audit.signing import AuditVerifyError, sign_document, verify_document
+from secfed.audit.report import (
+    ServerFacts,
+    federation_guarantee,
+    federation_report,
+    guarantee_section,
+    institution_report,
+    privacy_section,
+    quote_institution,
+)
+from secfed.audit.signing import SIGNATURE, AuditVerifyError, sign_document, verify_document
 from secfed.chain import ChainError, HashChain
 from secfed.crypto.identity import TrustAnchor
 from secfed.home import default_privacy_ledger
@@ -417,19 +425,59 @@ def verify_reports(target: Path, *, ca: Path | None = None) -> list[tuple[Path, 
             signer = verify_document(doc, trust, where=str(path))
         except AuditVerifyError as exc:
             problems += exc.problems
-        if doc.get("kind") == "institution" and signer and signer != doc.get("institution"):
-            problems.append(f"signed by {signer!r}, not by institution {doc.get('institution')!r}")
+        role = (doc.get(SIGNATURE) or {}).get("role") if isinstance(doc.get(SIGNATURE), Mapping) else None
+        if doc.get("kind") == "institution":
+            if signer and (signer != doc.get("institution") or role == "server"):
+                problems.append(f"signed by {signer!r}, not by institution {doc.get('institution')!r}")
+            problems += _check_institution_claims(doc)
+        elif doc.get("kind") == "federation":
+            if role != "server":
+                problems.append(f"a federation report must be signed by the coordinator, not by {signer!r}")
+            problems += _check_quotes(doc, by_institution)
         problems += _check_ledgers(doc, root)
-        if doc.get("kind") == "federation":
-            for cid, quoted in (doc.get("institutions") or {}).items():
-                own = by_institution.get(cid)
-                if own is None:
-                    continue
-                for key in ("epsilon", "epsilon_rdp", "delta"):
-                    if not _close(quoted.get(key), (own.get("privacy") or {}).get(key)):
-                        problems.append(
-                            f"institutions.{cid}.{key} is {quoted.get(key)!r} but that institution's report "
-                            f"says {(own.get('privacy') or {}).get(key)!r}"
-                        )
         results.append((path, signer, problems))
     return results
+
+
+def _check_institution_claims(doc: Mapping[str, Any]) -> list[str]:
+    """What an institution report says of its privacy must come from a ledger it covers, and its plain
+    words must be the ones that privacy section gives (a report cannot claim DP its ledger does not
+    back, nor word its guarantee otherwise)."""
+    problems = []
+    privacy = doc.get("privacy") or {}
+    covered = any(
+        isinstance(ref, Mapping) and ref.get("name") == "privacy" for ref in doc.get("ledgers") or []
+    )
+    if not covered and privacy != {"dp_used": False}:
+        problems.append(
+            "the privacy section states releases or an epsilon, but the report covers no privacy ledger"
+        )
+    expected = guarantee_section(privacy, institution=str(doc.get("institution")))
+    if doc.get("guarantee") != expected:
+        problems.append("guarantee does not follow from the privacy section")
+    return problems
+
+
+def _check_quotes(doc: Mapping[str, Any], by_institution: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """Every institution report present is quoted, exactly as :func:`quote_institution` takes it, and
+    the federation's plain words follow from the quotes."""
+    problems = []
+    quoted = doc.get("institutions") or {}
+    for cid, own in sorted(by_institution.items()):
+        if cid not in quoted:
+            problems.append(
+                f"institution {cid!r} has a report here but the federation report does not quote it"
+            )
+            continue
+        expected = quote_institution(own)
+        differing = sorted(
+            k for k in set(expected) | set(quoted[cid]) if not _close(quoted[cid].get(k), expected.get(k))
+        )
+        for key in differing:
+            problems.append(
+                f"institutions.{cid}.{key} is {quoted[cid].get(key)!r} but that institution's report "
+                f"gives {expected.get(key)!r}"
+            )
+    if doc.get("guarantee") != federation_guarantee(quoted):
+        problems.append("guarantee does not follow from the quoted institutions")
+    return problems

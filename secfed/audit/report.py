@@ -427,40 +427,35 @@ def institution_report(
     }
 
 
-def federation_report(
-    server: ServerFacts,
-    *,
-    institutions: Mapping[str, Mapping[str, Any]],
-    empirical: Mapping[str, Any] | None = None,
-    code: Mapping[str, Any] | None = None,
-    now: datetime | None = None,
-) -> dict[str, Any]:
-    """The coordinator's report; ``institutions`` maps id -> that institution's *verified* report."""
-    quoted: dict[str, Any] = {}
-    for cid, report in sorted(institutions.items()):
-        privacy = report.get("privacy") or {}
-        quoted[cid] = {
-            "dp_used": bool(privacy.get("dp_used")),
-            "epsilon": privacy.get("epsilon"),
-            "epsilon_rdp": privacy.get("epsilon_rdp"),
-            "delta": privacy.get("delta"),
-            "budget": privacy.get("budget"),
-            "rounds_trained": privacy.get("rounds_trained", []),
-            "refusals": len(privacy.get("refusals", [])),
-            "refused_rounds": [r.get("round") for r in privacy.get("refusals", [])],
-            "retried_rounds": [r.get("round") for r in privacy.get("retries", [])],
-            "non_dp_releases": {
-                kind: sum(1 for r in privacy.get("non_dp_releases", []) if r.get("release") == kind)
-                for kind in ("update", "selection")
-            },
-            "no_dp_guarantee_since_round": privacy.get("no_dp_guarantee_since_round"),
-            "over_rounds": privacy.get("over_rounds", []),
-            "report_verified": True,
-        }
-    any_dp = any(q["dp_used"] for q in quoted.values())
+def quote_institution(report: Mapping[str, Any]) -> dict[str, Any]:
+    """What the federation report says of one institution: taken from its verified report only (also
+    what ``audit verify`` recomputes to check the quote)."""
+    privacy = report.get("privacy") or {}
+    return {
+        "dp_used": bool(privacy.get("dp_used")),
+        "epsilon": privacy.get("epsilon"),
+        "epsilon_rdp": privacy.get("epsilon_rdp"),
+        "delta": privacy.get("delta"),
+        "budget": privacy.get("budget"),
+        "rounds_trained": privacy.get("rounds_trained", []),
+        "refusals": len(privacy.get("refusals", [])),
+        "refused_rounds": [r.get("round") for r in privacy.get("refusals", [])],
+        "retried_rounds": [r.get("round") for r in privacy.get("retries", [])],
+        "non_dp_releases": {
+            kind: sum(1 for r in privacy.get("non_dp_releases", []) if r.get("release") == kind)
+            for kind in ("update", "selection")
+        },
+        "no_dp_guarantee_since_round": privacy.get("no_dp_guarantee_since_round"),
+        "over_rounds": privacy.get("over_rounds", []),
+        "report_verified": True,
+    }
+
+
+def federation_guarantee(quoted: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    """The federation's guarantee in words, from the quoted institutions (recomputed by ``verify``)."""
     guarantee = guarantee_section({"dp_used": False}, institution=None)
-    without = sorted(cid for cid, q in quoted.items() if q["no_dp_guarantee_since_round"] is not None)
-    if any_dp:
+    without = sorted(cid for cid, q in quoted.items() if q.get("no_dp_guarantee_since_round") is not None)
+    if any(q.get("dp_used") for q in quoted.values()):
         guarantee["dp_used"] = not without
         guarantee["plain"] = (
             "Each institution accounts its own privacy loss from its own ledger; the figures below are "
@@ -473,6 +468,20 @@ def federation_report(
             if without
             else " Every institution trained with differentially private SGD."
         )
+    return guarantee
+
+
+def federation_report(
+    server: ServerFacts,
+    *,
+    institutions: Mapping[str, Mapping[str, Any]],
+    empirical: Mapping[str, Any] | None = None,
+    code: Mapping[str, Any] | None = None,
+    now: datetime | None = None,
+) -> dict[str, Any]:
+    """The coordinator's report; ``institutions`` maps id -> that institution's *verified* report."""
+    quoted = {cid: quote_institution(report) for cid, report in sorted(institutions.items())}
+    guarantee = federation_guarantee(quoted)
     return {
         "format": FORMAT,
         "version": VERSION,
