@@ -46,6 +46,7 @@ def _one_round(
         min_cohort=3,
         spec=spec,
         model_hash=os.urandom(32),
+        consortium=trust.consortium_id,
     )
     clients = {
         c: ClientSession(
