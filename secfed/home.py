@@ -25,8 +25,11 @@ def institution_home(institution: str) -> Path:
     """``$SECFED_HOME/<institution>`` (``~/.secfed/<institution>`` when the variable is unset)."""
     if not is_valid_client_id(institution) or not institution.strip("."):
         raise ValueError(f"not an institution id: {institution!r}")
-    root = os.environ.get(HOME_ENV) or str(Path.home() / ".secfed")
-    return Path(root).expanduser() / institution
+    root = Path(os.environ.get(HOME_ENV) or str(Path.home() / ".secfed")).expanduser()
+    if not root.is_absolute():
+        # Relative to wherever a process happens to start, two federations would keep two ledgers.
+        raise ValueError(f"{HOME_ENV}={root} must be an absolute path (the institution's ledgers live there)")
+    return root / institution
 
 
 def default_privacy_ledger(institution: str) -> Path:

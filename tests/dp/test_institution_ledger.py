@@ -175,3 +175,19 @@ def test_the_institutions_ledgers_are_its_own_to_read(tmp_path: Path) -> None:
     UpdateStore(tmp_path / "u.npz").put((0, b"m", b"i"), {"delta": np.zeros(2)})
     for path in (ledger.path, tmp_path / "r.jsonl", tmp_path / "u.npz"):
         assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
+
+
+def test_the_institution_home_is_one_place(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """A relative SECFED_HOME would put the ledger wherever each process starts (attacker review: two
+    federations started from two directories would not compose); ids that climb out are refused."""
+    from secfed.home import institution_home
+
+    monkeypatch.setenv(HOME_ENV, str(tmp_path))
+    assert institution_home("inst00") == tmp_path / "inst00"
+    monkeypatch.setenv(HOME_ENV, "relative/home")
+    with pytest.raises(ValueError, match="absolute path"):
+        institution_home("inst00")
+    monkeypatch.setenv(HOME_ENV, str(tmp_path))
+    for bad in ("..", ".", "a/b", ""):
+        with pytest.raises(ValueError, match="not an institution id"):
+            institution_home(bad)
