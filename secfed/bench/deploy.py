@@ -101,7 +101,7 @@ class Party:
                 stderr=subprocess.STDOUT,
                 env={
                     **child_env(torch_threads=self.torch_threads),
-                    HOME_ENV: str(self.directory.parent / HOME_DIR),
+                    HOME_ENV: str((self.directory.parent / HOME_DIR).resolve()),
                 },
             )
 
