@@ -549,7 +549,7 @@ def _rerun_toy_clip(world: World) -> tuple[str, str]:
 
 def _dp_negligible_noise(world: World) -> tuple[str, str]:
     """DP switched on with negligible noise for institutions without a budget, then a re-run without the
-    victim: a DP update may be re-submitted only when the institution's budget caps its guarantee."""
+    victim: a kept DP update is re-sent only where any input may be (the earlier session proven void)."""
     from secfed.dp.policy import PrivacyPolicy
     from secfed.fl.fedit import FeditClient, FeditServer
 

@@ -21,8 +21,10 @@ erased). If at least ``|U2| - t + c + 1`` members of the earlier session's U2 at
 earlier sum can never exist and the input may be released again (the earlier release is void). This
 is what lets a round survive a crashed coordinator or a late dropout without a differencing window.
 
-A locally DP input (a DP-SGD update) carries no identity: it is covered by its own guarantee and may
-be re-submitted.
+A DP-SGD update has an identity too. Its own guarantee would cover re-sending it, but not its peers:
+a server that completes a round and runs it again without one member would get the others' kept
+updates again and difference that member out. So a kept DP update is re-sent only under this same
+rule (a retry after an attempt proven never unmasked), which also saves its budget.
 """
 
 from __future__ import annotations

@@ -192,8 +192,8 @@ class ClientTask(Protocol):
 
     def release_identity(self, round_: int, model: Vector, task_config: Mapping[str, Any]) -> bytes | None:
         """The release identity (:mod:`secfed.fl.releases`) of the input the last :meth:`compute`
-        returned: a hash of what it is computed from, so the same input is never summed twice. None
-        for an input covered by its own DP guarantee (it may be re-submitted)."""
+        returned: a hash of what it is computed from, so the same input is never summed twice (None:
+        an input no rule protects, such as a benchmark's)."""
         ...
 
     def save_model(self, model: Vector, rounds_completed: int, directory: Path) -> None:
