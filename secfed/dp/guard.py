@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from secfed.dp.accounting import DpEvent, epsilon_pld
+from secfed.dp.accounting import DpEvent
 from secfed.dp.ledger import PrivacyLedger
 
 __all__ = ["BudgetGuard", "GuardDecision"]
@@ -81,12 +81,11 @@ class BudgetGuard:
         if not isinstance(planned, DpEvent):
             raise ValueError(f"planned must be a DpEvent, got {type(planned).__name__}")
         ledger = self.ledger
-        events = ledger.events()
+        entries = ledger.entries()
         budget_or_none = ledger.budget_epsilon
         budget = math.inf if budget_or_none is None else budget_or_none
-        unbounded = ledger.non_dp_releases("update")  # an update already left without DP
-        now = math.inf if unbounded else epsilon_pld(events, ledger.delta)
-        after = math.inf if unbounded else epsilon_pld([*events, planned], ledger.delta)
+        now = ledger.epsilon_with((), entries)
+        after = ledger.epsilon_with([planned], entries)
         _fmt = _formatter(after, budget)
         which = "the next round" if planned.round is None else f"round {planned.round}"
         who = f"institution {ledger.institution!r}"

@@ -14,12 +14,11 @@ nothing: only ``dp-round`` entries enter the composition.
 from __future__ import annotations
 
 import logging
-import math
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 from secfed import logs
-from secfed.dp.accounting import DpEvent, calibrate_noise, epsilon_pld
+from secfed.dp.accounting import DpEvent, calibrate_noise
 from secfed.dp.guard import BudgetGuard
 from secfed.dp.ledger import NON_DP, ROUND, BudgetExceeded, PrivacyLedger
 from secfed.dp.policy import DpOptions, PrivacyPolicy
@@ -156,14 +155,7 @@ class InstitutionPrivacy:
         if ledger is None or budget is None or dp.rounds is None or round_ >= dp.rounds:
             return
         remaining = dp.rounds - round_
-        events = ledger.events()
-        after = (
-            math.inf
-            if ledger.non_dp_releases("update")
-            else epsilon_pld(
-                [*events, *[replace(planned, round=round_ + k) for k in range(remaining)]], ledger.delta
-            )
-        )
+        after = ledger.epsilon_with([replace(planned, round=round_ + k) for k in range(remaining)])
         if after <= budget:
             logs.event(
                 log,

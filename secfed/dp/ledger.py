@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +50,7 @@ from secfed.dp.accounting import (
     DpEvent,
     DpRelease,
     EpsilonReport,
+    epsilon_pld,
     epsilon_report,
     validate_delta,
 )
@@ -73,6 +74,11 @@ _RELEASE_FIELDS = (
     "n_records",
     "empty_batches",
 )
+
+
+def _unbounded(entries: list[Entry]) -> bool:
+    """Whether an update already left without DP (epsilon is then infinite, whatever else composes)."""
+    return any(e.kind == NON_DP and e.body.get("release") == "update" for e in entries)
 
 
 class _AlreadyOpenedError(Exception):
@@ -284,9 +290,19 @@ class PrivacyLedger:
     def spent(self) -> EpsilonReport:
         """Epsilon spent so far at the ledger's delta (PLD, with the RDP cross-check); unbounded once an
         update left without DP (no composition of DP rounds can bound what a non-DP update revealed)."""
-        if self.non_dp_releases("update"):
+        entries = self.entries()
+        if _unbounded(entries):
             return EpsilonReport(pld=math.inf, rdp=math.inf, delta=self.delta)
-        return epsilon_report(self.events(), self.delta)
+        return epsilon_report(self._events(entries), self.delta)
+
+    def epsilon_with(self, planned: Sequence[DpEvent] = (), entries: list[Entry] | None = None) -> float:
+        """The PLD epsilon of everything recorded (``entries``, else the file) composed with ``planned``;
+        infinite once an update left without DP. What the guard, the headroom check and the check at
+        writing time all compare with the budget."""
+        entries = self.entries() if entries is None else entries
+        if _unbounded(entries):
+            return math.inf
+        return epsilon_pld([*self._events(entries), *planned], self.delta)
 
     def verify(self) -> None:
         """Check the chain and that every entry parses (raises ChainError / LedgerError)."""
@@ -315,13 +331,13 @@ class PrivacyLedger:
             raise ValueError(f"event must be a DpEvent, got {type(event).__name__}")
         if event.round is not None and event.round != round_:
             raise ValueError(f"event is for round {event.round}, not round {round_}")
-        mechanism = DpEvent(event.noise_multiplier, event.sample_rate, event.steps, round_).to_mapping()
+        planned = DpEvent(event.noise_multiplier, event.sample_rate, event.steps, round_)
+        mechanism = planned.to_mapping()
         body: dict[str, Any] = dict(extra or {})
         for key, value in mechanism.items():
             if key in body and body[key] != value:
                 raise ValueError(f"extra[{key!r}] = {body[key]!r} contradicts the event's {value!r}")
             body[key] = value
-        planned = DpEvent.from_mapping(mechanism)
         return self.chain.append(
             ROUND,
             body,
@@ -332,8 +348,7 @@ class PrivacyLedger:
         budget = self._in_force(entries)
         if budget is None:
             return
-        unbounded = any(e.kind == NON_DP and e.body.get("release") == "update" for e in entries)
-        after = math.inf if unbounded else epsilon_report([*self._events(entries), planned], self.delta).pld
+        after = self.epsilon_with([planned], entries)
         if after > budget:
             raise BudgetExceeded(
                 f"Institution {self.institution!r} refuses to release round {planned.round}: its privacy ledger "

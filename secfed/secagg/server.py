@@ -410,8 +410,7 @@ class ServerSession:
         self._check_member(who, self._signatures, Phase.UNMASK, msg.session_id)
         if who in self._unmask:
             raise bad("duplicate unmask response")
-        neighbours = self._graph.neighbours(who, self._u2)
-        holders_of = neighbours | {who}
+        holders_of = self._graph.neighbours(who, self._u2) | {who}
         if set(msg.b_shares) != set(self._u3) & holders_of:
             raise bad("b-shares must cover exactly the sender's surviving neighbours")
         if set(msg.s_shares) != set(self._dropped) & holders_of:
