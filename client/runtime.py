@@ -374,7 +374,13 @@ class ClientRuntime:
         if rs.HasField("previous_stage") and previous is not None:
             evidence = convert.sum_evidence_from_proto(rs.previous_stage, previous.spec)
         start = StageStart(
-            config, rs.task, task_config, model, secure=not rs.insecure_plaintext, evidence=evidence
+            config,
+            rs.task,
+            task_config,
+            model,
+            secure=not rs.insecure_plaintext,
+            evidence=evidence,
+            fault_proofs=tuple(convert.fault_proof_from_proto(p) for p in rs.fault_proofs),
         )
         upload = self.participant.start(start)
         if isinstance(upload, Refusal):

@@ -42,6 +42,7 @@ from secfed.secagg.messages import (
     ComputeReady,
     ConsistencyRequest,
     ConsistencySignature,
+    DealingFaultProof,
     MaskedInputRequest,
     MaskedInputUpload,
     ShareKeysRelay,
@@ -138,6 +139,8 @@ class RoundStart:
     task_config: dict[str, Any]
     secure: bool = True
     evidence: SumEvidence | None = None  # the previous stage's sum, verifiable by its members
+    # The retry of an attempt a proven dealer broke at unmask: the proofs that justify its cohort.
+    fault_proofs: tuple[DealingFaultProof, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -177,6 +180,10 @@ class CoordinatorObserver:
 
     def client_refused(self, round_: int, client_id: str, reason: str) -> None:
         """A client declined the round; it is recorded, never silent."""
+
+    def member_excluded(self, round_: int, client_id: str, reason: str) -> None:
+        """A member was caught with evidence and is left out of later cohorts: persist it, so a
+        restarted server does not invite it again."""
 
     def round_completed(
         self,
@@ -230,6 +237,7 @@ class Coordinator:
         observer: CoordinatorObserver | None = None,
         first_round: int = 0,
         first_attempt: int = 1,
+        excluded: Mapping[str, str] | None = None,
     ) -> None:
         if len(set(roster)) != len(roster) or len(roster) < plan.min_cohort:
             raise ValueError(f"roster must hold at least {plan.min_cohort} distinct clients")
@@ -251,10 +259,15 @@ class Coordinator:
         # Members caught with evidence (a dealing that is provably wrong, a forged share revealed at
         # unmask): left out of every later cohort of this run, with the reason (logged and in the
         # aborted attempt's record).
-        self.excluded: dict[str, str] = {}
+        # Members caught with evidence (client -> reason), left out of every later cohort; ``excluded``
+        # restores those an earlier process of this run caught.
+        self.excluded: dict[str, str] = dict(excluded or {})
         self.phase_seconds: list[dict[str, float]] = []  # per completed round: seconds each phase stayed open
         self.finished_reason: str | None = None
         self._attempt: _Attempt | None = None
+        # After an attempt whose unmasking a proven dealer broke: the next attempt's cohort (the
+        # survivors minus the dealer) and the proofs its members check (see secfed.fl.releases).
+        self._retry: tuple[tuple[str, ...], tuple[DealingFaultProof, ...]] | None = None
         # Clients heard from in this process, and until when the first phase waits for the rest.
         self._joined: set[str] = set()
         self._join_deadline: float | None = None
@@ -444,14 +457,40 @@ class Coordinator:
             if cid in self.excluded or cid not in self.roster:
                 continue
             self.excluded[cid] = reason
+            self.observer.member_excluded(self.round, cid, reason)
             logs.event(log, "member-excluded", logging.WARNING, round=self.round, client=cid, reason=reason)
+
+    def _plan_proven_retry(
+        self, session: ServerSession | PlaintextSession, error: SecAggError, attempt: _Attempt
+    ) -> None:
+        """After inputs were released and a dealer's wrong sharing (proven) broke the unmasking, retry
+        over exactly the survivors minus that dealer, with the proof: the only cohort the members may
+        re-release their inputs into (secfed.fl.releases). Only for a round's first stage: an earlier
+        stage's inputs were summed already and are never summed again over a second cohort."""
+        if (
+            isinstance(error, DealerFaultError)
+            and error.proof is not None
+            and isinstance(session, ServerSession)
+            and not attempt.done
+        ):
+            cohort = tuple(c for c in session.survivors if c != error.client_id)
+            self._retry = (cohort, (error.proof,))
+            logs.event(
+                log,
+                "proven-retry-planned",
+                logging.WARNING,
+                round=attempt.round,
+                dealer=error.client_id,
+                cohort=len(cohort),
+            )
 
     def _start_attempt(self, number: int, tries: int = 1) -> None:
         if self.round >= self.plan.rounds:
             self.finished_reason = f"completed {self.plan.rounds} rounds"
             self._attempt = None
             return
-        cohort = self._cohort(number)
+        cohort, proofs = self._retry or (self._cohort(number), ())
+        self._retry = None
         if len(cohort) < self.plan.min_cohort:
             reason = f"round {self.round}: only {len(cohort)} members left after excluding " + "; ".join(
                 f"{c} ({why})" for c, why in sorted(self.excluded.items())
@@ -478,7 +517,7 @@ class Coordinator:
             self.finished_reason = reason
             self._attempt = None
             return
-        session, start = self._open_stage(plan, cohort, number)
+        session, start = self._open_stage(plan, cohort, number, fault_proofs=proofs)
         now = self.clock()
         self._attempt = _Attempt(
             round=self.round,
@@ -505,7 +544,12 @@ class Coordinator:
         )
 
     def _open_stage(
-        self, plan: StagePlan, roster: tuple[str, ...], attempt: int, evidence: SumEvidence | None = None
+        self,
+        plan: StagePlan,
+        roster: tuple[str, ...],
+        attempt: int,
+        evidence: SumEvidence | None = None,
+        fault_proofs: tuple[DealingFaultProof, ...] = (),
     ) -> tuple[ServerSession | PlaintextSession, RoundStart]:
         n = len(roster)
         colluding = self.plan.colluders(n)
@@ -535,6 +579,7 @@ class Coordinator:
             task_config=task_config,
             secure=self.plan.secure,
             evidence=evidence,
+            fault_proofs=fault_proofs,
         )
         return session, start
 
@@ -602,6 +647,7 @@ class Coordinator:
                 self._stage_done(srv.finalize(), attempt)
         except SecAggError as exc:  # below threshold, or a close that found the session unusable
             self._exclude_faulty(srv, exc)
+            self._plan_proven_retry(srv, exc, attempt)
             self._abort_attempt(attempt, str(exc))
         except ValueError as exc:  # the task rejected a stage's sums (e.g. inconsistent statistics)
             self._abort_attempt(attempt, f"stage {attempt.stage}: {exc}")

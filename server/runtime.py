@@ -39,6 +39,18 @@ log = logging.getLogger("secfed.server")
 _GRPC_OVERHEAD = 64 * 1024
 
 
+MEMBER_EXCLUDED = "member_excluded"
+
+
+def excluded_members(store: StateStore) -> dict[str, str]:
+    """The members earlier processes of this run caught with evidence (client -> reason)."""
+    return {
+        str(event["payload"]["client"]): str(event["payload"]["reason"])
+        for event in store.ledger()
+        if event["kind"] == MEMBER_EXCLUDED
+    }
+
+
 class StoreObserver(CoordinatorObserver):
     """Persists what the coordinator does, so a restarted server resumes exactly where it was."""
 
@@ -61,6 +73,9 @@ class StoreObserver(CoordinatorObserver):
 
     def client_refused(self, round_: int, client_id: str, reason: str) -> None:
         self.store.append_event("client_refused", round_, {"client": client_id, "reason": reason})
+
+    def member_excluded(self, round_: int, client_id: str, reason: str) -> None:
+        self.store.append_event(MEMBER_EXCLUDED, round_, {"client": client_id, "reason": reason})
 
     def round_completed(
         self,
@@ -218,6 +233,7 @@ class FederationServer:
             observer=observer,
             first_round=first_round,
             first_attempt=store.next_attempt(first_round),
+            excluded=excluded_members(store),
         )
         service = FederationService(
             coordinator,

@@ -138,6 +138,7 @@ class FederationService(pb_grpc.FederationServicer):
             rs.insecure_plaintext = not step.secure
             if step.evidence is not None:
                 rs.previous_stage.CopyFrom(convert.sum_evidence_to_proto(step.evidence))
+            rs.fault_proofs.extend(convert.fault_proof_to_proto(p) for p in step.fault_proofs)
         else:
             assert isinstance(step, Relay)
             convert.relay_into_instruction(ins, step.message)

@@ -233,7 +233,7 @@ def make_reports(target: Path, *, institution: str | None, fmt: str, out: Path |
             server=facts,
             empirical=empirical,
         )
-        reports[cid] = sign_document(body, kit.identity, role="client")
+        reports[cid] = sign_document(body, kit.identity, role="client", consortium=kit.trust.consortium_id)
         single = out if institution is not None else None
         written += _write(reports[cid], run.audit_dir / f"{cid}.json", fmt, single)
     if institution is None and run.server_kit is not None:
@@ -245,7 +245,7 @@ def make_reports(target: Path, *, institution: str | None, fmt: str, out: Path |
             cid: doc for cid, doc in reports.items() if _verifies(doc, trust, run.audit_dir / f"{cid}.json")
         }
         body = federation_report(facts, institutions=verified, empirical=empirical)
-        doc = sign_document(body, kit.identity, role="server")
+        doc = sign_document(body, kit.identity, role="server", consortium=trust.consortium_id)
         written += _write(doc, run.audit_dir / "federation.json", fmt, out)
     return written
 

@@ -26,6 +26,7 @@ from secfed.crypto.identity import Identity, IdentityError, TrustAnchor, describ
 
 SIGNATURE = "signature"
 DIGESTS = "field_digests"
+CONSORTIUM = "consortium"
 
 
 class AuditVerifyError(ValueError):
@@ -60,11 +61,19 @@ def field_digests(body: Mapping[str, Any]) -> dict[str, str]:
     }
 
 
-def sign_document(body: Mapping[str, Any], identity: Identity, *, role: str) -> dict[str, Any]:
-    """``body`` plus its field digests and a signature by ``identity`` (role "client" or "server")."""
-    if SIGNATURE in body or DIGESTS in body:
+def sign_document(
+    body: Mapping[str, Any], identity: Identity, *, role: str, consortium: bytes
+) -> dict[str, Any]:
+    """``body`` plus the consortium it is issued in, its field digests and a signature by ``identity``
+    (role "client" or "server").
+
+    ``consortium`` (the CA certificate's hash, :attr:`TrustAnchor.consortium_id`) is signed with the
+    rest: an institution that uses one key in two consortia cannot have its report of one presented,
+    re-chained, as a report of the other."""
+    if SIGNATURE in body or DIGESTS in body or CONSORTIUM in body:
         raise ValueError("the document is already signed")
-    doc: dict[str, Any] = {**body, DIGESTS: field_digests(body)}
+    signed = {**body, CONSORTIUM: consortium.hex()}
+    doc: dict[str, Any] = {**signed, DIGESTS: field_digests(signed)}
     value = identity.sign(canonical_json(doc).encode())
     doc[SIGNATURE] = {
         "role": role,
@@ -128,6 +137,11 @@ def verify_document(doc: Mapping[str, Any], trust: TrustAnchor, *, where: str) -
     except (KeyError, ValueError, TypeError) as exc:
         problems.append(f"signature block is malformed: {exc}")
         raise AuditVerifyError(where, problems) from None
+    if doc.get(CONSORTIUM) != trust.consortium_id.hex():
+        problems.append(
+            f"issued in consortium {str(doc.get(CONSORTIUM))[:16]}, not this CA's "
+            f"({trust.consortium_id.hex()[:16]}): a report of another federation"
+        )
     if problems:
         raise AuditVerifyError(where, problems)
     if sig.get("signer") != signer:

@@ -207,7 +207,13 @@ def drive(
             try:
                 if isinstance(ins, RoundStart):
                     honest = StageStart(
-                        ins.config, ins.task, ins.task_config, coordinator.model, ins.secure, ins.evidence
+                        ins.config,
+                        ins.task,
+                        ins.task_config,
+                        coordinator.model,
+                        ins.secure,
+                        ins.evidence,
+                        ins.fault_proofs,
                     )
                     start = lie.start(m.cid, honest)
                     handed[m.cid] = start.config.instruction_hash

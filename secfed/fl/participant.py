@@ -15,7 +15,9 @@ messages. In order, for each stage of a round:
    nothing). The client reports ready.
 3. **Masked-input request.** The input's release identity is written to the institution's release log
    (refused if another session had it: no differencing), then the input is masked and sent.
-4. **Consistency, unmask** as the SecAgg state machine decides.
+4. **Consistency, unmask** as the SecAgg state machine decides; an input re-released into the retry
+   of a session a proven dealer broke is unmasked only with its bound survivor set
+   (:mod:`secfed.fl.releases`).
 
 A refusal reaches the server as its category only (:class:`~secfed.fl.policy.RefusalCategory`); the
 full reason goes to the institution's own log via ``on_refusal``.
@@ -40,12 +42,15 @@ from secfed.fl.tasks import ClientTask
 from secfed.fl.vectors import model_hash
 from secfed.secagg.client import ClientSession
 from secfed.secagg.config import SessionConfig
+from secfed.secagg.errors import InconsistentViewError, Phase
+from secfed.secagg.faultproof import proven_dealers
 from secfed.secagg.messages import (
     AdvertBroadcast,
     AdvertiseKeys,
     ComputeReady,
     ConsistencyRequest,
     ConsistencySignature,
+    DealingFaultProof,
     MaskedInputRequest,
     MaskedInputUpload,
     ShareKeysRelay,
@@ -78,6 +83,8 @@ class StageStart:
     model: NDArray[np.float32]
     secure: bool = True
     evidence: SumEvidence | None = None  # the previous stage's, for a stage whose plan derives from it
+    # A retry after an unmasking a dealer's wrong sharing broke: the proofs (see secfed.fl.releases).
+    fault_proofs: tuple[DealingFaultProof, ...] = ()
 
 
 @dataclass
@@ -212,17 +219,44 @@ class Participant:
                         threshold=start.config.threshold,
                         colluders=self.policy.secagg().assumed_colluders(start.config),
                         attested=session.abandonments,
+                        ready=frozenset(msg.ready),
+                        proven=self._proven_dealers(computed.identity, start),
                     )
                 except Refused as exc:
                     self.abandon()
                     return self._refuse(start.config.round, exc)
             return session.on_masked_input_request(msg)
         if isinstance(msg, ConsistencyRequest):
+            self._check_bound(session, msg)
             return session.on_consistency_request(msg)
-        self.releases.unmasked(session.session_id)  # before any share leaves: never attest it abandoned
+        # Before any share leaves: never attest it abandoned, and remember the survivors it unmasks.
+        self.releases.unmasked(session.session_id, session.survivors)
         response = session.on_unmask_request(msg)
         self._finished = (session, start)
         return response
+
+    def _proven_dealers(self, identity: bytes, start: StageStart) -> frozenset[str]:
+        """Dealers whose wrong sharing broke the unmasking of the session this input last went to, as
+        the proofs the server sent establish them (checked with that session's threshold)."""
+        earlier = self.releases.last_release(identity)
+        if earlier is None or not start.fault_proofs:
+            return frozenset()
+        session_id = bytes.fromhex(earlier.session)
+        return frozenset(proven_dealers(start.fault_proofs, self.trust, session_id, earlier.threshold))
+
+    def _check_bound(self, session: ClientSession, msg: ConsistencyRequest) -> None:
+        """Sign a survivor set only if this stage's input may be unmasked with it (its bound, if any)."""
+        computed = self._computed
+        if computed is None or computed.identity is None:
+            return
+        bound = self.releases.bound(computed.identity, session.session_id)
+        if bound is not None and frozenset(msg.u3) != bound:
+            self.abandon()
+            raise InconsistentViewError(
+                Phase.CONSISTENCY,
+                f"this input may only be unmasked with its bound of {len(bound)} survivors (the retry of "
+                f"a session a proven dealer broke), and the server names {len(msg.u3)} others",
+            )
 
     def finished_config(self) -> SessionConfig | None:
         """The configuration of the last session this institution finished (to decode its evidence)."""

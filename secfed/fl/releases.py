@@ -21,6 +21,15 @@ erased). If at least ``|U2| - t + c + 1`` members of the earlier session's U2 at
 earlier sum can never exist and the input may be released again (the earlier release is void). This
 is what lets a round survive a crashed coordinator or a late dropout without a differencing window.
 
+...or unless the earlier session's unmasking failed on a dealer *proven* to have dealt a wrong sharing
+(:mod:`secfed.secagg.faultproof`). Then the earlier sum may exist for a server colluding with that
+dealer, over the survivor set U3 this institution signed; the retry may sum the same input again only
+over U3 minus the proven dealers (the difference is their inputs, which such a server knows anyway).
+So the input is re-released only if the new session's ready set is exactly that cohort, and the
+institution unmasks that session only if its survivor set is exactly that cohort too (the input's
+*bound*, carried to every later session of the input: a later void or proof can only keep or shrink it
+by proven dealers). This is what lets a round survive a malicious dealer without a differencing window.
+
 A DP-SGD update has an identity too. Its own guarantee would cover re-sending it, but not its peers:
 a server that completes a round and runs it again without one member would get the others' kept
 updates again and difference that member out. So a kept DP update is re-sent only under this same
@@ -49,13 +58,15 @@ def release_identity(kind: str, *parts: bytes | str | int) -> bytes:
 
 @dataclass(frozen=True)
 class Release:
-    """Where an input went: its session, that session's U2 and threshold, and the assumed colluders."""
+    """Where an input went: its session, that session's U2 and threshold, the assumed colluders, and the
+    input's bound (the only survivor set it may be unmasked with; None: unconstrained)."""
 
     session: str
     round: int
     u2: frozenset[str]
     threshold: int
     colluders: int
+    bound: frozenset[str] | None = None
 
     def void_quorum(self) -> int:
         """Attestations of U2 members needed to prove this session can never be unmasked."""
@@ -70,7 +81,7 @@ class ReleaseLog:
         self._lock = threading.Lock()
         self._released: dict[bytes, Release] = {}
         self._joined: dict[str, int] = {}  # session id (hex) -> round
-        self._unmasked: set[str] = set()
+        self._unmasked: dict[str, frozenset[str]] = {}  # session id (hex) -> the U3 this client signed
         if path is not None and path.exists():
             for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
                 if line.strip():
@@ -84,15 +95,15 @@ class ReleaseLog:
         if kind == "joined":
             self._joined[str(entry["session"])] = int(str(entry["round"]))
         elif kind == "unmasked":
-            self._unmasked.add(str(entry["session"]))
+            self._unmasked[str(entry["session"])] = _members(entry.get("u3")) or frozenset()
         else:
-            u2 = entry.get("u2")
             self._released[bytes.fromhex(str(entry["identity"]))] = Release(
                 session=str(entry["session"]),
                 round=int(str(entry["round"])),
-                u2=frozenset(str(c) for c in u2) if isinstance(u2, list) else frozenset(),
+                u2=_members(entry.get("u2")) or frozenset(),
                 threshold=int(str(entry.get("threshold", 0))),
                 colluders=int(str(entry.get("colluders", 0))),
+                bound=_members(entry.get("bound")),
             )
 
     def _append(self, entry: dict[str, object]) -> None:
@@ -109,13 +120,14 @@ class ReleaseLog:
                 self._append({"kind": "joined", "session": sid, "round": round_})
                 self._joined[sid] = round_
 
-    def unmasked(self, session_id: bytes) -> None:
-        """This institution answers the unmask request of ``session_id`` (recorded before it does)."""
+    def unmasked(self, session_id: bytes, u3: Set[str]) -> None:
+        """This institution answers the unmask request of ``session_id`` for survivors ``u3`` (recorded
+        before it does)."""
         sid = session_id.hex()
         with self._lock:
             if sid not in self._unmasked:
-                self._append({"kind": "unmasked", "session": sid})
-                self._unmasked.add(sid)
+                self._append({"kind": "unmasked", "session": sid, "u3": sorted(u3)})
+                self._unmasked[sid] = frozenset(u3)
 
     def abandoned(self, round_: int) -> tuple[bytes, ...]:
         """Sessions of ``round_`` this institution joined and never unmasked (their secrets are gone):
@@ -132,6 +144,15 @@ class ReleaseLog:
         found = self._released.get(identity)
         return found.session if found is not None else None
 
+    def last_release(self, identity: bytes) -> Release | None:
+        """Where an identity was last released (its session, threshold and bound), or None."""
+        return self._released.get(identity)
+
+    def bound(self, identity: bytes, session_id: bytes) -> frozenset[str] | None:
+        """The only survivor set ``session_id`` may unmask ``identity`` with (None: unconstrained)."""
+        found = self._released.get(identity)
+        return found.bound if found is not None and found.session == session_id.hex() else None
+
     def release(
         self,
         identity: bytes,
@@ -142,25 +163,24 @@ class ReleaseLog:
         threshold: int,
         colluders: int,
         attested: Mapping[bytes, Set[str]] | None = None,
+        ready: Set[str] = frozenset(),
+        proven: Set[str] = frozenset(),
     ) -> None:
-        """Record ``identity`` as released to ``session_id``; refuse it if another session had it,
-        unless ``attested`` (session id -> members whose signed advert says they abandoned it without
-        unmasking) proves that session can never be unmasked."""
+        """Record ``identity`` as released to ``session_id``, whose ready set is ``ready``.
+
+        Refused if another session had it, unless ``attested`` (session id -> members whose signed
+        advert says they abandoned it without unmasking) proves that session can never be unmasked, or
+        ``proven`` names dealers proven (by checked fault proofs) to have broken that session's
+        unmasking, and ``ready`` is exactly the survivors this institution signed there minus them.
+        An input's bound, once set, holds for every later session (see the module docstring)."""
         sid = session_id.hex()
         with self._lock:
             earlier = self._released.get(identity)
+            bound = earlier.bound if earlier is not None else None
             if earlier is not None and earlier.session != sid:
-                attesters = set((attested or {}).get(bytes.fromhex(earlier.session), set())) & earlier.u2
-                if len(attesters) < earlier.void_quorum():
-                    raise Refused(
-                        RefusalCategory.RELEASED,
-                        f"this input was already released to session {earlier.session[:16]}, and only "
-                        f"{len(attesters)} of its members attest it was abandoned without unmasking "
-                        f"(at least {earlier.void_quorum()} needed); summing it again over another cohort "
-                        "would let the server difference it out",
-                    )
+                bound = self._retry_bound(earlier, attested or {}, frozenset(ready), frozenset(proven))
             if earlier is None or earlier.session != sid:
-                record = Release(sid, round_, frozenset(u2), threshold, colluders)
+                record = Release(sid, round_, frozenset(u2), threshold, colluders, bound)
                 self._append(
                     {
                         "kind": "released",
@@ -171,9 +191,44 @@ class ReleaseLog:
                         "threshold": threshold,
                         "colluders": colluders,
                         "voids": earlier.session if earlier is not None else None,
+                        "bound": sorted(bound) if bound is not None else None,
                     }
                 )
                 self._released[identity] = record
 
+    def _retry_bound(
+        self,
+        earlier: Release,
+        attested: Mapping[bytes, Set[str]],
+        ready: frozenset[str],
+        proven: frozenset[str],
+    ) -> frozenset[str] | None:
+        """The bound of an input released again after ``earlier``, or :class:`Refused`."""
+        attesters = set(attested.get(bytes.fromhex(earlier.session), set())) & earlier.u2
+        if len(attesters) >= earlier.void_quorum():  # the earlier sum can never exist
+            if earlier.bound is not None and ready != earlier.bound:
+                raise Refused(
+                    RefusalCategory.RELEASED,
+                    f"this input may only be summed over its bound of {len(earlier.bound)} members (an "
+                    f"earlier sum of it may exist), and this session is ready with {len(ready)} others",
+                )
+            return earlier.bound
+        signed = self._unmasked.get(earlier.session)
+        if proven and signed is not None and ready == signed - proven:
+            return ready
+        raise Refused(
+            RefusalCategory.RELEASED,
+            f"this input was already released to session {earlier.session[:16]}, and only "
+            f"{len(attesters)} of its members attest it was abandoned without unmasking "
+            f"(at least {earlier.void_quorum()} needed), nor is this the retry of that session over its "
+            "survivors minus dealers proven wrong; summing it again over another cohort would let the "
+            "server difference it out",
+        )
+
     def __len__(self) -> int:
         return len(self._released)
+
+
+def _members(value: object) -> frozenset[str] | None:
+    """A JSON list of client ids as a set (None when absent)."""
+    return frozenset(str(c) for c in value) if isinstance(value, list) else None

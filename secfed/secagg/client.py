@@ -70,6 +70,7 @@ from secfed.secagg.messages import (
     SumEvidence,
     UnmaskRequest,
     UnmaskResponse,
+    ciphertext_digest,
     consistency_payload,
     masked_input_payload,
     share_commitment_payload,
@@ -184,6 +185,11 @@ class ClientSession:
         return self._u2
 
     @property
+    def survivors(self) -> frozenset[str]:
+        """The survivor set U3 this client signed (empty before the consistency phase)."""
+        return frozenset(self._u3)
+
+    @property
     def holds_secrets(self) -> bool:
         """True while any key, seed or share is still reachable from this object."""
         return any(
@@ -255,6 +261,7 @@ class ClientSession:
         self._own_b_share = b_shares[self._config.position(self.client_id)].to_bytes()
         ciphertexts: dict[str, bytes] = {}
         commitments: dict[str, ShareCommitment] = {}
+        seed_commitment = derive.b_commitment(self._sid, self.client_id, self._b_seed)
         for peer in sorted(peers):
             pos = self._config.position(peer)
             try:
@@ -269,29 +276,42 @@ class ClientSession:
                 self.client_id, peer, s_shares[pos].to_bytes(), b_shares[pos].to_bytes()
             )
             ciphertexts[peer] = aead.seal(key, plaintext, derive.share_ad(self._sid, self.client_id, peer))
-            commitments[peer] = self._commit(peer, ciphertexts[peer], s_shares[pos], b_shares[pos])
+            commitments[peer] = self._commit(
+                peer, ciphertexts[peer], s_shares[pos], b_shares[pos], seed_commitment
+            )
         me = self._config.position(self.client_id)
-        commitments[self.client_id] = self._commit(self.client_id, b"", s_shares[me], b_shares[me])
+        commitments[self.client_id] = self._commit(
+            self.client_id, b"", s_shares[me], b_shares[me], seed_commitment
+        )
         del s_shares, b_shares
         self._phase = Phase.SHARE_KEYS
         return ShareKeysUpload(
             session_id=self._sid,
             sender=self.client_id,
             ciphertexts=ciphertexts,
-            b_commitment=derive.b_commitment(self._sid, self.client_id, self._b_seed),
+            b_commitment=seed_commitment,
             commitments=commitments,
         )
 
     def _commit(
-        self, holder: str, ciphertext: bytes, s_share: shamir.Share, b_share: shamir.Share
+        self,
+        holder: str,
+        ciphertext: bytes,
+        s_share: shamir.Share,
+        b_share: shamir.Share,
+        seed_commitment: bytes,
     ) -> ShareCommitment:
         """This dealer's signed word on the shares ``holder`` gets (its own included, ciphertext empty)."""
+        assert self._mask_keys is not None
         unsigned = ShareCommitment(
             s=derive.share_hash(self._sid, self.client_id, holder, b"s", s_share.to_bytes()),
             b=derive.share_hash(self._sid, self.client_id, holder, b"b", b_share.to_bytes()),
+            seed_commitment=seed_commitment,
             signature=b"",
         )
-        payload = share_commitment_payload(self._sid, self.client_id, holder, ciphertext, unsigned)
+        payload = share_commitment_payload(
+            self._sid, self.client_id, holder, ciphertext_digest(ciphertext), unsigned, self._mask_keys.public
+        )
         return replace(unsigned, signature=self._identity.sign(payload))
 
     def _verify_advert(self, advert: AdvertiseKeys) -> None:
@@ -356,7 +376,14 @@ class ClientSession:
                 verify_signature(
                     self._certs[sender],
                     commitment.signature,
-                    share_commitment_payload(self._sid, sender, self.client_id, sealed, commitment),
+                    share_commitment_payload(
+                        self._sid,
+                        sender,
+                        self.client_id,
+                        ciphertext_digest(sealed),
+                        commitment,
+                        self._adverts[sender].pk_mask,
+                    ),
                 )
             except IdentityError as exc:
                 # The server checked every dealer's signature on upload: an invalid one here was

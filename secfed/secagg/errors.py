@@ -10,6 +10,10 @@ raises :class:`MalformedInputError` and :class:`LateMessageError` for bad upload
 from __future__ import annotations
 
 from enum import StrEnum
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from secfed.secagg.messages import DealingFaultProof
 
 
 class Phase(StrEnum):
@@ -117,10 +121,20 @@ class DealerFaultError(UnmaskError):
     """A member's own sharing is wrong, with evidence that holds whoever forwarded its shares.
 
     ``client_id`` is the dealer. ``evidence`` names what shows it: the holders whose shares (each
-    signed by the dealer) do not form one valid sharing, or the holders that reported its shares
-    invalid when they outnumber the colluder bound. The coordinator records it with the round and
-    leaves the dealer out of the next attempts."""
+    signed by the dealer) do not form one valid sharing, or whose complaints about its shares were
+    upheld. ``proof``, when the fault surfaced at unmask (after inputs were released), is the signed
+    evidence every member checks before it takes part in the retry. The coordinator records the
+    fault with the round and leaves the dealer out of the next attempts."""
 
-    def __init__(self, phase: Phase, message: str, *, client_id: str, evidence: dict[str, list[str]]) -> None:
+    def __init__(
+        self,
+        phase: Phase,
+        message: str,
+        *,
+        client_id: str,
+        evidence: dict[str, list[str]],
+        proof: DealingFaultProof | None = None,
+    ) -> None:
         super().__init__(phase, message, client_id=client_id)
         self.evidence = evidence
+        self.proof = proof

@@ -20,7 +20,7 @@ from secfed.secagg.config import PROTOCOL_VERSION
 ADVERT_CONTEXT = b"secfed/secagg/advertise/v1"
 CONSISTENCY_CONTEXT = b"secfed/secagg/consistency/v1"
 MASKED_INPUT_CONTEXT = b"secfed/secagg/masked-input/v1"
-SHARE_COMMITMENT_CONTEXT = b"secfed/secagg/share-commitment/v1"
+SHARE_COMMITMENT_CONTEXT = b"secfed/secagg/share-commitment/v2"
 
 
 @dataclass(frozen=True)
@@ -77,24 +77,41 @@ class ShareCommitment:
 
     s: bytes
     b: bytes
+    # The dealer's commitment to its self-mask seed (the same in every holder's commitment, and equal to
+    # ShareKeysUpload.b_commitment): signed here so a reconstruction that fails it is provably the
+    # dealer's fault (see secfed.secagg.faultproof).
+    seed_commitment: bytes
     signature: bytes
 
 
 def share_commitment_payload(
-    session_id: bytes, dealer: str, holder: str, ciphertext: bytes, commitment: ShareCommitment
+    session_id: bytes,
+    dealer: str,
+    holder: str,
+    ciphertext_digest: bytes,
+    commitment: ShareCommitment,
+    pk_mask: bytes,
 ) -> bytes:
-    """What a dealer signs for each holder: the session, both parties, the ciphertext (so a server that
-    alters it in transit breaks the signature, and a holder's complaint about it is credible) and the
-    two share hashes."""
+    """What a dealer signs for each holder: the session, both parties, the SHA-256 of the ciphertext
+    (so a server that alters it in transit breaks the signature, and a holder's complaint about it is
+    credible), the two share hashes, and the public checks of the two secrets (the seed commitment and
+    the advertised mask key), so that shares failing those checks are the dealer's signed fault."""
     return encode_fields(
         SHARE_COMMITMENT_CONTEXT,
         session_id,
         dealer,
         holder,
-        hashlib.sha256(ciphertext).digest(),
+        ciphertext_digest,
         commitment.s,
         commitment.b,
+        commitment.seed_commitment,
+        pk_mask,
     )
+
+
+def ciphertext_digest(ciphertext: bytes) -> bytes:
+    """The digest of a share ciphertext that a share commitment signs (a proof carries only this)."""
+    return hashlib.sha256(ciphertext).digest()
 
 
 @dataclass(frozen=True)
@@ -238,6 +255,33 @@ class UnmaskResponse:
     sender: str
     b_shares: Mapping[str, bytes]
     s_shares: Mapping[str, bytes]
+
+
+@dataclass(frozen=True)
+class RevealedShare:
+    """One share a holder revealed at unmask, with what its dealer signed about it for that holder."""
+
+    share: bytes
+    ciphertext_digest: bytes
+    commitment: ShareCommitment
+
+
+@dataclass(frozen=True)
+class DealingFaultProof:
+    """Evidence anyone holding the consortium CA can check that ``dealer`` dealt a wrong sharing in
+    session ``session_id``: at least ``t`` of its ``kind`` shares (``b"b"``: self-mask seed, ``b"s"``:
+    mask key), each under the dealer's own signature for its holder, that do not lie on one polynomial
+    or reconstruct a secret failing the public check the dealer signed with them (``seed_commitment``
+    or ``pk_mask``). An honest dealer never signs such shares, so the proof cannot frame one; see
+    :mod:`secfed.secagg.faultproof` for its check and for why it lets a round be retried safely."""
+
+    session_id: bytes
+    dealer: str
+    kind: bytes
+    cert_chain: tuple[bytes, ...]
+    pk_mask: bytes
+    seed_commitment: bytes
+    shares: Mapping[str, RevealedShare]
 
 
 @dataclass(frozen=True, eq=False)

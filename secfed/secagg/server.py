@@ -35,6 +35,7 @@ from secfed.secagg.errors import (
     ShareDecryptionError,
     UnmaskError,
 )
+from secfed.secagg.faultproof import WrongDealingError, reconstruct_dealt
 from secfed.secagg.fixedpoint import decode
 from secfed.secagg.graph import CompleteGraph, Neighbourhood
 from secfed.secagg.messages import (
@@ -44,13 +45,16 @@ from secfed.secagg.messages import (
     ComputeReady,
     ConsistencyRequest,
     ConsistencySignature,
+    DealingFaultProof,
     MaskedInputRequest,
     MaskedInputUpload,
+    RevealedShare,
     ShareKeysRelay,
     ShareKeysUpload,
     SumEvidence,
     UnmaskRequest,
     UnmaskResponse,
+    ciphertext_digest,
     consistency_payload,
     masked_input_payload,
     share_commitment_payload,
@@ -61,11 +65,6 @@ from secfed.secagg.unmask import remove_masks
 _ORDER = [*UPLOAD_PHASES, Phase.DONE]
 _MAX_CIPHERTEXT = 1024
 _MAX_SIGNATURE = 512
-
-
-def _s_check(public_key: bytes) -> Callable[[bytes], bool]:
-    """A reconstructed mask key is right iff its public half is the advertised one."""
-    return lambda secret: public_of(private_from_bytes(secret)) == public_key
 
 
 class ServerSession:
@@ -120,6 +119,11 @@ class ServerSession:
     @property
     def session_id(self) -> bytes:
         return self._sid
+
+    @property
+    def survivors(self) -> tuple[str, ...]:
+        """U3: the clients whose masked input the server holds (empty before the consistency phase)."""
+        return self._u3
 
     @property
     def config(self) -> SessionConfig:
@@ -215,13 +219,17 @@ class ServerSession:
                 or len(commitment.signature) > _MAX_SIGNATURE
             ):
                 raise bad("malformed share commitment")
+            if commitment.seed_commitment != msg.b_commitment:
+                raise bad(f"share commitment for {holder!r} names another seed commitment")
             if who in self._certs:  # known when the session checks identities (always, in a deployment)
-                sealed = msg.ciphertexts.get(holder, b"")
+                digest = ciphertext_digest(msg.ciphertexts.get(holder, b""))
                 try:
                     verify_signature(
                         self._certs[who],
                         commitment.signature,
-                        share_commitment_payload(self._sid, who, holder, sealed, commitment),
+                        share_commitment_payload(
+                            self._sid, who, holder, digest, commitment, self._adverts[who].pk_mask
+                        ),
                     )
                 except IdentityError as exc:
                     raise bad(f"share commitment for {holder!r} is not signed by the sender") from exc
@@ -441,17 +449,13 @@ class ServerSession:
         self._require(len(self._unmask), t, Phase.UNMASK, "unmask responses")
         b_seeds = {
             v: self._reconstruct(
-                v,
-                [r.b_shares[v] for r in self._unmask.values() if v in r.b_shares],
-                self._b_check(v, self._share_uploads[v].b_commitment),
+                v, b"b", {h: r.b_shares[v] for h, r in self._unmask.items() if v in r.b_shares}
             )
             for v in self._u3
         }
         mask_keys = {
             u: self._reconstruct(
-                u,
-                [r.s_shares[u] for r in self._unmask.values() if u in r.s_shares],
-                _s_check(self._adverts[u].pk_mask),
+                u, b"s", {h: r.s_shares[u] for h, r in self._unmask.items() if u in r.s_shares}
             )
             for u in self._dropped
         }
@@ -493,42 +497,59 @@ class ServerSession:
         """After :meth:`finalize` of a session that keeps its inputs: the material to verify its sum."""
         return self._evidence
 
-    def _b_check(self, owner: str, commitment: bytes) -> Callable[[bytes], bool]:
-        return lambda secret: derive.b_commitment(self._sid, owner, secret) == commitment
-
-    def _reconstruct(self, owner: str, raw_shares: list[bytes], ok: Callable[[bytes], bool]) -> bytes:
-        """Reconstruct ``owner``'s secret from shares already checked against its signed commitments.
+    def _reconstruct(self, owner: str, kind: bytes, revealed: Mapping[str, bytes]) -> bytes:
+        """Reconstruct ``owner``'s ``kind`` secret from the shares its holders revealed, each already
+        checked against the commitment ``owner`` signed for that holder.
 
         No subset search: every share here is the one the dealer signed for its holder. If they do
-        not lie on one polynomial, or reconstruct a secret that fails its public check, the dealing
-        itself is wrong and provably the dealer's (:class:`DealerFaultError`, which names it). Too few
-        shares blame no one (a dealer more holders complained about than could collude never gets
-        here: :meth:`close_compute` ends the session first).
+        not form one sharing of the secret the dealer's public check names, the dealing itself is
+        wrong and provably the dealer's: :class:`DealerFaultError` names it and carries a
+        :class:`DealingFaultProof` that every member can check (see :mod:`secfed.secagg.faultproof`).
+        Too few shares blame no one (a dealer more holders complained about than could collude never
+        gets here: :meth:`close_compute` ends the session first).
         """
         t = self._config.threshold
-        shares = [shamir.Share.from_bytes(r) for r in raw_shares]
-        if len(shares) < t:
-            raise UnmaskError(Phase.UNMASK, f"only {len(shares)} valid shares, need {t}", client_id=owner)
+        if len(revealed) < t:
+            raise UnmaskError(Phase.UNMASK, f"only {len(revealed)} valid shares, need {t}", client_id=owner)
+        upload, advert = self._share_uploads[owner], self._adverts[owner]
         try:
-            secret = shamir.reconstruct_verified(shares, t)
-        except shamir.ShamirError as exc:
-            raise DealerFaultError(
-                Phase.UNMASK,
-                f"the shares it signed do not form one sharing of a secret ({exc})",
-                client_id=owner,
-                evidence={"holders": sorted(self._holder_of(s) for s in shares)},
-            ) from exc
-        if not ok(secret):
-            raise DealerFaultError(
-                Phase.UNMASK,
-                "the shares it signed reconstruct a secret that does not match its own commitment",
-                client_id=owner,
-                evidence={"holders": sorted(self._holder_of(s) for s in shares)},
+            return reconstruct_dealt(
+                [shamir.Share.from_bytes(raw) for raw in revealed.values()],
+                t,
+                kind=kind,
+                session_id=self._sid,
+                dealer=owner,
+                seed_commitment=upload.b_commitment,
+                pk_mask=advert.pk_mask,
             )
-        return secret
+        except WrongDealingError as exc:
+            raise DealerFaultError(
+                Phase.UNMASK,
+                str(exc),
+                client_id=owner,
+                evidence={"holders": sorted(revealed)},
+                proof=self._fault_proof(owner, kind, revealed),
+            ) from exc
 
-    def _holder_of(self, share: shamir.Share) -> str:
-        return self._config.roster[share.x - 1]
+    def _fault_proof(self, owner: str, kind: bytes, revealed: Mapping[str, bytes]) -> DealingFaultProof:
+        """The revealed shares of ``owner`` with everything it signed about them, for members to check."""
+        upload, advert = self._share_uploads[owner], self._adverts[owner]
+        return DealingFaultProof(
+            session_id=self._sid,
+            dealer=owner,
+            kind=kind,
+            cert_chain=advert.cert_chain,
+            pk_mask=advert.pk_mask,
+            seed_commitment=upload.b_commitment,
+            shares={
+                holder: RevealedShare(
+                    share=raw,
+                    ciphertext_digest=ciphertext_digest(upload.ciphertexts.get(holder, b"")),
+                    commitment=upload.commitments[holder],
+                )
+                for holder, raw in sorted(revealed.items())
+            },
+        )
 
     # -- helpers -------------------------------------------------------------------------------
     def _expect(self, phase: Phase, who: str | None) -> None:

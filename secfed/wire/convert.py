@@ -36,8 +36,10 @@ from secfed.secagg.messages import (
     ComputeReady,
     ConsistencyRequest,
     ConsistencySignature,
+    DealingFaultProof,
     MaskedInputRequest,
     MaskedInputUpload,
+    RevealedShare,
     ShareCommitment,
     ShareKeysRelay,
     ShareKeysUpload,
@@ -65,6 +67,8 @@ __all__ = [
     "consistency_signature_to_proto",
     "envelope_from_bytes",
     "envelope_to_bytes",
+    "fault_proof_from_proto",
+    "fault_proof_to_proto",
     "masked_input_from_proto",
     "masked_input_request_from_proto",
     "masked_input_request_to_proto",
@@ -286,12 +290,61 @@ def advert_broadcast_from_proto(msg: pb.AdvertBroadcast) -> AdvertBroadcast:
 # ---------------------------------------------------------------------------------------------------
 
 
+def _commitment_to_proto(c: ShareCommitment) -> pb.ShareCommitment:
+    return pb.ShareCommitment(s=c.s, b=c.b, seed_commitment=c.seed_commitment, signature=c.signature)
+
+
+def _commitment_from_proto(c: pb.ShareCommitment) -> ShareCommitment:
+    return ShareCommitment(
+        s=bytes(c.s), b=bytes(c.b), seed_commitment=bytes(c.seed_commitment), signature=bytes(c.signature)
+    )
+
+
 def _commitments_to_proto(commitments: Mapping[str, ShareCommitment]) -> dict[str, pb.ShareCommitment]:
-    return {k: pb.ShareCommitment(s=c.s, b=c.b, signature=c.signature) for k, c in commitments.items()}
+    return {k: _commitment_to_proto(c) for k, c in commitments.items()}
 
 
 def _commitments_from_proto(commitments: Mapping[str, pb.ShareCommitment]) -> dict[str, ShareCommitment]:
-    return {k: ShareCommitment(bytes(c.s), bytes(c.b), bytes(c.signature)) for k, c in commitments.items()}
+    return {k: _commitment_from_proto(c) for k, c in commitments.items()}
+
+
+def fault_proof_to_proto(m: DealingFaultProof) -> pb.DealingFaultProof:
+    return pb.DealingFaultProof(
+        session_id=m.session_id,
+        dealer=m.dealer,
+        kind=m.kind,
+        cert_chain=list(m.cert_chain),
+        pk_mask=m.pk_mask,
+        seed_commitment=m.seed_commitment,
+        shares={
+            holder: pb.RevealedShare(
+                share=r.share,
+                ciphertext_digest=r.ciphertext_digest,
+                commitment=_commitment_to_proto(r.commitment),
+            )
+            for holder, r in m.shares.items()
+        },
+    )
+
+
+def fault_proof_from_proto(msg: pb.DealingFaultProof) -> DealingFaultProof:
+    """Decode a dealer-fault proof (its checks are :func:`secfed.secagg.faultproof.check_fault_proof`)."""
+    return DealingFaultProof(
+        session_id=bytes(msg.session_id),
+        dealer=msg.dealer,
+        kind=bytes(msg.kind),
+        cert_chain=tuple(bytes(c) for c in msg.cert_chain),
+        pk_mask=bytes(msg.pk_mask),
+        seed_commitment=bytes(msg.seed_commitment),
+        shares={
+            holder: RevealedShare(
+                share=bytes(r.share),
+                ciphertext_digest=bytes(r.ciphertext_digest),
+                commitment=_commitment_from_proto(r.commitment),
+            )
+            for holder, r in msg.shares.items()
+        },
+    )
 
 
 def share_keys_upload_to_proto(m: ShareKeysUpload) -> pb.ShareKeysUpload:

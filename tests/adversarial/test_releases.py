@@ -62,7 +62,7 @@ def test_an_unmasked_session_is_never_listed_as_abandoned(tmp_path: Path) -> Non
     log.joined(S1, 3)
     log.joined(S2, 3)
     log.joined(b"\x03" * 32, 4)
-    log.unmasked(S2)
+    log.unmasked(S2, {"a", "b"})
     assert log.abandoned(3) == (S1,)
     assert ReleaseLog(tmp_path / "r.jsonl").abandoned(3) == (S1,)  # durable too
 
@@ -77,3 +77,67 @@ def test_a_corrupt_log_is_a_clear_error(tmp_path: Path) -> None:
     path.write_text("{not json\n")
     with pytest.raises(ValueError, match=r"r\.jsonl:1"):
         ReleaseLog(path)
+
+
+S3 = b"\x03" * 32
+U3 = frozenset({"a", "b", "c", "e"})  # the survivors this institution signed in S1 ("e" is the dealer)
+
+
+def _retry(
+    log: ReleaseLog,
+    sid: bytes,
+    ready: set[str],
+    proven: set[str],
+    attested: dict[bytes, set[str]] | None = None,
+) -> None:
+    log.release(
+        b"input",
+        sid,
+        round_=3,
+        u2=U2,
+        threshold=4,
+        colluders=1,
+        attested=attested,
+        ready=ready,
+        proven=proven,
+    )
+
+
+def test_a_retry_after_a_proven_dealer_takes_exactly_the_survivors_minus_it(tmp_path: Path) -> None:
+    """After S1's unmasking failed on dealer "e" (proven), its sum over U3 may exist for a server
+    colluding with "e". The input goes again only into a session ready with U3 minus "e": with one
+    honest member fewer (or more) the two sums would isolate it."""
+    log = ReleaseLog(tmp_path / "r.jsonl")
+    _release(log, S1)
+    log.unmasked(S1, U3)
+    for ready in ({"a", "b"}, {"a", "b", "c", "d"}, set(U3)):
+        with pytest.raises(Refused):
+            _retry(log, S2, ready, {"e"})
+    with pytest.raises(Refused):
+        _retry(log, S2, {"a", "b", "c"}, set())  # the right cohort, but no one proven
+    _retry(log, S2, {"a", "b", "c"}, {"e"})
+    assert log.bound(b"input", S2) == frozenset({"a", "b", "c"})
+    assert ReleaseLog(tmp_path / "r.jsonl").bound(b"input", S2) == frozenset({"a", "b", "c"})  # durable
+    assert log.bound(b"input", S1) is None
+
+
+def test_an_input_never_unmasked_by_this_institution_has_no_retry_by_proof(tmp_path: Path) -> None:
+    """Without its own record of the survivors it signed, an institution cannot tell the retry's cohort."""
+    log = ReleaseLog(tmp_path / "r.jsonl")
+    _release(log, S1)
+    with pytest.raises(Refused):
+        _retry(log, S2, {"a", "b", "c"}, {"e"})
+
+
+def test_the_bound_holds_through_a_later_voided_session(tmp_path: Path) -> None:
+    """S2 (the retry) is then abandoned before unmasking and proven void: S1's sum may still exist, so
+    a third session must still be ready with exactly the bound, however many attest S2 void."""
+    log = ReleaseLog(tmp_path / "r.jsonl")
+    _release(log, S1)
+    log.unmasked(S1, U3)
+    _retry(log, S2, {"a", "b", "c"}, {"e"})
+    void = {S2: set(U2)}
+    with pytest.raises(Refused, match="bound"):
+        _retry(log, S3, {"a", "b", "c", "d"}, set(), void)
+    _retry(log, S3, {"a", "b", "c"}, set(), void)
+    assert log.bound(b"input", S3) == frozenset({"a", "b", "c"})

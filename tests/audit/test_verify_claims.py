@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives import serialization
 from secfed.audit.commands import verify_reports
 from secfed.audit.report import ServerFacts, federation_report, institution_report
 from secfed.audit.signing import sign_document
-from secfed.crypto.identity import Identity
+from secfed.crypto.identity import Identity, TrustAnchor
 from secfed.dp.accounting import DpEvent
 from secfed.dp.ledger import PrivacyLedger
 from secfed.pki.issue import create_ca, issue_client, issue_server
@@ -29,6 +29,7 @@ class Run:
     def __init__(self, root: Path) -> None:
         self.root = root
         ca = create_ca("test CA")
+        self.consortium = TrustAnchor(ca.certificate).consortium_id
         (root / "pki" / "ca").mkdir(parents=True)
         (root / "pki" / "ca" / "ca.pem").write_bytes(ca.certificate.public_bytes(serialization.Encoding.PEM))
         self.ids = {c: issue_client(ca, c) for c in ("inst01", "inst02")}
@@ -43,7 +44,8 @@ class Run:
         (root / "audit").mkdir()
 
     def write(self, name: str, doc: dict[str, Any], signer: Identity, role: str) -> None:
-        (self.root / "audit" / name).write_text(json.dumps(sign_document(doc, signer, role=role)))
+        signed = sign_document(doc, signer, role=role, consortium=self.consortium)
+        (self.root / "audit" / name).write_text(json.dumps(signed))
 
     def federation(self, institutions: dict[str, dict[str, Any]]) -> dict[str, Any]:
         doc = federation_report(ServerFacts("run", "fed", "fedit-lora", [], []), institutions=institutions)
@@ -104,3 +106,16 @@ def test_a_federation_report_signed_by_an_institution_is_caught(run: Run) -> Non
     run.write("inst02.json", run.honest, run.ids["inst02"], "client")
     run.write("federation.json", run.federation({"inst02": run.honest}), run.ids["inst01"], "client")
     assert any("must be signed by the coordinator" in p for p in run.problems()["federation.json"])
+
+
+def test_a_report_issued_in_another_consortium_is_refused(run: Run) -> None:
+    """The attack: an institution that uses one key in two consortia has its report of one presented,
+    with a certificate of this CA, as a report of this federation. The consortium is signed in the
+    report, so the CA hash it names must be this one."""
+    body = json.loads(json.dumps(run.honest))
+    signed = sign_document(body, run.ids["inst02"], role="client", consortium=bytes(32))
+    (run.root / "audit" / "inst02.json").write_text(json.dumps(signed))
+    assert any("a report of another federation" in p for p in run.problems()["inst02.json"])
+    signed["consortium"] = run.consortium.hex()  # and the field cannot be rewritten after signing
+    (run.root / "audit" / "inst02.json").write_text(json.dumps(signed))
+    assert any("field consortium was edited" in p for p in run.problems()["inst02.json"])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -157,8 +158,14 @@ def corrupt_dealing(
 
     calls = {"n": 0}
 
+    # The replacements stay installed for the whole context and act only inside the dealer's own call
+    # (a thread-local flag), so clients running in other threads (a loopback federation) deal honestly.
+    active = threading.local()
+
     def split(secret: bytes, t: int, positions: Any) -> dict[int, shamir.Share]:
         shares = real_split(secret, t, positions)
+        if not getattr(active, "on", False):
+            return shares
         which = "s" if calls["n"] == 0 else "b"
         calls["n"] += 1
         targets = [p for p in sorted(shares) if p != own_position["p"]]
@@ -172,7 +179,7 @@ def corrupt_dealing(
         }
 
     def plaintext(sender: str, recipient: str, s_share: bytes, b_share: bytes) -> bytes:
-        if not signed and sender == dealer:
+        if getattr(active, "on", False) and not signed and sender == dealer:
             x = shamir.Share.from_bytes(s_share).x
             if x - 1 in bad_positions:
                 s_share = off_by_one(s_share) if kind in ("s", "both") else s_share
@@ -186,11 +193,14 @@ def corrupt_dealing(
             return original(self, msg)
         calls["n"] = 0
         own_position["p"] = (config or self._config).position(dealer)
-        with monkeypatch.context() as m:
-            m.setattr(shamir, "split", split)
-            m.setattr(derive, "share_plaintext", plaintext)
+        active.on = True
+        try:
             return original(self, msg)
+        finally:
+            active.on = False
 
     with monkeypatch.context() as m:
+        m.setattr(shamir, "split", split)
+        m.setattr(derive, "share_plaintext", plaintext)
         m.setattr(client_module.ClientSession, "on_advert_broadcast", advert_broadcast)
         yield

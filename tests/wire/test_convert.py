@@ -22,7 +22,10 @@ from secfed.secagg.messages import (
     AdvertiseKeys,
     ConsistencyRequest,
     ConsistencySignature,
+    DealingFaultProof,
     MaskedInputUpload,
+    RevealedShare,
+    ShareCommitment,
     ShareKeysRelay,
     ShareKeysUpload,
     UnmaskRequest,
@@ -86,7 +89,22 @@ SAMPLES: dict[str, Any] = {
     "advert_empty_chain": AdvertiseKeys("c03", 0, b"", b"", b"", b"", b"", ()),
     "advert_broadcast": AdvertBroadcast(round=5, config_digest=rnd(), adverts=(advert("c00"), advert("c04"))),
     "share_keys_upload": ShareKeysUpload(
-        session_id=rnd(), sender="c00", ciphertexts={c: rnd(90) for c in IDS[1:]}, b_commitment=rnd()
+        session_id=rnd(),
+        sender="c00",
+        ciphertexts={c: rnd(90) for c in IDS[1:]},
+        b_commitment=rnd(),
+        commitments={c: ShareCommitment(rnd(), rnd(), rnd(), rnd(71)) for c in IDS},
+    ),
+    "fault_proof": DealingFaultProof(
+        session_id=rnd(),
+        dealer="c04",
+        kind=b"s",
+        cert_chain=(rnd(500), rnd(400)),
+        pk_mask=rnd(),
+        seed_commitment=rnd(),
+        shares={
+            c: RevealedShare(rnd(70), rnd(), ShareCommitment(rnd(), rnd(), rnd(), rnd(71))) for c in IDS[:3]
+        },
     ),
     "share_keys_relay": ShareKeysRelay(
         session_id=rnd(), recipient="c01", u2=IDS, ciphertexts={c: rnd(90) for c in IDS if c != "c01"}
@@ -112,6 +130,7 @@ CODECS: dict[str, tuple[Callable[[Any], Message], Callable[[Any], Any], type[Mes
     "advert_empty_chain": (cv.advert_to_proto, cv.advert_from_proto, pb.AdvertiseKeys),
     "advert_broadcast": (cv.advert_broadcast_to_proto, cv.advert_broadcast_from_proto, pb.AdvertBroadcast),
     "share_keys_upload": (cv.share_keys_upload_to_proto, cv.share_keys_upload_from_proto, pb.ShareKeysUpload),
+    "fault_proof": (cv.fault_proof_to_proto, cv.fault_proof_from_proto, pb.DealingFaultProof),
     "share_keys_relay": (cv.share_keys_relay_to_proto, cv.share_keys_relay_from_proto, pb.ShareKeysRelay),
     "consistency_request": (
         cv.consistency_request_to_proto,

@@ -146,7 +146,7 @@ class Wait(_message.Message):
     def __init__(self, retry_after_ms: _Optional[int] = ...) -> None: ...
 
 class RoundStart(_message.Message):
-    __slots__ = ("round", "task", "task_config", "session", "global_model", "insecure_plaintext", "previous_stage")
+    __slots__ = ("round", "task", "task_config", "session", "global_model", "insecure_plaintext", "previous_stage", "fault_proofs")
     ROUND_FIELD_NUMBER: _ClassVar[int]
     TASK_FIELD_NUMBER: _ClassVar[int]
     TASK_CONFIG_FIELD_NUMBER: _ClassVar[int]
@@ -154,6 +154,7 @@ class RoundStart(_message.Message):
     GLOBAL_MODEL_FIELD_NUMBER: _ClassVar[int]
     INSECURE_PLAINTEXT_FIELD_NUMBER: _ClassVar[int]
     PREVIOUS_STAGE_FIELD_NUMBER: _ClassVar[int]
+    FAULT_PROOFS_FIELD_NUMBER: _ClassVar[int]
     round: int
     task: str
     task_config: bytes
@@ -161,7 +162,8 @@ class RoundStart(_message.Message):
     global_model: ModelRef
     insecure_plaintext: bool
     previous_stage: SumEvidence
-    def __init__(self, round: _Optional[int] = ..., task: _Optional[str] = ..., task_config: _Optional[bytes] = ..., session: _Optional[_Union[SessionConfigMsg, _Mapping]] = ..., global_model: _Optional[_Union[ModelRef, _Mapping]] = ..., insecure_plaintext: _Optional[bool] = ..., previous_stage: _Optional[_Union[SumEvidence, _Mapping]] = ...) -> None: ...
+    fault_proofs: _containers.RepeatedCompositeFieldContainer[DealingFaultProof]
+    def __init__(self, round: _Optional[int] = ..., task: _Optional[str] = ..., task_config: _Optional[bytes] = ..., session: _Optional[_Union[SessionConfigMsg, _Mapping]] = ..., global_model: _Optional[_Union[ModelRef, _Mapping]] = ..., insecure_plaintext: _Optional[bool] = ..., previous_stage: _Optional[_Union[SumEvidence, _Mapping]] = ..., fault_proofs: _Optional[_Iterable[_Union[DealingFaultProof, _Mapping]]] = ...) -> None: ...
 
 class SumEvidence(_message.Message):
     __slots__ = ("session_id", "inputs", "b_commitments", "b_seeds", "mask_keys")
@@ -461,14 +463,51 @@ class ShareKeysUpload(_message.Message):
     def __init__(self, session_id: _Optional[bytes] = ..., sender: _Optional[str] = ..., ciphertexts: _Optional[_Mapping[str, bytes]] = ..., b_commitment: _Optional[bytes] = ..., commitments: _Optional[_Mapping[str, ShareCommitment]] = ...) -> None: ...
 
 class ShareCommitment(_message.Message):
-    __slots__ = ("s", "b", "signature")
+    __slots__ = ("s", "b", "signature", "seed_commitment")
     S_FIELD_NUMBER: _ClassVar[int]
     B_FIELD_NUMBER: _ClassVar[int]
     SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    SEED_COMMITMENT_FIELD_NUMBER: _ClassVar[int]
     s: bytes
     b: bytes
     signature: bytes
-    def __init__(self, s: _Optional[bytes] = ..., b: _Optional[bytes] = ..., signature: _Optional[bytes] = ...) -> None: ...
+    seed_commitment: bytes
+    def __init__(self, s: _Optional[bytes] = ..., b: _Optional[bytes] = ..., signature: _Optional[bytes] = ..., seed_commitment: _Optional[bytes] = ...) -> None: ...
+
+class RevealedShare(_message.Message):
+    __slots__ = ("share", "ciphertext_digest", "commitment")
+    SHARE_FIELD_NUMBER: _ClassVar[int]
+    CIPHERTEXT_DIGEST_FIELD_NUMBER: _ClassVar[int]
+    COMMITMENT_FIELD_NUMBER: _ClassVar[int]
+    share: bytes
+    ciphertext_digest: bytes
+    commitment: ShareCommitment
+    def __init__(self, share: _Optional[bytes] = ..., ciphertext_digest: _Optional[bytes] = ..., commitment: _Optional[_Union[ShareCommitment, _Mapping]] = ...) -> None: ...
+
+class DealingFaultProof(_message.Message):
+    __slots__ = ("session_id", "dealer", "kind", "cert_chain", "pk_mask", "seed_commitment", "shares")
+    class SharesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: RevealedShare
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[RevealedShare, _Mapping]] = ...) -> None: ...
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    DEALER_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    CERT_CHAIN_FIELD_NUMBER: _ClassVar[int]
+    PK_MASK_FIELD_NUMBER: _ClassVar[int]
+    SEED_COMMITMENT_FIELD_NUMBER: _ClassVar[int]
+    SHARES_FIELD_NUMBER: _ClassVar[int]
+    session_id: bytes
+    dealer: str
+    kind: bytes
+    cert_chain: _containers.RepeatedScalarFieldContainer[bytes]
+    pk_mask: bytes
+    seed_commitment: bytes
+    shares: _containers.MessageMap[str, RevealedShare]
+    def __init__(self, session_id: _Optional[bytes] = ..., dealer: _Optional[str] = ..., kind: _Optional[bytes] = ..., cert_chain: _Optional[_Iterable[bytes]] = ..., pk_mask: _Optional[bytes] = ..., seed_commitment: _Optional[bytes] = ..., shares: _Optional[_Mapping[str, RevealedShare]] = ...) -> None: ...
 
 class ShareKeysRelay(_message.Message):
     __slots__ = ("session_id", "recipient", "u2", "ciphertexts", "commitments")

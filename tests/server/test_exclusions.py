@@ -1,0 +1,45 @@
+"""A member caught with evidence stays out after a server restart.
+
+The failure it defeats: exclusions lived only in the coordinator's memory, so a restarted server
+invited the dealer it had caught back into the next cohort, where it could break another attempt.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import cast
+
+import numpy as np
+
+from server.config import ServerConfig
+from server.coordinator import Coordinator, RoundPlan, RoundStart
+from server.runtime import StoreObserver, excluded_members
+from server.state import StateStore
+from tests.secagg.support import Consortium
+from tests.server.test_coordinator import DIM, Clock, MeanTask
+
+
+def test_an_exclusion_is_persisted_and_restored_into_the_restarted_coordinator(
+    tmp_path: Path, consortium: Consortium
+) -> None:
+    roster = consortium.ids(6)
+    caught = roster[2]
+    with StateStore(tmp_path / "state.db") as store:
+        observer = StoreObserver(store, tmp_path / "rounds.jsonl", cast(ServerConfig, None))
+        observer.member_excluded(0, caught, "its own sharing is wrong")
+    with StateStore(tmp_path / "state.db") as store:  # the restarted server reads it back
+        restored = excluded_members(store)
+    assert restored == {caught: "its own sharing is wrong"}
+    coord = Coordinator(
+        roster=roster,
+        plan=RoundPlan(rounds=1, phase_timeout_s=5, min_cohort=3),
+        task=MeanTask(),
+        initial_model=np.zeros(DIM),
+        trust=consortium.trust,
+        clock=Clock(),
+        excluded=restored,
+    )
+    ins = coord.poll(roster[0]).instruction
+    assert isinstance(ins, RoundStart)
+    assert caught not in ins.config.roster and len(ins.config.roster) == 5
+    assert not isinstance(coord.poll(caught).instruction, RoundStart)
