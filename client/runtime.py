@@ -56,6 +56,7 @@ from secfed.secagg.messages import (
 )
 from secfed.wire import WireError, chunks, convert
 
+_MAX_FAULT_PROOFS = 32
 log = logging.getLogger("secfed.client")
 T = TypeVar("T")
 
@@ -373,6 +374,13 @@ class ClientRuntime:
         previous = self.participant.finished_config()
         if rs.HasField("previous_stage") and previous is not None:
             evidence = convert.sum_evidence_from_proto(rs.previous_stage, previous.spec)
+        # One proof per dealer proven in the round, each a member the cohort no longer holds: a
+        # bound on the work a server can make a client do checking them.
+        if len(rs.fault_proofs) > max(len(config.roster), _MAX_FAULT_PROOFS):
+            raise WireError(
+                "round_start.fault_proofs",
+                f"{len(rs.fault_proofs)} proofs for a roster of {len(config.roster)}",
+            )
         start = StageStart(
             config,
             rs.task,

@@ -265,8 +265,10 @@ class Coordinator:
         self.phase_seconds: list[dict[str, float]] = []  # per completed round: seconds each phase stayed open
         self.finished_reason: str | None = None
         self._attempt: _Attempt | None = None
-        # After an attempt whose unmasking a proven dealer broke: the next attempt's cohort (the
-        # survivors minus the dealer) and the proofs its members check (see secfed.fl.releases).
+        # After an attempt whose unmasking a proven dealer broke: the cohort of every later attempt of
+        # the round (the survivors minus the dealer) and the proofs its members check (see
+        # secfed.fl.releases). Kept until the round completes: an attempt of it that fails for another
+        # reason (a dropout) must be retried over the same cohort, the only one the members accept.
         self._retry: tuple[tuple[str, ...], tuple[DealingFaultProof, ...]] | None = None
         # Clients heard from in this process, and until when the first phase waits for the rest.
         self._joined: set[str] = set()
@@ -464,9 +466,11 @@ class Coordinator:
         self, session: ServerSession | PlaintextSession, error: SecAggError, attempt: _Attempt
     ) -> None:
         """After inputs were released and a dealer's wrong sharing (proven) broke the unmasking, retry
-        over exactly the survivors minus that dealer, with the proof: the only cohort the members may
-        re-release their inputs into (secfed.fl.releases). Only for a round's first stage: an earlier
-        stage's inputs were summed already and are never summed again over a second cohort."""
+        over exactly the survivors minus that dealer, with the proofs so far: the only cohort the
+        members may re-release their inputs into (secfed.fl.releases). Only for a round's first stage:
+        an earlier stage's inputs were summed already and are never summed again over a second cohort.
+        A member excluded for another fault in the session stays in the cohort: without a proof of its
+        fault the members cannot leave it out."""
         if (
             isinstance(error, DealerFaultError)
             and error.proof is not None
@@ -474,7 +478,8 @@ class Coordinator:
             and not attempt.done
         ):
             cohort = tuple(c for c in session.survivors if c != error.client_id)
-            self._retry = (cohort, (error.proof,))
+            earlier = self._retry[1] if self._retry is not None else ()
+            self._retry = (cohort, (*earlier, error.proof))
             logs.event(
                 log,
                 "proven-retry-planned",
@@ -490,7 +495,6 @@ class Coordinator:
             self._attempt = None
             return
         cohort, proofs = self._retry or (self._cohort(number), ())
-        self._retry = None
         if len(cohort) < self.plan.min_cohort:
             reason = f"round {self.round}: only {len(cohort)} members left after excluding " + "; ".join(
                 f"{c} ({why})" for c, why in sorted(self.excluded.items())
@@ -683,6 +687,7 @@ class Coordinator:
             attempt.round, result, self.model, attempt.started, dict(attempt.phase_seconds), attempt.done
         )
         self.round += 1
+        self._retry = None
         self._start_attempt(1)
 
     def _abort_attempt(self, attempt: _Attempt, reason: str) -> None:

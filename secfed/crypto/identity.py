@@ -280,7 +280,7 @@ def _parse_chain(chain_der: Sequence[bytes]) -> list[x509.Certificate]:
     for i, der in enumerate(chain_der):
         try:
             certs.append(x509.load_der_x509_certificate(bytes(der)))
-        except ValueError as exc:
+        except (ValueError, x509.InvalidVersion) as exc:  # InvalidVersion is not a ValueError
             raise IdentityError(
                 "malformed", f"certificate #{i} of the presented chain is not DER X.509: {exc}"
             ) from exc
@@ -380,6 +380,8 @@ class TrustAnchor:
             verified = verifier.verify(leaf, certs[1:])
         except VerificationError as exc:
             raise self._classify(exc, certs, when, role="client") from exc
+        except ValueError as exc:  # a field parsed lazily, only when the verifier reads it
+            raise IdentityError("malformed", f"the presented chain is malformed: {exc}") from exc
         self._check_revocation(verified.chain, when)
         return VerifiedPeer(client_id=client_id_of(leaf), certificate=leaf)
 
@@ -408,6 +410,8 @@ class TrustAnchor:
             chain = verifier.verify(certs[0], certs[1:])
         except VerificationError as exc:
             raise self._classify(exc, certs, when, role="server", hostname=hostname) from exc
+        except ValueError as exc:  # a field parsed lazily, only when the verifier reads it
+            raise IdentityError("malformed", f"the presented chain is malformed: {exc}") from exc
         self._check_revocation(chain, when)
         return certs[0]
 

@@ -229,9 +229,9 @@ class Participant:
         if isinstance(msg, ConsistencyRequest):
             self._check_bound(session, msg)
             return session.on_consistency_request(msg)
+        response = session.on_unmask_request(msg)  # checks the request; nothing has left yet
         # Before any share leaves: never attest it abandoned, and remember the survivors it unmasks.
         self.releases.unmasked(session.session_id, session.survivors)
-        response = session.on_unmask_request(msg)
         self._finished = (session, start)
         return response
 
@@ -242,7 +242,8 @@ class Participant:
         if earlier is None or not start.fault_proofs:
             return frozenset()
         session_id = bytes.fromhex(earlier.session)
-        return frozenset(proven_dealers(start.fault_proofs, self.trust, session_id, earlier.threshold))
+        proven = proven_dealers(start.fault_proofs, self.trust, session_id, earlier.threshold, earlier.u2)
+        return frozenset(proven)
 
     def _check_bound(self, session: ClientSession, msg: ConsistencyRequest) -> None:
         """Sign a survivor set only if this stage's input may be unmasked with it (its bound, if any)."""

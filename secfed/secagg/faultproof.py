@@ -26,7 +26,8 @@ from the proof: the verifier uses the one of the session it took part in.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import logging
+from collections.abc import Mapping, Sequence, Set
 
 from secfed.crypto import shamir
 from secfed.crypto.agreement import private_from_bytes, public_of
@@ -43,6 +44,7 @@ __all__ = [
 ]
 
 _KINDS = (b"b", b"s")
+log = logging.getLogger("secfed.secagg.faultproof")
 
 
 class WrongDealingError(Exception):
@@ -90,13 +92,21 @@ def reconstruct_dealt(
     return secret
 
 
-def check_fault_proof(proof: DealingFaultProof, trust: TrustAnchor, threshold: int) -> str:
+def check_fault_proof(
+    proof: DealingFaultProof, trust: TrustAnchor, threshold: int, members: Set[str] | None = None
+) -> str:
     """The dealer's fault the proof establishes (a sentence), or :class:`InvalidFaultProofError`.
 
     ``threshold`` is the session's, as the verifier knows it from taking part, never the proof's word:
-    with a smaller one any honest sharing would look wrong."""
+    with a smaller one any honest sharing would look wrong (so below 2, as in a record that lost it,
+    nothing is proven). ``members``, when given, is the session's U2: every share's holder must be one."""
+    if threshold < 2:
+        raise InvalidFaultProofError(f"a threshold of {threshold} proves nothing (no session has one)")
     if proof.kind not in _KINDS:
         raise InvalidFaultProofError(f"unknown share kind {proof.kind!r}")
+    strangers = sorted(set(proof.shares) - set(members)) if members is not None else []
+    if strangers:
+        raise InvalidFaultProofError(f"shares of holders outside the session: {strangers}")
     try:
         dealer = trust.verify_client(proof.cert_chain)
     except IdentityError as exc:
@@ -150,7 +160,11 @@ def check_fault_proof(proof: DealingFaultProof, trust: TrustAnchor, threshold: i
 
 
 def proven_dealers(
-    proofs: Sequence[DealingFaultProof], trust: TrustAnchor, session_id: bytes, threshold: int
+    proofs: Sequence[DealingFaultProof],
+    trust: TrustAnchor,
+    session_id: bytes,
+    threshold: int,
+    members: Set[str] | None = None,
 ) -> Mapping[str, str]:
     """Dealer -> fault, for each proof about ``session_id`` that checks; the others are ignored (a
     server's false proof proves nothing and earns nothing: the retry then needs the full cohort)."""
@@ -159,7 +173,10 @@ def proven_dealers(
         if proof.session_id != session_id:
             continue
         try:
-            found[proof.dealer] = check_fault_proof(proof, trust, threshold)
-        except InvalidFaultProofError:
+            found[proof.dealer] = check_fault_proof(proof, trust, threshold, members)
+        # A proof is the server's bytes: whatever goes wrong while checking one (a refusal, or an
+        # exception of a library parsing them), it proves nothing, and the other proofs still count.
+        except Exception:
+            log.warning("fault-proof-refused dealer=%r", proof.dealer, exc_info=True)
             continue
     return found

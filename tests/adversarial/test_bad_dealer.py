@@ -137,3 +137,27 @@ def test_a_retry_whose_survivors_are_not_the_bound_is_never_unmasked(monkeypatch
     complaints = run.violations
     assert set(complaints) == others - {victim}
     assert all(any("bound" in v for v in vs) for vs in complaints.values())
+
+
+def test_a_dropout_in_the_proven_retry_is_retried_over_the_same_cohort(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Liveness (found by an attacker review): one member missing the retry's masked-input request once
+    made every later attempt refuse, since the coordinator forgot the only cohort the members accept.
+    The planned cohort and proofs now hold for the rest of the round: the third attempt completes."""
+    server, clients, consortium = toy_world(6)
+    dealer, others = _dealer_and_others(clients)
+    victim = sorted(others)[0]
+    missed: list[str] = []
+
+    def drop(cid: str, round_: int, stage: str, message: object) -> bool:
+        if cid == victim and isinstance(message, MaskedInputRequest) and dealer not in message.ready:
+            missed.append(cid)
+            return len(missed) == 1
+        return False
+
+    with corrupt_dealing(monkeypatch, None, dealer, kind="b", victims=None, signed=True):
+        run = drive(server, clients, consortium, rounds=1, max_attempts=3, drop=drop)
+    assert run.finished_reason == "completed 1 rounds", (run.finished_reason, run.aborted)
+    assert [a[:2] for a in run.aborted] == [(0, 1), (0, 2)]
+    assert set(run.stage_results[0][-1].result.contributors) == others

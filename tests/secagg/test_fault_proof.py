@@ -155,3 +155,35 @@ def test_a_proof_of_another_session_or_a_false_one_proves_no_one(
     assert proven_dealers([honest], consortium.trust, honest.session_id, t) == {}
     with pytest.raises(InvalidFaultProofError, match="unknown share kind"):
         check_fault_proof(replace(proof, kind=b"x"), consortium.trust, t)
+
+
+def test_a_proof_that_breaks_a_parser_proves_nothing_and_spoils_no_other(
+    consortium: Consortium, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A lying server put a certificate with an out-of-range version in a proof (found by an attacker
+    review: the library's exception escaped and killed the client). It proves nothing; a genuine proof
+    beside it still counts."""
+    proof, t = _wrong_dealing_proof(consortium, monkeypatch)
+    leaf = proof.cert_chain[0]
+    broken = replace(
+        proof, cert_chain=(leaf.replace(bytes.fromhex("a003020102"), bytes.fromhex("a003020177")),)
+    )
+    assert proven_dealers([broken], consortium.trust, proof.session_id, t) == {}
+    assert dict(proven_dealers([broken, proof], consortium.trust, proof.session_id, t)).keys() == {
+        proof.dealer
+    }
+
+
+def test_no_threshold_below_two_and_no_holder_outside_the_session_proves_anything(
+    consortium: Consortium, honest_proof: tuple[DealingFaultProof, int]
+) -> None:
+    """A release record that lost its threshold loads it as 0: with it, the honest dealer's shares (or
+    none at all) would reconstruct "a wrong secret". And a share's holder must be of the session."""
+    proof, t = honest_proof
+    for threshold in (1, 0, -1):
+        with pytest.raises(InvalidFaultProofError, match="proves nothing"):
+            check_fault_proof(replace(proof, shares={}), consortium.trust, threshold)
+    holders = set(proof.shares)
+    some = sorted(holders)[0]
+    with pytest.raises(InvalidFaultProofError, match="outside the session"):
+        check_fault_proof(proof, consortium.trust, t, members=holders - {some})
