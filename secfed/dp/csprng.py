@@ -186,6 +186,31 @@ class AesCtrGaussian:
                 done += pairs
             self._keystream.fill(0)  # no keystream left lying in the reused buffer
 
+    def uniform(self, n: int) -> npt.NDArray[np.float64]:
+        """``n`` independent uniforms in ``[0, 1)`` (float64, multiples of 2^-53): the top 53 bits of
+        each little-endian 64-bit word of the next ``ceil(n / 2)`` blocks of the stream.
+
+        For the integer noise samplers (:mod:`secfed.dp.skellam`), which need uniforms, not normals."""
+        if not isinstance(n, int) or isinstance(n, bool) or n < 0:
+            raise ValueError(f"n must be an integer >= 0, got {n!r}")
+        pairs_total = (n + 1) // 2
+        out = np.empty(2 * pairs_total, dtype=np.float64)
+        with self._lock:
+            encryptor = self._encryptor
+            if encryptor is None:
+                raise RuntimeError("this noise generator has been closed")
+            done = 0
+            while done < pairs_total:
+                pairs = min(_PAIRS_PER_CHUNK, pairs_total - done)
+                written = encryptor.update_into(self._zeros[: _BLOCK * pairs], self._keystream_out)
+                if written != _BLOCK * pairs:
+                    raise RuntimeError(f"AES-CTR returned {written} bytes, expected {_BLOCK * pairs}")
+                words = self._keystream[: _BLOCK * pairs].view("<u8")
+                np.multiply(np.right_shift(words, 11), 2.0**-53, out=out[2 * done : 2 * (done + pairs)])
+                done += pairs
+            self._keystream.fill(0)
+        return out[:n]
+
     def standard_normal(self, n: int) -> npt.NDArray[np.float64]:
         """``n`` independent N(0, 1) samples (float64), the next ``ceil(n / 2)`` blocks of the stream."""
         if not isinstance(n, int) or isinstance(n, bool) or n < 0:
