@@ -26,6 +26,19 @@ from secfed.pki.files import PkiError
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="secfed", description="Secure federated LLM instruction tuning.")
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    parser.add_argument(
+        "--log-format",
+        default="text",
+        choices=logs.LOG_FORMATS,
+        help="text: key=value lines (default); json: one JSON object per line",
+    )
+    parser.add_argument(
+        "--log-file", type=Path, help="also write the log to this file, rotated at --log-max-mb"
+    )
+    parser.add_argument(
+        "--log-max-mb", type=float, default=50.0, help="rotate the log file at this size (default 50)"
+    )
+    parser.add_argument("--log-backups", type=int, default=5, help="rotated log files to keep (default 5)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     simulate = sub.add_parser(
@@ -194,7 +207,17 @@ def _generate(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logs.configure(args.log_level)
+    try:
+        logs.configure(
+            args.log_level,
+            line_format=args.log_format,
+            file=args.log_file,
+            max_bytes=int(args.log_max_mb * 2**20),
+            backups=args.log_backups,
+        )
+    except (ValueError, OSError) as exc:
+        print(f"secfed: error: cannot set up logging: {exc}", file=sys.stderr)
+        return 2
     try:
         code: int = args.func(args)
     except KeyboardInterrupt:  # Ctrl-C, or SIGTERM for the long-running commands: one line, no traceback

@@ -1,15 +1,23 @@
-"""Structured logging: one ``key=value`` line per event, machine-greppable and human-readable.
+"""Structured logging: one line per event, ``key=value`` (readable, greppable) or JSON (for log shippers).
 
-Call sites log an event name and pass fields through ``extra={"fields": {...}}``; the formatter
-renders them in a stable order after the timestamp, level, logger and event.
+Call sites log an event name and pass fields through ``extra={"fields": {...}}``; the formatters
+render them in a stable order after the timestamp, level, logger and event. Either format escapes
+control characters, so a client-supplied string can never break a line or forge another entry.
+:func:`configure` sends the lines to stderr and, with ``file``, also to a size-rotated log file.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import logging.handlers
 import sys
-from typing import Any
+from pathlib import Path
+from typing import Any, Literal
+
+#: The line formats :func:`configure` offers.
+LogFormat = Literal["text", "json"]
+LOG_FORMATS: tuple[LogFormat, ...] = ("text", "json")
 
 
 class KeyValueFormatter(logging.Formatter):
@@ -25,6 +33,24 @@ class KeyValueFormatter(logging.Formatter):
         if record.exc_info:
             parts.append(f"exc={_quote(self.formatException(record.exc_info))}")
         return " ".join(parts)
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: ``time``, ``level``, ``logger``, ``event``, then the event's fields
+    (values JSON cannot hold are written as strings), and ``exc`` for a logged exception."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line: dict[str, Any] = {
+            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "event": record.getMessage(),
+        }
+        for key, value in getattr(record, "fields", {}).items():
+            line.setdefault(str(key), value)
+        if record.exc_info:
+            line["exc"] = self.formatException(record.exc_info)
+        return json.dumps(line, ensure_ascii=False, default=str)
 
 
 class _CurrentStderrHandler(logging.Handler):
@@ -46,15 +72,44 @@ def _quote(value: object) -> str:
     return json.dumps(text, ensure_ascii=False)
 
 
-def configure(level: str = "INFO") -> None:
-    """Route secfed's loggers to stderr with the key=value formatter (idempotent)."""
+def configure(
+    level: str = "INFO",
+    *,
+    line_format: LogFormat = "text",
+    file: Path | None = None,
+    max_bytes: int = 50 * 2**20,
+    backups: int = 5,
+) -> None:
+    """Route secfed's loggers to stderr, and to ``file`` when given, in ``line_format`` (replacing what an
+    earlier call set up). The file rotates at ``max_bytes``, keeping ``backups`` old files
+    (``secfed.log.1`` ...); it is opened (and its directory created) here, so a path that cannot be
+    written fails at once with an ``OSError`` naming it, not at the first event."""
+    if line_format not in LOG_FORMATS:
+        raise ValueError(f"log format must be one of {', '.join(LOG_FORMATS)}, got {line_format!r}")
+    if max_bytes < 1024 or backups < 0:
+        raise ValueError("a log file rotates at 1 KiB or more, keeping 0 or more old files")
+    formatter: logging.Formatter = JsonFormatter() if line_format == "json" else KeyValueFormatter()
+    handlers: list[logging.Handler] = [_CurrentStderrHandler()]
+    if file is not None:
+        file.parent.mkdir(parents=True, exist_ok=True)
+        handlers.append(
+            logging.handlers.RotatingFileHandler(
+                file, maxBytes=max_bytes, backupCount=backups, encoding="utf-8"
+            )
+        )
     root = logging.getLogger("secfed")
     root.setLevel(level.upper())
-    if not any(isinstance(h.formatter, KeyValueFormatter) for h in root.handlers):
-        handler = _CurrentStderrHandler()
-        handler.setFormatter(KeyValueFormatter())
+    for old in [h for h in root.handlers if getattr(h, _OURS, False)]:
+        root.removeHandler(old)
+        old.close()
+    for handler in handlers:
+        handler.setFormatter(formatter)
+        setattr(handler, _OURS, True)
         root.addHandler(handler)
     root.propagate = False
+
+
+_OURS = "_secfed_configured"
 
 
 def event(logger: logging.Logger, name: str, level: int = logging.INFO, **fields: Any) -> None:
