@@ -211,6 +211,7 @@ class _Attempt:
     stage: str
     broadcast: dict[str, Any]
     colluders: int  # the consortium's colluder bound for the attempt's cohort (fixes per-cell floors)
+    cohort: int  # institutions invited to the attempt's first stage
     summary: Mapping[str, Any] | None = None  # the open stage's StagePlan.summary
     phase_started: float = 0.0
     delivered: bool = False
@@ -265,6 +266,7 @@ class Coordinator:
         self.phase_seconds: list[dict[str, float]] = []  # per completed round: seconds each phase stayed open
         self.finished_reason: str | None = None
         self._attempt: _Attempt | None = None
+        self._round_seconds: list[float] = []  # this process's completed rounds, for the ETA
         # After an attempt whose unmasking a proven dealer broke: the cohort of every later attempt of
         # the round (the survivors minus the dealer) and the proofs its members check (see
         # secfed.fl.releases). Kept until the round completes: an attempt of it that fails for another
@@ -533,6 +535,7 @@ class Coordinator:
             stage=plan.name,
             broadcast=start.task_config,
             colluders=self.plan.colluders(len(cohort)),
+            cohort=len(cohort),
             summary=plan.summary,
             joining=self._join_deadline is None or now < self._join_deadline,
         )
@@ -674,6 +677,10 @@ class Coordinator:
         self.model = np.array(self.task.apply(self.model, result), dtype=np.float32)
         self.results.append(result)
         self.phase_seconds.append(dict(attempt.phase_seconds))
+        seconds = self.clock() - attempt.started
+        self._round_seconds.append(seconds)
+        left = self.plan.rounds - attempt.round - 1
+        eta = sum(self._round_seconds) / len(self._round_seconds) * left
         logs.event(
             log,
             "round-complete",
@@ -681,6 +688,12 @@ class Coordinator:
             attempt=attempt.number,
             contributors=len(result.contributors),
             dropped=len(result.dropped),
+            seconds=round(seconds, 1),
+            progress=(
+                f"round {attempt.round + 1}/{self.plan.rounds}: {len(result.contributors)} of "
+                f"{attempt.cohort} institutions, {len(result.dropped)} dropped, {seconds:.1f} s"
+                + (f", about {eta:.0f} s to go" if left else ", the last")
+            ),
         )
         self.stage_results.append(list(attempt.done))
         self.observer.round_completed(

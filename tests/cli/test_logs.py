@@ -21,8 +21,18 @@ log = logging.getLogger("secfed.test")
 
 @pytest.fixture(autouse=True)
 def _restore_logging() -> Iterator[None]:
+    """Leave the "secfed" logger as the test found it (other tests capture its records)."""
+    root = logging.getLogger("secfed")
+    saved = (list(root.handlers), root.level, root.propagate)
     yield
-    logs.configure()  # back to stderr only, text
+    logs.configure()  # closes the file handlers this test opened
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+    handlers, level, propagate = saved
+    for handler in handlers:
+        root.addHandler(handler)
+    root.setLevel(level)
+    root.propagate = propagate
 
 
 def test_json_lines_parse_and_keep_hostile_fields_on_one_line(tmp_path: Path) -> None:

@@ -1,16 +1,21 @@
-"""A member caught with evidence stays out after a server restart.
+"""What a coordinator keeps and says about its rounds: exclusions survive a restart, progress is logged.
 
-The failure it defeats: exclusions lived only in the coordinator's memory, so a restarted server
-invited the dealer it had caught back into the next cohort, where it could break another attempt.
+The failure the first test defeats: exclusions lived only in the coordinator's memory, so a restarted
+server invited the dealer it had caught back into the next cohort, where it could break another attempt.
 """
 
 from __future__ import annotations
 
+import logging
+import re
 from pathlib import Path
 from typing import cast
 
 import numpy as np
+import pytest
 
+from secfed.bench.attacks import toy_world
+from secfed.bench.inprocess import drive
 from server.config import ServerConfig
 from server.coordinator import Coordinator, RoundPlan, RoundStart
 from server.runtime import StoreObserver, excluded_members
@@ -43,3 +48,26 @@ def test_an_exclusion_is_persisted_and_restored_into_the_restarted_coordinator(
     assert isinstance(ins, RoundStart)
     assert caught not in ins.config.roster and len(ins.config.roster) == 5
     assert not isinstance(coord.poll(caught).instruction, RoundStart)
+
+
+def test_each_completed_round_logs_a_progress_line(caplog: pytest.LogCaptureFixture) -> None:
+    """An operator watching the server log sees "round r/R: k of m institutions, d dropped, s, ETA"."""
+    server, clients, consortium = toy_world(5)
+    root = logging.getLogger("secfed")
+    attach = not root.propagate  # after logs.configure the "secfed" logger no longer propagates
+    if attach:
+        root.addHandler(caplog.handler)
+    try:
+        with caplog.at_level(logging.INFO, logger="secfed"):
+            drive(server, clients, consortium, rounds=2)
+    finally:
+        if attach:
+            root.removeHandler(caplog.handler)
+    lines = [
+        getattr(r, "fields", {}).get("progress") for r in caplog.records if r.getMessage() == "round-complete"
+    ]
+    assert len(lines) == 2
+    assert re.fullmatch(
+        r"round 1/2: 5 of 5 institutions, 0 dropped, [0-9.]+ s, about [0-9]+ s to go", lines[0]
+    )
+    assert re.fullmatch(r"round 2/2: 5 of 5 institutions, 0 dropped, [0-9.]+ s, the last", lines[1])
