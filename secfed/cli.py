@@ -55,6 +55,18 @@ def build_parser() -> argparse.ArgumentParser:
     server.add_argument("--port-file", type=Path, help="write the port actually bound to this file")
     server.set_defaults(func=_server)
 
+    status = sub.add_parser(
+        "status", help="where a run stands, from the coordinator's state database (safe while it runs)"
+    )
+    where = status.add_mutually_exclusive_group(required=True)
+    where.add_argument("--config", type=Path, help="the server TOML (its state_db and planned rounds)")
+    where.add_argument("--state", type=Path, help="the state database itself (state.sqlite)")
+    status.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    status.add_argument(
+        "--watch", type=float, metavar="SECONDS", help="print again every SECONDS until Ctrl-C"
+    )
+    status.set_defaults(func=_status)
+
     client = sub.add_parser("client", help="run an institution's client (mTLS gRPC)")
     client.add_argument(
         "--config", type=Path, required=True, help="client TOML (see client/client.example.toml)"
@@ -95,6 +107,37 @@ def build_parser() -> argparse.ArgumentParser:
 def _simulate(args: argparse.Namespace) -> int:
     # The harness runs the server and clients as child processes; it never imports them.
     return simulate_harness.run_cli(args)
+
+
+def _status(args: argparse.Namespace) -> int:
+    import json
+    import time
+
+    from server.config import load_server_config
+    from server.state import StateError
+    from server.status import format_status, read_status
+
+    if args.watch is not None and not args.watch > 0:
+        raise ValueError(f"--watch needs a number of seconds > 0, got {args.watch}")
+    planned = None
+    state_db = args.state
+    if args.config is not None:
+        config = load_server_config(args.config)
+        state_db, planned = config.state_db, config.plan.rounds
+    while True:
+        try:
+            snapshot = read_status(state_db, rounds_planned=planned)
+        except StateError as exc:
+            raise ValueError(str(exc)) from exc
+        print(
+            json.dumps(snapshot.to_json(), sort_keys=True) if args.json else format_status(snapshot),
+            flush=True,
+        )
+        if args.watch is None:
+            return 0
+        time.sleep(args.watch)
+        if not args.json:
+            print()
 
 
 def _server(args: argparse.Namespace) -> int:

@@ -259,6 +259,59 @@ class StateStore:
             self._conn = None
             raise
 
+    @classmethod
+    def open_read_only(cls, path: Path) -> StateStore:
+        """Open an existing store to read it while its server may be running (``secfed status``).
+
+        Nothing is written: no pragma, no creation, no lock held between reads (SQLite's WAL lets a
+        reader see the last committed state while the server writes). The writing methods fail."""
+        self = cls.__new__(cls)
+        self._path = Path(path)
+        self._keep_models = None
+        self._lock = threading.RLock()
+        if not self._path.is_file():
+            raise self._error("no such file (has the server started yet?)")
+        try:
+            conn = sqlite3.connect(
+                f"file:{self._path.resolve()}?mode=ro",
+                uri=True,
+                isolation_level=None,
+                check_same_thread=False,
+            )
+        except sqlite3.Error as exc:
+            raise self._error(f"cannot open: {exc}") from exc
+        self._conn = conn
+        try:
+            if self._check_identity(conn):
+                raise self._error("is empty: not a secfed state database")
+            self._run_id = self._meta(conn, "run_id")
+        except sqlite3.Error as exc:
+            conn.close()
+            raise self._error(f"not usable: {exc}") from exc
+        except BaseException:
+            conn.close()
+            raise
+        return self
+
+    def attempts(self) -> list[dict[str, Any]]:
+        """Every attempt, in order: ``round, attempt, state ('begun', 'completed', 'aborted'), began_at,
+        ended_at, reason``."""
+        with self._read() as conn:
+            rows = conn.execute(
+                "SELECT round, attempt, state, began_at, ended_at, reason FROM attempts ORDER BY round, attempt"
+            ).fetchall()
+        return [
+            {
+                "round": int(r[0]),
+                "attempt": int(r[1]),
+                "state": str(r[2]),
+                "began_at": float(r[3]),
+                "ended_at": None if r[4] is None else float(r[4]),
+                "reason": r[5],
+            }
+            for r in rows
+        ]
+
     # ----------------------------------------------------------------------------------------- setup
 
     def _error(self, message: str) -> StateError:

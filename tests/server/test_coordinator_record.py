@@ -68,6 +68,6 @@ def test_each_completed_round_logs_a_progress_line(caplog: pytest.LogCaptureFixt
     ]
     assert len(lines) == 2
     assert re.fullmatch(
-        r"round 1/2: 5 of 5 institutions, 0 dropped, [0-9.]+ s, about [0-9]+ s to go", lines[0]
+        r"round 1/2: 5 of 5 institutions, 0 dropped, [0-9.]+ s, about [0-9]+ s to go", str(lines[0])
     )
-    assert re.fullmatch(r"round 2/2: 5 of 5 institutions, 0 dropped, [0-9.]+ s, the last", lines[1])
+    assert re.fullmatch(r"round 2/2: 5 of 5 institutions, 0 dropped, [0-9.]+ s, the last", str(lines[1]))

@@ -1,0 +1,149 @@
+"""``secfed status``: where a federation run stands, read from the coordinator's state database.
+
+Safe while the server runs: the database is opened read-only (:meth:`StateStore.open_read_only`), and
+SQLite's write-ahead log lets a reader see the last committed state without blocking the writer. What
+it shows is what the coordinator committed: the run, rounds completed of the plan, the attempt open
+now and for how long, each completed round's contributors, dropouts and duration, aborted attempts
+with their reasons, refusals (by category, as institutions send them), members excluded with the
+evidence's reason, and an estimate of the time left (mean round time so far x rounds left).
+
+Not shown, because the database does not hold it: which institutions are connected this second (the
+coordinator's memory; its log says who joined).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from server.state import StateStore
+
+__all__ = ["RunStatus", "format_status", "read_status"]
+
+_RECENT = 10  # completed rounds, aborts and refusals listed in full (all are counted)
+
+
+@dataclass(frozen=True)
+class RunStatus:
+    """A snapshot of one run (JSON-able with :func:`dataclasses.asdict`)."""
+
+    state_db: str
+    run_id: str
+    rounds_planned: int | None
+    rounds_completed: int
+    open_attempt: dict[str, Any] | None
+    finished: bool
+    mean_round_s: float | None
+    eta_s: float | None
+    recent_rounds: list[dict[str, Any]] = field(default_factory=list)
+    aborted_attempts: int = 0
+    recent_aborts: list[dict[str, Any]] = field(default_factory=list)
+    refusals: int = 0
+    recent_refusals: list[dict[str, Any]] = field(default_factory=list)
+    excluded: dict[str, str] = field(default_factory=dict)
+    at: float = 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def read_status(state_db: Path, *, rounds_planned: int | None = None, now: float | None = None) -> RunStatus:
+    """The run's status from its state database (``rounds_planned`` from the server configuration, if
+    known: the database does not store the plan)."""
+    now = time.time() if now is None else now
+    store = StateStore.open_read_only(state_db)
+    try:
+        rounds = store.rounds()
+        attempts = store.attempts()
+        events = store.ledger()
+    finally:
+        store.close()
+    durations = [r.finished_at - r.started_at for r in rounds]
+    completed = len(rounds)
+    open_ = next((a for a in attempts if a["state"] == "begun"), None)
+    finished = rounds_planned is not None and completed >= rounds_planned
+    mean = sum(durations) / len(durations) if durations else None
+    left = None if rounds_planned is None else max(0, rounds_planned - completed)
+    eta = None
+    if mean is not None and left is not None:
+        elapsed = now - open_["began_at"] if open_ is not None else 0.0
+        eta = max(0.0, mean * left - min(elapsed, mean))
+    aborts = [
+        {"round": a["round"], "attempt": a["attempt"], "reason": a["reason"]}
+        for a in attempts
+        if a["state"] == "aborted"
+    ]
+    refusals = [
+        {"round": e["round"], "client": e["payload"].get("client"), "reason": e["payload"].get("reason")}
+        for e in events
+        if e["kind"] == "client_refused"
+    ]
+    excluded = {
+        str(e["payload"].get("client")): str(e["payload"].get("reason"))
+        for e in events
+        if e["kind"] == "member_excluded"
+    }
+    return RunStatus(
+        state_db=str(state_db),
+        run_id=store.run_id,
+        rounds_planned=rounds_planned,
+        rounds_completed=completed,
+        open_attempt=(
+            None
+            if open_ is None
+            else {
+                "round": open_["round"],
+                "attempt": open_["attempt"],
+                "running_s": round(now - open_["began_at"], 1),
+            }
+        ),
+        finished=finished,
+        mean_round_s=None if mean is None else round(mean, 1),
+        eta_s=None if eta is None else round(eta),
+        recent_rounds=[
+            {
+                "round": r.round,
+                "contributors": list(r.contributors),
+                "dropped": list(r.dropped),
+                "seconds": round(d, 1),
+            }
+            for r, d in list(zip(rounds, durations, strict=True))[-_RECENT:]
+        ],
+        aborted_attempts=len(aborts),
+        recent_aborts=aborts[-_RECENT:],
+        refusals=len(refusals),
+        recent_refusals=refusals[-_RECENT:],
+        excluded=excluded,
+        at=now,
+    )
+
+
+def format_status(status: RunStatus) -> str:
+    """The snapshot as a few lines for a terminal."""
+    planned = f" of {status.rounds_planned}" if status.rounds_planned is not None else ""
+    lines = [f"run {status.run_id} ({status.state_db})"]
+    state = "finished" if status.finished else "running or stopped"
+    lines.append(f"rounds completed: {status.rounds_completed}{planned} ({state})")
+    if status.open_attempt is not None:
+        a = status.open_attempt
+        lines.append(f"open now: round {a['round']}, attempt {a['attempt']}, for {a['running_s']:.0f} s")
+    if status.mean_round_s is not None:
+        eta = f", about {status.eta_s:.0f} s to go" if status.eta_s else ""
+        lines.append(f"mean round: {status.mean_round_s:.1f} s{eta}")
+    for r in status.recent_rounds:
+        dropped = f", dropped {', '.join(r['dropped'])}" if r["dropped"] else ""
+        lines.append(
+            f"  round {r['round']}: {len(r['contributors'])} contributors{dropped}, {r['seconds']:.1f} s"
+        )
+    if status.aborted_attempts:
+        lines.append(f"aborted attempts: {status.aborted_attempts}")
+        lines += [f"  round {a['round']} attempt {a['attempt']}: {a['reason']}" for a in status.recent_aborts]
+    if status.refusals:
+        lines.append(f"refusals: {status.refusals}")
+        lines += [f"  round {r['round']}: {r['client']} ({r['reason']})" for r in status.recent_refusals]
+    if status.excluded:
+        lines.append("excluded members:")
+        lines += [f"  {client}: {why}" for client, why in sorted(status.excluded.items())]
+    return "\n".join(lines)
