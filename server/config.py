@@ -45,6 +45,9 @@ class ServerConfig:
     task: str = "toy-mean"
     task_options: dict[str, Any] = field(default_factory=dict)
     limits: Limits = field(default_factory=Limits)
+    # Global models kept in the state database (the latest k; None: all). Resuming needs only the
+    # latest; every institution keeps its own copy of the final one.
+    keep_models: int | None = None
 
 
 def load_server_config(path: Path) -> ServerConfig:
@@ -58,6 +61,7 @@ def load_server_config(path: Path) -> ServerConfig:
     if not roster:
         raise srv.error("roster", "must list at least three client ids")
     name = srv.get("federation_name", str, "secfed")
+    keep_models = srv.number("keep_models", int, 0, low=0) or None
     srv.finish()
 
     rounds = doc.table("rounds")
@@ -115,4 +119,5 @@ def load_server_config(path: Path) -> ServerConfig:
         task=task_name,
         task_options=task_options,
         limits=limits,
+        keep_models=keep_models,
     )

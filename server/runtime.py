@@ -9,6 +9,7 @@ local harness.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import threading
@@ -40,6 +41,8 @@ _GRPC_OVERHEAD = 64 * 1024
 
 
 MEMBER_EXCLUDED = "member_excluded"
+#: Vectors up to this many values are written into rounds.jsonl in full (toy tasks, weights, counts).
+_INLINE_VALUES = 4096
 
 
 def excluded_members(store: StateStore) -> dict[str, str]:
@@ -106,13 +109,24 @@ class StoreObserver(CoordinatorObserver):
             finished_at=finished,
             summary=summary,
         )
+        # Metadata and hashes: a segment or model larger than _INLINE_VALUES is named by its length and
+        # hash, never written out (an adapter's sum as JSON text cost ~10 MB a round); the model
+        # itself is in the state database, kept per [server] keep_models.
         line = {
             "round": round_,
             "contributors": list(result.contributors),
             "dropped": list(result.dropped),
             "model_hash": record.model_hash.hex(),
-            "sums": {name: values.tolist() for name, values in result.values.items()},
-            "model": np.asarray(model, dtype=np.float64).tolist() if model.size <= 4096 else None,
+            "sums": {name: v.tolist() for name, v in result.values.items() if v.size <= _INLINE_VALUES},
+            "large_sums": {
+                name: {
+                    "length": int(v.size),
+                    "sha256": hashlib.sha256(np.ascontiguousarray(v).tobytes()).hexdigest(),
+                }
+                for name, v in result.values.items()
+                if v.size > _INLINE_VALUES
+            },
+            "model": np.asarray(model, dtype=np.float64).tolist() if model.size <= _INLINE_VALUES else None,
             "seconds": record.finished_at - record.started_at,
             "phase_seconds": phases,
             "secure": self.config.plan.secure,
@@ -208,7 +222,7 @@ class FederationServer:
             raise ValueError(f"{config.kit}: this kit is for a {kit.role}, not the server")
         task = server_task(config.task, config.task_options)
         config.state_db.parent.mkdir(parents=True, exist_ok=True)
-        store = StateStore(config.state_db)
+        store = StateStore(config.state_db, keep_models=config.keep_models)
         if not store.has_initial_model():
             store.save_initial_model(np.asarray(task.initial_model(), dtype=np.float32))
         recovered = recover_rounds_log(store, config.state_db.parent / "rounds.jsonl")

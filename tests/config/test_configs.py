@@ -70,6 +70,7 @@ def test_client_torch_threads_and_model_dir(tmp_path: Path) -> None:
             r"rounds: unknown key\(s\) \['roundz'\]",
         ),
         ('[server]\nkit = "k"\nroster = ["a","b","c"]\n[limits]\nchunk_bytes = 10\n', r"limits\.chunk_bytes"),
+        ('[server]\nkit = "k"\nroster = ["a","b","c"]\nkeep_models = -1\n', r"server\.keep_models: must be"),
         ("[server\n", "not valid TOML"),
     ],
 )
@@ -79,6 +80,14 @@ def test_bad_server_config_names_file_and_field(tmp_path: Path, text: str, match
     with pytest.raises(ConfigFileError, match=match) as err:
         load_server_config(path)
     assert str(path) in str(err.value)
+
+
+def test_keep_models_bounds_the_state_database(tmp_path: Path) -> None:
+    path = tmp_path / "server.toml"
+    path.write_text('[server]\nkit = "k"\nroster = ["a","b","c"]\nkeep_models = 3\n')
+    assert load_server_config(path).keep_models == 3
+    path.write_text('[server]\nkit = "k"\nroster = ["a","b","c"]\n')
+    assert load_server_config(path).keep_models is None  # every round's model, as before
 
 
 def test_missing_config_file(tmp_path: Path) -> None:
