@@ -35,6 +35,14 @@ class Limits:
 
 
 @dataclass(frozen=True)
+class MetricsConfig:
+    """``[metrics]``: an optional Prometheus endpoint (the ``metrics`` extra), loopback unless asked."""
+
+    listen: str = "127.0.0.1:9464"
+    allow_remote: bool = False
+
+
+@dataclass(frozen=True)
 class ServerConfig:
     listen: str
     kit: Path
@@ -48,6 +56,7 @@ class ServerConfig:
     # Global models kept in the state database (the latest k; None: all). Resuming needs only the
     # latest; every institution keeps its own copy of the final one.
     keep_models: int | None = None
+    metrics: MetricsConfig | None = None  # None: no metrics endpoint
 
 
 def load_server_config(path: Path) -> ServerConfig:
@@ -108,6 +117,17 @@ def load_server_config(path: Path) -> ServerConfig:
         ),
     )
     lim.finish()
+    met = doc.table("metrics")
+    metrics = None
+    if met.get("enabled", bool, False):
+        metrics = MetricsConfig(
+            listen=met.get("listen", str, MetricsConfig.listen),
+            allow_remote=met.get("allow_remote", bool, False),
+        )
+    else:
+        met.get("listen", str, MetricsConfig.listen)
+        met.get("allow_remote", bool, False)
+    met.finish()
     doc.finish()
     return ServerConfig(
         listen=listen,
@@ -120,4 +140,5 @@ def load_server_config(path: Path) -> ServerConfig:
         task_options=task_options,
         limits=limits,
         keep_models=keep_models,
+        metrics=metrics,
     )

@@ -32,6 +32,7 @@ from server import handlers
 from server.auth import PeerAuthenticator
 from server.config import ServerConfig
 from server.coordinator import Coordinator, CoordinatorObserver
+from server.metrics import FederationMetrics, ObserverChain
 from server.service import FederationService
 from server.state import RoundRecord, StateStore
 
@@ -205,6 +206,20 @@ def recover_rounds_log(store: StateStore, rounds_log: Path) -> int | None:
     return recovered
 
 
+def _serve_metrics(config: ServerConfig) -> tuple[FederationMetrics, int]:
+    """Start the Prometheus endpoint of ``[metrics]``; a clear error without the ``metrics`` extra."""
+    assert config.metrics is not None
+    try:
+        metrics = FederationMetrics(config.plan.rounds, config.plan.cohort_size(len(config.roster)))
+    except ImportError as exc:
+        raise ValueError(
+            "[metrics] enabled needs the prometheus-client package: pip install 'secfed[metrics]'"
+        ) from exc
+    port = metrics.serve(config.metrics.listen, allow_remote=config.metrics.allow_remote)
+    logs.event(log, "metrics-listening", address=config.metrics.listen, port=port)
+    return metrics, port
+
+
 @dataclass
 class FederationServer:
     config: ServerConfig
@@ -214,6 +229,8 @@ class FederationServer:
     grpc_server: grpc.Server
     store: StateStore
     stop_event: threading.Event
+    metrics: FederationMetrics | None = None
+    metrics_port: int | None = None
 
     @classmethod
     def start(cls, config: ServerConfig) -> FederationServer:
@@ -237,7 +254,11 @@ class FederationServer:
         _, _, model = store.global_model()
         first_round = store.last_completed_round() + 1
         lock = threading.Lock()
-        observer = StoreObserver(store, config.state_db.parent / "rounds.jsonl", config)
+        observer: CoordinatorObserver = StoreObserver(store, config.state_db.parent / "rounds.jsonl", config)
+        metrics, metrics_port = None, None
+        if config.metrics is not None:
+            metrics, metrics_port = _serve_metrics(config)
+            observer = ObserverChain(observer, metrics)
         coordinator = Coordinator(
             roster=config.roster,
             plan=config.plan,
@@ -276,7 +297,9 @@ class FederationServer:
         if port == 0:
             raise OSError(f"cannot listen on {config.listen}")
         grpc_server.start()
-        server = cls(config, port, coordinator, service, grpc_server, store, threading.Event())
+        server = cls(
+            config, port, coordinator, service, grpc_server, store, threading.Event(), metrics, metrics_port
+        )
         threading.Thread(target=server._tick_loop, args=(lock,), name="secfed-tick", daemon=True).start()
         logs.event(
             log, "listening", address=config.listen, port=port, first_round=first_round, run=store.run_id
@@ -322,4 +345,6 @@ class FederationServer:
     def stop(self) -> None:
         self.stop_event.set()
         self.grpc_server.stop(grace=1.0).wait()
+        if self.metrics is not None:
+            self.metrics.close()
         self.store.close()
