@@ -29,6 +29,7 @@ import numpy as np
 
 from secfed import logs
 from secfed.crypto.identity import TrustAnchor
+from secfed.fl.curves import cohort_loss
 from secfed.fl.instruction import instruction_hash
 from secfed.fl.plaintext import PlaintextInput, PlaintextSession
 from secfed.fl.tasks import ServerTask, StagePlan, StageResult, next_stage
@@ -681,6 +682,7 @@ class Coordinator:
         self._round_seconds.append(seconds)
         left = self.plan.rounds - attempt.round - 1
         eta = sum(self._round_seconds) / len(self._round_seconds) * left
+        loss = cohort_loss(result.values)  # the cohort's mean, when the task sums learning curves
         logs.event(
             log,
             "round-complete",
@@ -692,6 +694,7 @@ class Coordinator:
             progress=(
                 f"round {attempt.round + 1}/{self.plan.rounds}: {len(result.contributors)} of "
                 f"{attempt.cohort} institutions, {len(result.dropped)} dropped, {seconds:.1f} s"
+                + (f", mean train loss {loss[0]:.3f} -> {loss[1]:.3f}" if loss is not None else "")
                 + (f", about {eta:.0f} s to go" if left else ", the last")
             ),
         )

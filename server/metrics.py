@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from secfed.fl.curves import cohort_loss
 from secfed.fl.tasks import StageResult
 from secfed.secagg.messages import AggregateResult
 from server.coordinator import CoordinatorObserver
@@ -85,6 +86,12 @@ class FederationMetrics(CoordinatorObserver):
         self.excluded = Counter(
             "secfed_members_excluded", "Members excluded for a proven fault", registry=self.registry
         )
+        self.train_loss = Gauge(
+            "secfed_mean_train_loss",
+            "The last round's cohort-mean training loss (secure sum; tasks with report_loss)",
+            ["step"],
+            registry=self.registry,
+        )
         self.rounds_planned.set(rounds_planned)
         self.cohort.set(cohort_size)
         self._server: Any = None
@@ -138,6 +145,10 @@ class FederationMetrics(CoordinatorObserver):
         self.round_seconds.set(sum(phases.values()))
         for phase, seconds in phases.items():
             self.phase_seconds.labels(phase=phase).inc(seconds)
+        loss = cohort_loss(result.values)
+        if loss is not None:
+            self.train_loss.labels(step="first").set(loss[0])
+            self.train_loss.labels(step="last").set(loss[1])
 
 
 class ObserverChain(CoordinatorObserver):

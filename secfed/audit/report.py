@@ -27,6 +27,7 @@ from typing import Any
 
 from secfed.chain import HashChain
 from secfed.dp.accounting import DpEvent, EpsilonReport, epsilon_report
+from secfed.dp.ledger import NON_DP_KINDS
 
 FORMAT = "secfed-audit-report"
 VERSION = 1
@@ -273,6 +274,12 @@ def guarantee_section(privacy: Mapping[str, Any], *, institution: str | None) ->
             f" Coreset selection statistics of {who} ({len(selection)} releases) carry no DP guarantee; the "
             f"server saw them only as cohort sums over cells of at least c + 2 institutions."
         )
+    losses = [r for r in privacy.get("non_dp_releases") or [] if r.get("release") == "loss"]
+    if losses:
+        plain += (
+            f" The training losses of {who} ({len(losses)} releases, for the federation's learning curve) "
+            "carry no DP guarantee; the server saw them only summed with the whole cohort's."
+        )
     return {
         "dp_used": bool(privacy.get("dp_used")) and since is None,
         "plain": plain,
@@ -443,7 +450,7 @@ def quote_institution(report: Mapping[str, Any]) -> dict[str, Any]:
         "retried_rounds": [r.get("round") for r in privacy.get("retries", [])],
         "non_dp_releases": {
             kind: sum(1 for r in privacy.get("non_dp_releases", []) if r.get("release") == kind)
-            for kind in ("update", "selection")
+            for kind in NON_DP_KINDS
         },
         "no_dp_guarantee_since_round": privacy.get("no_dp_guarantee_since_round"),
         "over_rounds": privacy.get("over_rounds", []),

@@ -66,7 +66,8 @@ BUDGET_CHANGE = "budget-change"
 NON_DP = "non-dp-release"
 RESUBMISSION = "dp-resubmission"
 _KINDS = frozenset({OPEN, ROUND, REFUSAL, BUDGET_CHANGE, NON_DP, RESUBMISSION})
-NON_DP_KINDS = ("update", "selection")
+#: What a non-DP release can be: a model update, coreset statistics, a training-loss curve point.
+NON_DP_KINDS = ("update", "selection", "loss")
 
 _RELEASE_FIELDS = (
     "max_grad_norm",

@@ -30,7 +30,7 @@ from numpy.typing import NDArray
 from secfed import logs
 from secfed.data.builtin import BUILTIN_DATA
 from secfed.dp.policy import DpOptions
-from secfed.fl import tasks
+from secfed.fl import curves, tasks
 from secfed.fl.instruction import RoundInstruction, canonical_json
 from secfed.fl.policy import InstitutionPolicy, RefusalCategory, Refused, within
 from secfed.fl.releases import release_identity
@@ -68,6 +68,8 @@ class FeditOptions:
     seed: int = 0
     device: str = "auto"
     dp: dict[str, Any] | None = None  # DP-SGD mechanism for every institution (secfed.dp.policy.DpOptions)
+    # Ask every institution for its training loss (summed securely: the server sees the cohort mean).
+    report_loss: bool = False
 
     @classmethod
     def from_mapping(cls, options: Mapping[str, Any]) -> FeditOptions:
@@ -78,6 +80,11 @@ class FeditOptions:
         opts = cls(**options)
         if opts.max_weight < 1 or not opts.clip > 0:
             raise ValueError(f"{NAME} task: max_weight must be >= 1 and clip > 0")
+        if opts.report_loss and opts.dp is not None:
+            raise ValueError(
+                f"{NAME} task: report_loss with dp: a loss curve would be a release DP-SGD does not cover "
+                "(it would need noise of its own, which is not built yet); drop one of them"
+            )
         lora_fields = set(LoraSettings.__dataclass_fields__)
         train_fields = set(TrainSettings.__dataclass_fields__) - {"seed"}
         if set(opts.lora) - lora_fields:
@@ -116,10 +123,13 @@ class FeditInstruction(RoundInstruction):
     clip: float
     init_seed: int
     dp: DpOptions | None
+    report_loss: bool
 
 
-def update_spec(adapter_size: int, max_weight: int, clip: float) -> VectorSpec:
-    """The one spec a FedIT update may be summed in: ``[w * delta, w]`` with public bounds.
+def update_spec(adapter_size: int, max_weight: int, clip: float, report_loss: bool) -> VectorSpec:
+    """The one spec a FedIT update may be summed in: ``[w * delta, w]`` with public bounds, and with
+    ``report_loss`` the learning-curve segments (each contributor's first and last step loss, clipped
+    to ``LOSS_CLIP``, and a 1: the server divides the sums).
 
     Built by the server and rebuilt by every institution from the instruction; a session whose spec
     differs (a weight cap with no room, a clip that does not match) is refused.
@@ -129,6 +139,7 @@ def update_spec(adapter_size: int, max_weight: int, clip: float) -> VectorSpec:
         (
             Segment("delta", adapter_size, clip=w * clip, frac_bits=DELTA_FRAC_BITS),
             Segment("weight", 1, clip=w, frac_bits=0),
+            *(curves.LOSS_SPEC if report_loss else ()),
         ),
         ring_bits=64,
     )
@@ -154,7 +165,7 @@ class FeditServer:
         return seeded_initial_vector(self.peft, self.opts.seed)
 
     def spec(self, model: NDArray[np.float32]) -> VectorSpec:
-        return update_spec(self.size, self.opts.max_weight, self.opts.clip)
+        return update_spec(self.size, self.opts.max_weight, self.opts.clip, self.opts.report_loss)
 
     def instruction(self, stage: str) -> FeditInstruction:
         o = self.opts
@@ -167,6 +178,7 @@ class FeditServer:
             clip=o.clip,
             init_seed=o.seed,
             dp=o.dp_options(),
+            report_loss=o.report_loss,
         )
 
     def task_config(self, round_: int) -> dict[str, Any]:
@@ -351,7 +363,7 @@ class FeditClient:
         peft = self._ensure_model(ins)
         from secfed.model.lora import adapter_size
 
-        expected = update_spec(adapter_size(peft), ins.max_weight, ins.clip)
+        expected = update_spec(adapter_size(peft), ins.max_weight, ins.clip, ins.report_loss)
         if session.spec.spec_hash() != expected.spec_hash():
             raise Refused(
                 RefusalCategory.INCONSISTENCY,
@@ -396,6 +408,20 @@ class FeditClient:
             within(t.epochs, 0.0, policy.max_epochs, "train.epochs")
         within(t.batch_size * t.grad_accum, 1, policy.max_batch_size, "train.batch_size")
         within(t.max_length, 16, policy.max_length, "train.max_length")
+        if ins.report_loss and not policy.share_loss:
+            raise Refused(
+                RefusalCategory.POLICY,
+                "the federation asks for training losses; this institution's policy does not share them "
+                "(share_loss = false)",
+                field="report_loss",
+            )
+        if ins.report_loss and ins.dp is not None:
+            raise Refused(
+                RefusalCategory.POLICY,
+                "the federation asks for training losses under DP-SGD: a release the DP guarantee would "
+                "not cover",
+                field="report_loss",
+            )
 
     def check_global_model(
         self, round_: int, model: NDArray[np.float32], ins: FeditInstruction, policy: InstitutionPolicy
@@ -540,11 +566,15 @@ class FeditClient:
         out: dict[str, NDArray[np.float64]],
         dp_trained: bool,
     ) -> dict[str, NDArray[np.float64]]:
-        """Before an update leaves: keep a DP one for a retry, ledger a non-DP one."""
+        """Before an update leaves: keep a DP one for a retry, ledger a non-DP one; add and ledger the
+        learning-curve segments when the federation asked for them (never under DP: refused at admit)."""
         if dp_trained:
             self._dp_updates.put(self._round_key(round_, model, ins), out)
         else:
             self.privacy.record_non_dp(round_, release="update", what=NAME)
+        if ins.report_loss:  # never with DP-SGD: admit refuses that
+            self.privacy.record_non_dp(round_, release="loss", what=NAME)
+            out = {**out, **curves.loss_segments(self.last_stats.first_loss, self.last_stats.last_loss)}
         return out
 
     def dataset_hash(self) -> bytes:

@@ -75,6 +75,10 @@ class InstitutionPolicy:
     min_cohort: int = 3
     colluding_fraction: Fraction = Fraction(1, 3)
     allow_insecure_baselines: bool = False
+    # Whether this institution sends its training loss (first and last step of a round) when the
+    # federation asks for a learning curve: a release computed from its records, summed with the
+    # cohort's (the server sees only the cohort mean) and ledgered. Never under DP-SGD.
+    share_loss: bool = False
     # FedAvg weight cap and per-coordinate clip of an update.
     max_weight: int = 64
     max_clip: float = 10.0

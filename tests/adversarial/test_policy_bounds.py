@@ -9,6 +9,7 @@ step beyond it is refused with a typed error naming the field.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import replace
 from fractions import Fraction
 from typing import Any
@@ -18,6 +19,7 @@ import pytest
 from secfed.bench.attacks import toy_world
 from secfed.bench.inprocess import drive
 from secfed.coreset.config import CoresetConfig
+from secfed.dp.policy import DpOptions
 from secfed.fl.fedhds import FedhdsClient, FedhdsInstruction, SelectionSettings
 from secfed.fl.fedit import FeditInstruction
 from secfed.fl.policy import InstitutionPolicy, RefusalCategory, Refused
@@ -39,6 +41,7 @@ def _fedit(**changes: Any) -> FeditInstruction:
         clip=1.0,
         init_seed=0,
         dp=None,
+        report_loss=False,
     )
     return base.model_copy(update=changes)
 
@@ -226,3 +229,19 @@ def test_the_institutions_own_floor_reaches_the_secure_aggregation_session(
     assert (
         drive(server, clients, consortium, rounds=1, max_attempts=1).finished_reason == "completed 1 rounds"
     )
+
+
+def test_training_losses_leave_only_by_the_institutions_own_policy_and_never_under_dp(
+    client: FedhdsClient,
+) -> None:
+    """A server that asks for learning curves gets them only from institutions that opted in, and
+    never from one training under DP-SGD (a release its guarantee would not cover)."""
+    asking = _fedit(report_loss=True)
+    with pytest.raises(Refused) as err:
+        client.check_instruction(asking, POLICY)
+    assert err.value.category is RefusalCategory.POLICY and err.value.field == "report_loss"
+    sharing = dataclasses.replace(POLICY, share_loss=True)
+    client.check_instruction(asking, sharing)
+    dp = DpOptions.from_mapping({"noise_multiplier": 1.0, "max_grad_norm": 1.0, "expected_batch_size": 4})
+    with pytest.raises(Refused, match="DP-SGD"):
+        client.check_instruction(_fedit(report_loss=True, dp=dp), sharing)

@@ -132,7 +132,7 @@ def test_reports_list_retries_releases_without_dp_and_the_records(run: Path) -> 
     federation = _load(run / "audit" / "federation.json")
     quoted = federation["institutions"]
     assert quoted["inst00"]["retried_rounds"] == [1] and quoted["inst01"]["refused_rounds"] == [1]
-    assert quoted["inst02"]["non_dp_releases"] == {"update": 1, "selection": 1}
+    assert quoted["inst02"]["non_dp_releases"] == {"update": 1, "selection": 1, "loss": 0}
     assert quoted["inst02"]["no_dp_guarantee_since_round"] == 1
     assert not federation["guarantee"]["dp_used"]
     assert "inst02 released model updates trained WITHOUT" in federation["guarantee"]["plain"]

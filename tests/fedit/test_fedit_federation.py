@@ -16,6 +16,7 @@ from secfed.dp.accounting import DpEvent, epsilon_pld
 from secfed.dp.ledger import PrivacyLedger
 from secfed.dp.sgd import DpSettings
 from secfed.fl.fedit import DELTA_FRAC_BITS, FeditClient
+from secfed.fl.policy import InstitutionPolicy
 from secfed.model.tiny import tiny_llama
 from secfed.pki.kit import load_kit
 from server.config import ServerConfig
@@ -47,6 +48,7 @@ def _federate(
     *,
     dp: dict[str, Any] | None = None,
     privacy: dict[int, dict[str, Any]] | None = None,
+    report_loss: bool = False,
 ) -> tuple[
     FederationServer, list[np.ndarray], list[Any], dict[tuple[str, int], dict[str, np.ndarray]], list[Any]
 ]:
@@ -64,7 +66,13 @@ def _federate(
         roster=roster,
         plan=RoundPlan(rounds=rounds, phase_timeout_s=120.0),
         task="fedit-lora",
-        task_options={"model": str(server_model), "train": train, "max_weight": 8, "dp": dp},
+        task_options={
+            "model": str(server_model),
+            "train": train,
+            "max_weight": 8,
+            "dp": dp,
+            "report_loss": report_loss,
+        },
     )
     server = FederationServer.start(config)
     initial = [server.coordinator.model.copy()]
@@ -93,6 +101,7 @@ def _federate(
                     task,
                     address=f"127.0.0.1:{server.port}",
                     retry=RetryPolicy(initial_backoff_s=0.05, max_backoff_s=0.5, give_up_after_s=60),
+                    policy=InstitutionPolicy(share_loss=report_loss),
                 ).run()
             )
         except BaseException as exc:  # reported below
@@ -133,6 +142,40 @@ def test_global_adapter_is_plaintext_fedavg_of_client_updates(tmp_path: Path, ti
     np.testing.assert_allclose(final, model, atol=1e-6, rtol=0)
     assert not np.array_equal(final, models[0])  # training moved the adapter
     assert (tmp_path / "run" / "adapter").is_dir()  # exported as a peft directory
+
+
+def test_the_server_learns_the_cohort_mean_training_loss_and_no_institutions_own(
+    tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    """Secure learning curves: the losses ride in the secure sum, so the server's mean equals the mean
+    of what the institutions recorded, and no institution's own loss is anywhere on the server side
+    (its state database, rounds log, results); each institution ledgers the loss as a release."""
+    n = 3
+    ledgers = {i: tmp_path / f"ledger-{i}.jsonl" for i in range(n)}
+    _, _, results, contributions, _ = _federate(
+        tmp_path,
+        tiny_model_dir,
+        [tiny_model_dir] * n,
+        2,
+        report_loss=True,
+        privacy={i: {"ledger": str(path)} for i, path in ledgers.items()},
+    )
+    roster = tuple(f"inst{i:02d}" for i in range(n))
+    server_side = (tmp_path / "run" / "rounds.jsonl").read_text() + (
+        tmp_path / "run" / "state.sqlite"
+    ).read_bytes().decode("latin-1")
+    for round_, result in enumerate(results):
+        mine = [contributions[(cid, round_)] for cid in roster]
+        assert float(result.values["loss_n"][0]) == n
+        for key in ("loss_first", "loss_last"):
+            own = [float(c[key][0]) for c in mine]
+            assert min(own) > 0 and max(own) <= 20.0
+            mean = float(result.values[key][0]) / n
+            assert abs(mean - sum(own) / n) <= n * 2.0**-16
+            for value in own:
+                assert f"{value:.6f}" not in server_side and repr(value) not in server_side
+    for path in ledgers.values():
+        assert '"release":"loss"' in path.read_text().replace(" ", ""), path
 
 
 def test_institution_with_another_base_model_refuses_and_the_round_goes_on(
