@@ -61,6 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
     where = status.add_mutually_exclusive_group(required=True)
     where.add_argument("--config", type=Path, help="the server TOML (its state_db and planned rounds)")
     where.add_argument("--state", type=Path, help="the state database itself (state.sqlite)")
+    where.add_argument(
+        "--client", type=Path, help="an institution's client TOML: its own view (sessions, refusals, privacy)"
+    )
     status.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     status.add_argument(
         "--watch", type=float, metavar="SECONDS", help="print again every SECONDS until Ctrl-C"
@@ -113,6 +116,8 @@ def _status(args: argparse.Namespace) -> int:
     import json
     import time
 
+    from client.config import load_client_config
+    from client.status import format_client_status, read_client_status
     from server.config import load_server_config
     from server.state import StateError
     from server.status import format_status, read_status
@@ -124,15 +129,18 @@ def _status(args: argparse.Namespace) -> int:
     if args.config is not None:
         config = load_server_config(args.config)
         state_db, planned = config.state_db, config.plan.rounds
+    client = load_client_config(args.client) if args.client is not None else None
     while True:
-        try:
-            snapshot = read_status(state_db, rounds_planned=planned)
-        except StateError as exc:
-            raise ValueError(str(exc)) from exc
-        print(
-            json.dumps(snapshot.to_json(), sort_keys=True) if args.json else format_status(snapshot),
-            flush=True,
-        )
+        if client is not None:
+            mine = read_client_status(client)
+            print(json.dumps(mine, sort_keys=True) if args.json else format_client_status(mine), flush=True)
+        else:
+            try:
+                snapshot = read_status(state_db, rounds_planned=planned)
+            except StateError as exc:
+                raise ValueError(str(exc)) from exc
+            text = json.dumps(snapshot.to_json(), sort_keys=True) if args.json else format_status(snapshot)
+            print(text, flush=True)
         if args.watch is None:
             return 0
         time.sleep(args.watch)
