@@ -18,6 +18,7 @@ from secfed.bench import fuzz as bench_fuzz
 from secfed.bench import load as bench_load
 from secfed.bench import round as bench_round
 from secfed.bench import secagg as bench_secagg
+from secfed.bench import storage as bench_storage
 from secfed.bench import train as bench_train
 from secfed.harness import simulate as simulate_harness
 from secfed.pki.files import PkiError
@@ -92,6 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench_sub = bench.add_subparsers(dest="bench", required=True, metavar="BENCHMARK")
     bench_secagg.register(bench_sub)
     bench_round.register(bench_sub)
+    bench_storage.register(bench_sub)
     bench_train.register(bench_sub)
     bench_attacks.register(bench_sub)
     bench_dp.register(bench_sub)

@@ -725,6 +725,13 @@ class StateStore:
                     summary_text,
                 ),
             )
+            if self._keep_models is not None:
+                # Pruned before the insert, in the same transaction: the pages the old vector frees are
+                # reused by the new one, so the file holds keep_models vectors, not one more.
+                conn.execute(
+                    "UPDATE models SET vector = NULL WHERE round <= ? AND vector IS NOT NULL",
+                    (round_ - self._keep_models,),
+                )
             conn.execute(
                 "INSERT INTO models (round, sha256, dim, vector) VALUES (?, ?, ?, ?)",
                 (round_, digest, dim, data),
@@ -737,11 +744,6 @@ class StateStore:
                 round_, attempt, "completed", contributors, dropped, digest, started, finished, summary
             )
             self._append(conn, "round_completed", round_, payload)
-            if self._keep_models is not None:
-                conn.execute(
-                    "UPDATE models SET vector = NULL WHERE round <= ? AND vector IS NOT NULL",
-                    (round_ - self._keep_models,),
-                )
 
     def used_session_ids(self) -> set[bytes]:
         """Every session id ever begun or recorded, so a restarted server can prove it never reuses one."""
