@@ -597,6 +597,17 @@ class Coordinator:
         attempt.done.append(
             StageResult(attempt.stage, result, attempt.session.config, attempt.broadcast, attempt.summary)
         )
+        logs.event(
+            log,
+            "stage-complete",
+            round=attempt.round,
+            stage=attempt.stage,
+            progress=(
+                f"round {attempt.round + 1}/{self.plan.rounds}, stage {len(attempt.done)} ({attempt.stage}): "
+                f"{len(result.contributors)} of {len(attempt.session.config.roster)} institutions, "
+                f"{len(result.dropped)} dropped, {self.clock() - attempt.started:.1f} s into the round"
+            ),
+        )
         plan = next_stage(
             self.task,
             attempt.round,

@@ -66,6 +66,14 @@ def test_each_completed_round_logs_a_progress_line(caplog: pytest.LogCaptureFixt
     lines = [
         getattr(r, "fields", {}).get("progress") for r in caplog.records if r.getMessage() == "round-complete"
     ]
+    stages = [
+        getattr(r, "fields", {}).get("progress") for r in caplog.records if r.getMessage() == "stage-complete"
+    ]
+    assert len(stages) == 2
+    assert re.fullmatch(
+        r"round 1/2, stage 1 \(update\): 5 of 5 institutions, 0 dropped, [0-9.]+ s into the round",
+        str(stages[0]),
+    )
     assert len(lines) == 2
     assert re.fullmatch(
         r"round 1/2: 5 of 5 institutions, 0 dropped, [0-9.]+ s, about [0-9]+ s to go", str(lines[0])
