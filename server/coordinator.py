@@ -259,10 +259,8 @@ class Coordinator:
         self.aborted_attempts: list[tuple[int, int, str]] = []
         self.refusals: list[tuple[int, str, str]] = []
         # Members caught with evidence (a dealing that is provably wrong, a forged share revealed at
-        # unmask): left out of every later cohort of this run, with the reason (logged and in the
-        # aborted attempt's record).
-        # Members caught with evidence (client -> reason), left out of every later cohort; ``excluded``
-        # restores those an earlier process of this run caught.
+        # unmask), client -> reason: left out of every later cohort of this run (logged, persisted by
+        # the observer); ``excluded`` restores those an earlier process of this run caught.
         self.excluded: dict[str, str] = dict(excluded or {})
         self.phase_seconds: list[dict[str, float]] = []  # per completed round: seconds each phase stayed open
         self.finished_reason: str | None = None
