@@ -75,3 +75,27 @@ def test_status_json_from_the_cli_and_clear_errors(
     (tmp_path / "other.sqlite").write_bytes(b"")
     assert cli.main(["status", "--state", str(tmp_path / "other.sqlite")]) == 2
     assert "not a secfed state database" in capsys.readouterr().err
+
+
+def test_status_of_a_live_federation_mid_round_and_after_a_restart(tmp_path: Path) -> None:
+    """Against a real coordinator: while round 0 waits for a member that never comes, the status shows
+    the open attempt; after the server restarts, the interrupted attempt is listed as aborted."""
+    from server.runtime import FederationServer
+    from tests.federation.support import start_federation
+
+    fed = start_federation(tmp_path, 3, rounds=2, phase_timeout_s=60.0)
+    try:
+        fed.start_client("inst00")  # the others never come: round 0 stays open
+        status = read_status(fed.server.config.state_db, rounds_planned=2)
+        assert status.open_attempt is not None and status.open_attempt["round"] == 0
+        assert status.rounds_completed == 0 and not status.finished
+    finally:
+        fed.server.stop()
+    restarted = FederationServer.start(fed.server.config)
+    try:
+        after = read_status(fed.server.config.state_db, rounds_planned=2)
+        assert after.aborted_attempts == 1
+        assert after.recent_aborts[0]["reason"] == "server restarted mid-round"
+        assert after.open_attempt is not None and after.open_attempt["attempt"] == 2
+    finally:
+        restarted.stop()
