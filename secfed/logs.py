@@ -46,11 +46,16 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "event": record.getMessage(),
         }
-        for key, value in getattr(record, "fields", {}).items():
-            line.setdefault(str(key), value)
         if record.exc_info:
             line["exc"] = self.formatException(record.exc_info)
-        return json.dumps(line, ensure_ascii=False, default=str)
+        for key, value in getattr(record, "fields", {}).items():
+            line.setdefault(str(key), value)  # a field never overwrites the keys above
+        try:
+            return json.dumps(line, ensure_ascii=False, allow_nan=False, default=str)
+        except (TypeError, ValueError):  # a value JSON cannot hold as is (NaN, non-string keys): as text
+            return json.dumps(
+                {k: v if isinstance(v, str) else str(v) for k, v in line.items()}, ensure_ascii=False
+            )
 
 
 class _CurrentStderrHandler(logging.Handler):
@@ -59,7 +64,7 @@ class _CurrentStderrHandler(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         try:
             sys.stderr.write(self.format(record) + "\n")
-        except (OSError, ValueError):
+        except Exception:  # logging must never raise into the code that logs
             self.handleError(record)
 
 

@@ -32,6 +32,7 @@ from secfed.crypto.identity import TrustAnchor
 from secfed.fl.curves import cohort_loss
 from secfed.fl.instruction import instruction_hash
 from secfed.fl.plaintext import PlaintextInput, PlaintextSession
+from secfed.fl.policy import RefusalCategory
 from secfed.fl.tasks import ServerTask, StagePlan, StageResult, next_stage
 from secfed.fl.vectors import model_hash
 from secfed.secagg.config import SessionConfig, required_threshold
@@ -55,6 +56,7 @@ from secfed.secagg.messages import (
 from secfed.secagg.server import ServerSession
 from secfed.secagg.spec import VectorSpec
 
+_CATEGORIES = frozenset(c.value for c in RefusalCategory)
 log = logging.getLogger("secfed.server.coordinator")
 
 UploadMessage = (
@@ -422,11 +424,16 @@ class Coordinator:
         attempt = self._attempt
         if attempt is None or round_ != attempt.round or client_id not in attempt.session.config.roster:
             raise SecAggError(Phase.CONFIGURE, f"nothing to refuse in round {round_}", client_id=client_id)
+        if client_id in attempt.refused:
+            return  # one refusal per member and attempt: a repeat (a retried upload) changes nothing
+        # Only a category ever reaches the server; anything else a member sends is recorded as
+        # "invalid", never as its text (the status view, the metrics' labels and the ledger show it).
+        category = reason if reason in _CATEGORIES else "invalid"
         attempt.refused.add(client_id)
-        attempt.refusal_categories.append(reason)
+        attempt.refusal_categories.append(category)
         attempt.outbox.pop(client_id, None)
-        self.refusals.append((round_, client_id, reason))
-        self.observer.client_refused(round_, client_id, reason)
+        self.refusals.append((round_, client_id, category))
+        self.observer.client_refused(round_, client_id, category)
         self._advance_if_complete(attempt)
 
     def _advance_if_complete(self, attempt: _Attempt) -> None:

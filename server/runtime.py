@@ -206,18 +206,16 @@ def recover_rounds_log(store: StateStore, rounds_log: Path) -> int | None:
     return recovered
 
 
-def _serve_metrics(config: ServerConfig) -> tuple[FederationMetrics, int]:
-    """Start the Prometheus endpoint of ``[metrics]``; a clear error without the ``metrics`` extra."""
-    assert config.metrics is not None
+def _metrics(config: ServerConfig) -> FederationMetrics | None:
+    """The metrics of ``[metrics]`` (served once the server is up); a clear error without the extra."""
+    if config.metrics is None:
+        return None
     try:
-        metrics = FederationMetrics(config.plan.rounds, config.plan.cohort_size(len(config.roster)))
+        return FederationMetrics(config.plan.rounds, config.plan.cohort_size(len(config.roster)))
     except ImportError as exc:
         raise ValueError(
             "[metrics] enabled needs the prometheus-client package: pip install 'secfed[metrics]'"
         ) from exc
-    port = metrics.serve(config.metrics.listen, allow_remote=config.metrics.allow_remote)
-    logs.event(log, "metrics-listening", address=config.metrics.listen, port=port)
-    return metrics, port
 
 
 @dataclass
@@ -255,9 +253,8 @@ class FederationServer:
         first_round = store.last_completed_round() + 1
         lock = threading.Lock()
         observer: CoordinatorObserver = StoreObserver(store, config.state_db.parent / "rounds.jsonl", config)
-        metrics, metrics_port = None, None
-        if config.metrics is not None:
-            metrics, metrics_port = _serve_metrics(config)
+        metrics = _metrics(config)
+        if metrics is not None:
             observer = ObserverChain(observer, metrics)
         coordinator = Coordinator(
             roster=config.roster,
@@ -293,9 +290,24 @@ class FederationServer:
             root_certificates=kit.ca_path.read_bytes(),
             require_client_auth=True,
         )
-        port = grpc_server.add_secure_port(config.listen, credentials)
+        try:
+            port = grpc_server.add_secure_port(config.listen, credentials)
+        except RuntimeError as exc:
+            port = 0
+            error = f"cannot listen on {config.listen}: {exc}"
+        else:
+            error = f"cannot listen on {config.listen}"
         if port == 0:
-            raise OSError(f"cannot listen on {config.listen}")
+            store.close()
+            raise OSError(error)
+        metrics_port = None
+        if metrics is not None and config.metrics is not None:
+            try:  # only once the federation's own port is bound: a failed start leaves nothing serving
+                metrics_port = metrics.serve(config.metrics.listen, allow_remote=config.metrics.allow_remote)
+            except (OSError, ValueError):
+                store.close()
+                raise
+            logs.event(log, "metrics-listening", address=config.metrics.listen, port=metrics_port)
         grpc_server.start()
         server = cls(
             config, port, coordinator, service, grpc_server, store, threading.Event(), metrics, metrics_port

@@ -168,6 +168,13 @@ class RoundRecord:
     summary: dict[str, Any]
 
 
+def _ids(value: Any) -> tuple[str, ...]:
+    """A JSON list of client ids, checked (a rounds row another program edited may hold anything)."""
+    if not isinstance(value, list) or not all(isinstance(c, str) for c in value):
+        raise ValueError("expected a list of client ids")
+    return tuple(value)
+
+
 def _canonical(obj: Any) -> str:
     """Canonical JSON (sorted keys, no spaces, ASCII, no NaN): one text per value, so hashes are stable."""
     try:
@@ -263,21 +270,22 @@ class StateStore:
     def open_read_only(cls, path: Path) -> StateStore:
         """Open an existing store to read it while its server may be running (``secfed status``).
 
-        Nothing is written: no pragma, no creation, no lock held between reads (SQLite's WAL lets a
-        reader see the last committed state while the server writes). The writing methods fail."""
+        Nothing is written by this connection: no pragma, no creation, no lock held between reads
+        (SQLite's WAL lets a reader see the last committed state while the server writes; a live
+        database's -wal/-shm files exist already). The writing methods fail."""
         self = cls.__new__(cls)
         self._path = Path(path)
         self._keep_models = None
         self._lock = threading.RLock()
         if not self._path.is_file():
             raise self._error("no such file (has the server started yet?)")
+        # A URI built by pathlib (special characters in the path quoted). With no write-ahead log the
+        # server is not running: immutable=1 then reads without creating -wal/-shm files (which would
+        # belong to the reader's account and could lock the server's account out at its next start).
+        live = Path(f"{self._path}-wal").exists()
+        uri = f"{self._path.resolve().as_uri()}?{'mode=ro' if live else 'immutable=1'}"
         try:
-            conn = sqlite3.connect(
-                f"file:{self._path.resolve()}?mode=ro",
-                uri=True,
-                isolation_level=None,
-                check_same_thread=False,
-            )
+            conn = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
         except sqlite3.Error as exc:
             raise self._error(f"cannot open: {exc}") from exc
         self._conn = conn
@@ -297,20 +305,31 @@ class StateStore:
         """Every attempt, in order: ``round, attempt, state ('begun', 'completed', 'aborted'), began_at,
         ended_at, reason``."""
         with self._read() as conn:
-            rows = conn.execute(
-                "SELECT round, attempt, state, began_at, ended_at, reason FROM attempts ORDER BY round, attempt"
-            ).fetchall()
-        return [
-            {
-                "round": int(r[0]),
-                "attempt": int(r[1]),
-                "state": str(r[2]),
-                "began_at": float(r[3]),
-                "ended_at": None if r[4] is None else float(r[4]),
-                "reason": r[5],
-            }
-            for r in rows
-        ]
+            return self._attempts(conn)
+
+    def snapshot(self) -> tuple[list[RoundRecord], list[dict[str, Any]], list[dict[str, Any]]]:
+        """Rounds, attempts and ledger read in one transaction: one consistent state (``secfed status``)."""
+        with self._read() as conn:
+            return self._rounds(conn), self._attempts(conn), self._ledger(conn)
+
+    def _attempts(self, conn: sqlite3.Connection) -> list[dict[str, Any]]:
+        rows = conn.execute(
+            "SELECT round, attempt, state, began_at, ended_at, reason FROM attempts ORDER BY round, attempt"
+        ).fetchall()
+        try:
+            return [
+                {
+                    "round": int(r[0]),
+                    "attempt": int(r[1]),
+                    "state": str(r[2]),
+                    "began_at": float(r[3]),
+                    "ended_at": None if r[4] is None else float(r[4]),
+                    "reason": None if r[5] is None else str(r[5]),
+                }
+                for r in rows
+            ]
+        except (TypeError, ValueError) as exc:
+            raise self._error(f"an attempts row is malformed: {exc}") from exc
 
     # ----------------------------------------------------------------------------------------- setup
 
@@ -753,17 +772,20 @@ class StateStore:
     def rounds(self) -> list[RoundRecord]:
         """All completed rounds, in order."""
         with self._read() as conn:
-            rows = conn.execute(
-                "SELECT round, status, contributors, dropped, model_hash, started_at, finished_at, summary "
-                "FROM rounds ORDER BY round"
-            ).fetchall()
+            return self._rounds(conn)
+
+    def _rounds(self, conn: sqlite3.Connection) -> list[RoundRecord]:
+        rows = conn.execute(
+            "SELECT round, status, contributors, dropped, model_hash, started_at, finished_at, summary "
+            "FROM rounds ORDER BY round"
+        ).fetchall()
         try:
-            return [
+            records = [
                 RoundRecord(
                     round=int(r[0]),
                     status="completed" if r[1] == "completed" else "aborted",
-                    contributors=tuple(json.loads(r[2])),
-                    dropped=tuple(json.loads(r[3])),
+                    contributors=_ids(json.loads(r[2])),
+                    dropped=_ids(json.loads(r[3])),
                     model_hash=bytes(r[4]),
                     started_at=float(r[5]),
                     finished_at=float(r[6]),
@@ -771,32 +793,40 @@ class StateStore:
                 )
                 for r in rows
             ]
-        except ValueError as exc:
-            raise self._error(f"a rounds row is not valid JSON: {exc}") from exc
+        except (TypeError, ValueError) as exc:
+            raise self._error(f"a rounds row is malformed: {exc}") from exc
+        if not all(isinstance(r.summary, dict) for r in records):
+            raise self._error("a rounds row's summary is not a JSON object")
+        return records
 
     def ledger(self) -> list[dict[str, Any]]:
         """The event log in order: dicts with ``seq, time, kind, round, payload, prev_hash, hash``."""
         with self._read() as conn:
-            rows = conn.execute(
-                "SELECT seq, time, kind, round, payload, prev_hash, hash FROM ledger ORDER BY seq"
-            ).fetchall()
+            return self._ledger(conn)
+
+    def _ledger(self, conn: sqlite3.Connection) -> list[dict[str, Any]]:
+        rows = conn.execute(
+            "SELECT seq, time, kind, round, payload, prev_hash, hash FROM ledger ORDER BY seq"
+        ).fetchall()
         out: list[dict[str, Any]] = []
         for seq, at, kind, round_, text, prev, digest in rows:
             try:
                 payload = json.loads(text)
-            except ValueError as exc:
-                raise self._error(f"ledger seq {seq}: payload is not valid JSON") from exc
-            out.append(
-                {
-                    "seq": int(seq),
-                    "time": float(at),
-                    "kind": str(kind),
-                    "round": None if round_ is None else int(round_),
-                    "payload": payload,
-                    "prev_hash": bytes(prev),
-                    "hash": bytes(digest),
-                }
-            )
+                if not isinstance(payload, dict):
+                    raise ValueError("its payload is not a JSON object")
+                out.append(
+                    {
+                        "seq": int(seq),
+                        "time": float(at),
+                        "kind": str(kind),
+                        "round": None if round_ is None else int(round_),
+                        "payload": payload,
+                        "prev_hash": bytes(prev),
+                        "hash": bytes(digest),
+                    }
+                )
+            except (TypeError, ValueError) as exc:
+                raise self._error(f"ledger seq {seq}: malformed entry ({exc})") from exc
         return out
 
     def append_event(self, kind: str, round: int | None, payload: dict[str, Any]) -> None:

@@ -13,6 +13,7 @@ coordinator's memory; its log says who joined).
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -55,9 +56,7 @@ def read_status(state_db: Path, *, rounds_planned: int | None = None, now: float
     now = time.time() if now is None else now
     store = StateStore.open_read_only(state_db)
     try:
-        rounds = store.rounds()
-        attempts = store.attempts()
-        events = store.ledger()
+        rounds, attempts, events = store.snapshot()
     finally:
         store.close()
     durations = [r.finished_at - r.started_at for r in rounds]
@@ -120,6 +119,13 @@ def read_status(state_db: Path, *, rounds_planned: int | None = None, now: float
     )
 
 
+def _shown(value: object) -> str:
+    """A value as terminal text: anything with a control character is shown escaped (a reason or id
+    that came from elsewhere cannot forge lines or move the cursor)."""
+    text = str(value)
+    return text if text.isprintable() else json.dumps(text)
+
+
 def format_status(status: RunStatus) -> str:
     """The snapshot as a few lines for a terminal."""
     planned = f" of {status.rounds_planned}" if status.rounds_planned is not None else ""
@@ -139,11 +145,17 @@ def format_status(status: RunStatus) -> str:
         )
     if status.aborted_attempts:
         lines.append(f"aborted attempts: {status.aborted_attempts}")
-        lines += [f"  round {a['round']} attempt {a['attempt']}: {a['reason']}" for a in status.recent_aborts]
+        lines += [
+            f"  round {a['round']} attempt {a['attempt']}: {_shown(a['reason'])}"
+            for a in status.recent_aborts
+        ]
     if status.refusals:
         lines.append(f"refusals: {status.refusals}")
-        lines += [f"  round {r['round']}: {r['client']} ({r['reason']})" for r in status.recent_refusals]
+        lines += [
+            f"  round {r['round']}: {_shown(r['client'])} ({_shown(r['reason'])})"
+            for r in status.recent_refusals
+        ]
     if status.excluded:
         lines.append("excluded members:")
-        lines += [f"  {client}: {why}" for client, why in sorted(status.excluded.items())]
+        lines += [f"  {_shown(client)}: {_shown(why)}" for client, why in sorted(status.excluded.items())]
     return "\n".join(lines)

@@ -278,7 +278,8 @@ def guarantee_section(privacy: Mapping[str, Any], *, institution: str | None) ->
     if losses:
         plain += (
             f" The training losses of {who} ({len(losses)} releases, for the federation's learning curve) "
-            "carry no DP guarantee; the server saw them only summed with the whole cohort's."
+            "carry no DP guarantee; with secure aggregation the server saw them only summed with the whole "
+            "cohort's."
         )
     return {
         "dp_used": bool(privacy.get("dp_used")) and since is None,

@@ -135,6 +135,10 @@ class InstitutionPolicy:
         if unknown:
             raise ValueError(f"policy: unknown key(s) {unknown}; known: {sorted(known)}")
         values = dict(raw)
+        flags = [f.name for f in fields(cls) if isinstance(f.default, bool)]
+        wrong = [name for name in flags if name in values and not isinstance(values[name], bool)]
+        if wrong:  # "false" as a string is truthy: it would switch on what it names
+            raise ValueError(f"policy: {', '.join(wrong)} must be true or false (a TOML boolean, unquoted)")
         if "colluding_fraction" in values:
             values["colluding_fraction"] = Fraction(values["colluding_fraction"]).limit_denominator(1000)
         return cls(**values)

@@ -90,7 +90,9 @@ class ReleaseLog:
                     except (ValueError, KeyError, TypeError) as exc:
                         raise ValueError(f"{path}:{number}: not a release record ({exc})") from exc
 
-    def _load(self, entry: Mapping[str, object]) -> None:
+    def _load(self, entry: object) -> None:
+        if not isinstance(entry, dict):
+            raise ValueError("not a JSON object")
         kind = entry.get("kind", "released")
         if kind == "joined":
             self._joined[str(entry["session"])] = int(str(entry["round"]))

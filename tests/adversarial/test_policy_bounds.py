@@ -245,3 +245,10 @@ def test_training_losses_leave_only_by_the_institutions_own_policy_and_never_und
     dp = DpOptions.from_mapping({"noise_multiplier": 1.0, "max_grad_norm": 1.0, "expected_batch_size": 4})
     with pytest.raises(Refused, match="DP-SGD"):
         client.check_instruction(_fedit(report_loss=True, dp=dp), sharing)
+
+
+def test_a_quoted_boolean_in_the_policy_is_refused() -> None:
+    """Found by an attacker review: ``share_loss = "false"`` (a string) is truthy and switched sharing on."""
+    with pytest.raises(ValueError, match="share_loss must be true or false"):
+        InstitutionPolicy.from_mapping({"share_loss": "false"})
+    assert InstitutionPolicy.from_mapping({"share_loss": False}).share_loss is False

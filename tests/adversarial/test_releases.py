@@ -141,3 +141,11 @@ def test_the_bound_holds_through_a_later_voided_session(tmp_path: Path) -> None:
         _retry(log, S3, {"a", "b", "c", "d"}, set(), void)
     _retry(log, S3, {"a", "b", "c"}, set(), void)
     assert log.bound(b"input", S3) == frozenset({"a", "b", "c"})
+
+
+def test_a_release_log_line_that_is_not_an_object_is_named(tmp_path: Path) -> None:
+    """Found by an attacker review: ``[1]`` (valid JSON, not an object) raised an AttributeError."""
+    path = tmp_path / "r.jsonl"
+    path.write_text('{"kind": "joined", "session": "00", "round": 1}\n[1]\n')
+    with pytest.raises(ValueError, match=r"r\.jsonl:2: not a release record \(not a JSON object\)"):
+        ReleaseLog(path)

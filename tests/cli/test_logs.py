@@ -87,3 +87,14 @@ def test_a_log_path_that_cannot_be_written_is_a_clear_error(
     code = cli.main(["--log-file", str(blocker / "secfed.log"), "certs", "check", str(tmp_path)])
     assert code == 2
     assert "cannot set up logging" in capsys.readouterr().err
+
+
+def test_json_lines_stay_valid_json_whatever_a_field_holds(tmp_path: Path) -> None:
+    """Found by an attacker review: NaN was written as ``NaN`` (not JSON) and a dict with non-string
+    keys raised into the caller; a field named ``exc`` must not pose as the logged traceback."""
+    path = tmp_path / "secfed.log"
+    logs.configure(line_format="json", file=path)
+    logs.event(log, "odd", ratio=float("nan"), table={1: "a"}, exc="not a traceback")
+    (line,) = path.read_text(encoding="utf-8").splitlines()
+    parsed = json.loads(line)
+    assert parsed["ratio"] == "nan" and parsed["event"] == "odd" and "exc" in parsed

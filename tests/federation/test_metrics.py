@@ -72,3 +72,26 @@ def test_the_endpoint_stays_on_loopback_unless_asked() -> None:
         assert _samples(port)["secfed_rounds_planned"] == 1
     finally:
         metrics.close()
+
+
+def test_a_failed_start_leaves_no_metrics_endpoint_behind(tmp_path: Path) -> None:
+    """Found by an attacker review: the endpoint started before the gRPC port was bound, so a start
+    that failed (port taken) left /metrics serving and its port held."""
+    import socket
+
+    pki = provision_kits(tmp_path, 3)
+    with socket.socket() as taken, socket.socket() as probe:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        probe.bind(("127.0.0.1", 0))
+        metrics_port = probe.getsockname()[1]
+        probe.close()
+        config = dataclasses.replace(
+            server_config(pki, tmp_path / "run", ("inst00", "inst01", "inst02"), rounds=1),
+            listen=f"127.0.0.1:{taken.getsockname()[1]}",
+            metrics=MetricsConfig(listen=f"127.0.0.1:{metrics_port}"),
+        )
+        with pytest.raises(OSError, match="cannot listen"):
+            FederationServer.start(config)
+    with socket.socket() as again:
+        again.bind(("127.0.0.1", metrics_port))  # nothing kept it

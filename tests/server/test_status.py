@@ -4,15 +4,17 @@ server writes to it, and the numbers match what the coordinator committed."""
 from __future__ import annotations
 
 import json
+import sqlite3
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from secfed import cli
+from server.coordinator import Coordinator, RoundPlan
 from server.runtime import StoreObserver
 from server.state import StateStore
-from server.status import format_status, read_status
+from server.status import RunStatus, format_status, read_status
 from tests.server.test_state import record, vector
 
 
@@ -99,3 +101,67 @@ def test_status_of_a_live_federation_mid_round_and_after_a_restart(tmp_path: Pat
         assert after.open_attempt is not None and after.open_attempt["attempt"] == 2
     finally:
         restarted.stop()
+
+
+def test_a_corrupt_or_oddly_named_state_database_is_a_clear_error_and_nothing_is_written(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Found by an attacker review: a tampered row made ``secfed status`` print a traceback; a state
+    directory named ``run?1`` made SQLite open (and create) another file; a read-only open created
+    -wal/-shm files owned by the reader's account."""
+    odd = tmp_path / "run?1#x"
+    odd.mkdir()
+    path = odd / "state.sqlite"
+    _run_so_far(path).close()
+    assert not list(tmp_path.glob("run")) and not list(odd.glob("state.sqlite-*"))
+    assert cli.main(["status", "--state", str(path)]) == 0
+    assert "rounds completed: 2" in capsys.readouterr().out
+    assert sorted(p.name for p in odd.iterdir()) == ["state.sqlite"]  # no -wal/-shm of the reader
+    assert not (tmp_path / "run").exists()
+    for table, column, value in (
+        ("ledger", "payload", "[1, 2]"),
+        ("rounds", "contributors", "5"),
+        ("rounds", "model_hash", "x" * 32),  # text where a blob belongs
+    ):
+        broken = tmp_path / f"broken-{table}-{column}.sqlite"
+        broken.write_bytes(path.read_bytes())
+        with sqlite3.connect(broken) as db:
+            db.execute(f"UPDATE {table} SET {column} = ?", (value,))
+        assert cli.main(["status", "--state", str(broken)]) == 2
+        assert "malformed" in capsys.readouterr().err
+
+
+def test_refusal_text_from_a_member_never_reaches_the_status_and_repeats_count_once() -> None:
+    """A member's refusal carries a category only; anything else it sends (newlines, escapes, a forged
+    line) is recorded as "invalid", and a repeated refusal in one attempt changes nothing. Text that came
+    from elsewhere is shown escaped (found by an attacker review: a forged reason drew fake lines)."""
+    from tests.server.test_coordinator import Clock, MeanTask
+
+    coord = Coordinator(
+        roster=("inst00", "inst01", "inst02", "inst03"),
+        plan=RoundPlan(rounds=1, phase_timeout_s=5),
+        task=MeanTask(),
+        initial_model=np.zeros(8),
+        trust=None,
+        clock=Clock(),
+    )
+    forged = "budget\n  round 0: inst-victim (excluded)\x1b[2K"
+    coord.refuse("inst03", 0, forged)
+    coord.refuse("inst03", 0, "policy")
+    assert coord.refusals == [(0, "inst03", "invalid")]
+    shown = RunStatus(
+        state_db="s",
+        run_id="r",
+        rounds_planned=1,
+        rounds_completed=0,
+        open_attempt=None,
+        finished=False,
+        mean_round_s=None,
+        eta_s=None,
+        refusals=1,
+        recent_refusals=[{"round": 0, "client": "inst03", "reason": forged}],
+        excluded={"x\ny": "z"},
+    )
+    text = format_status(shown)
+    assert "\x1b" not in text and "inst-victim (excluded)\n" not in text
+    assert len(text.splitlines()) == 6
