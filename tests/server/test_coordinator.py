@@ -266,14 +266,14 @@ def test_refusing_client_is_not_waited_for(consortium: Consortium) -> None:
     coord, clients, _clock, results = build(consortium, 6, RoundPlan(rounds=1, phase_timeout_s=1000))
     refuser = clients[2]
     assert isinstance(coord.poll(refuser.cid).instruction, RoundStart)
-    coord.refuse(refuser.cid, 0, "privacy budget spent")
+    coord.refuse(refuser.cid, 0, "budget")
     others = [c for c in clients if c is not refuser]
     for _ in range(20):  # the clock never moves: only completeness can close the phases
         if not any([c.step() for c in others]):  # step every client each sweep
             break
     assert coord.finished_reason == "completed 1 rounds"
     assert refuser.cid not in results[0][1].contributors
-    assert coord.refusals == [(0, refuser.cid, "privacy budget spent")]
+    assert coord.refusals == [(0, refuser.cid, "budget")]
 
 
 def test_two_stage_round_sums_each_stage_and_applies_the_last(consortium: Consortium) -> None:
