@@ -1,0 +1,84 @@
+"""The server's checks of a masked input, each alone (mutation survivors of secagg/server.py), and the
+client's refusal to mask against a peer whose mask key cannot be agreed with (secagg/client.py).
+
+What they defend: a masked input that goes into the sum unchecked (a duplicate, another spec, a forged
+signature on evidence the cohort will verify) corrupts the sum or the evidence; a client that masks
+against an unusable peer key must say which peer, in which phase, and abort, not send a broken input.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+import numpy as np
+import pytest
+
+from secfed.secagg.errors import MalformedInputError, Phase
+from secfed.secagg.messages import MaskedInputUpload
+from secfed.secagg.server import ServerSession
+from tests.secagg.support import Consortium, Session, make_session, masked_inputs
+
+
+def _at_masked_input(
+    consortium: Consortium, *, keep_inputs: bool
+) -> tuple[Session, dict[str, MaskedInputUpload]]:
+    s = make_session(consortium, 4, seed=11)
+    s.server = ServerSession(s.config, trust=consortium.trust, keep_inputs=keep_inputs)
+    for client in s.clients.values():
+        s.server.receive_advert(client.advertise())
+    broadcast = s.server.close_advertise()
+    for client in s.clients.values():
+        s.server.receive_shares(client.on_advert_broadcast(broadcast))
+    relays = s.server.close_share_keys()
+    return s, masked_inputs(s, relays)
+
+
+def _refused(s: Session, msg: MaskedInputUpload, detail: str) -> None:
+    with pytest.raises(MalformedInputError) as err:
+        s.server.receive_masked_input(msg)
+    assert err.value.phase is Phase.MASKED_INPUT and err.value.detail == detail
+
+
+def test_a_forged_signature_is_refused_when_the_sum_becomes_evidence(consortium: Consortium) -> None:
+    """With the inputs kept as evidence the cohort will verify, a masked input whose signature does not
+    verify never enters the sum."""
+    s, uploads = _at_masked_input(consortium, keep_inputs=True)
+    _, msg = sorted(uploads.items())[0]
+    forged = replace(msg, signature=bytes(len(msg.signature)))
+    _refused(s, forged, "masked input signature does not verify")
+    s.server.receive_masked_input(msg)  # the genuine one is accepted
+
+
+def test_signatures_are_not_checked_when_no_evidence_is_kept(consortium: Consortium) -> None:
+    """Without evidence the server gains nothing from hashing every input again (the check costs a pass
+    over an adapter-sized vector): an input is summed on the strength of the session's other checks."""
+    s, uploads = _at_masked_input(consortium, keep_inputs=False)
+    _, msg = sorted(uploads.items())[0]
+    s.server.receive_masked_input(replace(msg, signature=b""))
+
+
+def test_each_malformed_masked_input_is_refused_with_its_reason(consortium: Consortium) -> None:
+    s, uploads = _at_masked_input(consortium, keep_inputs=False)
+    (_, a), (_, b) = sorted(uploads.items())[:2]
+    _refused(s, replace(a, spec_hash=bytes(32)), "spec hash does not match the session's vector spec")
+    name = next(iter(a.segments))
+    _refused(
+        s,
+        replace(a, segments={k: v for k, v in a.segments.items() if k != name}),
+        f"unknown segments [], missing segments [{name!r}]",
+    )
+    wrong: dict[str, Any] = {k: np.asarray(v, dtype=np.float64) for k, v in a.segments.items()}
+    _refused(
+        s,
+        replace(a, segments=wrong),
+        f"segment {name!r} must be a {np.dtype(s.config.spec.dtype).name} array",
+    )
+    short = {k: v[:-1] for k, v in a.segments.items()}
+    length = s.config.spec.segments[0].length
+    _refused(
+        s, replace(a, segments=short), f"segment {name!r} has shape ({length - 1},), expected ({length},)"
+    )
+    s.server.receive_masked_input(a)
+    _refused(s, a, "duplicate masked input")
+    s.server.receive_masked_input(b)
