@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from secfed.secagg.errors import MalformedInputError, Phase
+from secfed.secagg.errors import InvalidAdvertError, MalformedInputError, Phase
 from secfed.secagg.messages import MaskedInputUpload
 from secfed.secagg.server import ServerSession
 from tests.secagg.support import Consortium, Session, make_session, masked_inputs
@@ -82,3 +82,33 @@ def test_each_malformed_masked_input_is_refused_with_its_reason(consortium: Cons
     s.server.receive_masked_input(a)
     _refused(s, a, "duplicate masked input")
     s.server.receive_masked_input(b)
+
+
+def test_a_peer_mask_key_no_agreement_can_use_aborts_naming_the_peer(consortium: Consortium) -> None:
+    """A peer advertised (and signed) a low-order X25519 mask key: no pairwise mask can be derived with
+    it. The client refuses to mask, names that peer and the phase the key came from, and erases its
+    secrets (a masked input missing a pair mask would reveal the client's input in the sum)."""
+    s = make_session(consortium, 4, seed=12)
+    bad = s.config.roster[1]
+    adverts = {cid: client.advertise() for cid, client in s.clients.items()}
+    unsigned = replace(adverts[bad], pk_mask=bytes(32), signature=b"")
+    adverts[bad] = replace(unsigned, signature=consortium.identities[bad].sign(unsigned.signed_payload()))
+    liar = s.clients[bad]  # the malicious member's own session goes along with its altered advert
+    assert liar._mask_keys is not None
+    liar._mask_keys = replace(liar._mask_keys, public=bytes(32))
+    for advert in adverts.values():
+        s.server.receive_advert(advert)
+    broadcast = s.server.close_advertise()
+    for client in s.clients.values():
+        s.server.receive_shares(client.on_advert_broadcast(broadcast))
+    relays = s.server.close_share_keys()
+    for cid, relay in relays.items():
+        s.clients[cid].on_share_relay(relay)
+        s.server.receive_ready(s.clients[cid].ready())
+    go = s.server.close_compute()
+    honest = s.clients[s.config.roster[0]]
+    with pytest.raises(InvalidAdvertError) as err:
+        honest.on_masked_input_request(go)
+    assert err.value.phase is Phase.SHARE_KEYS and err.value.client_id == bad
+    assert err.value.detail.startswith("mask key agreement failed: ")
+    assert honest.phase is Phase.ABORTED and not honest.holds_secrets
