@@ -14,8 +14,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from secfed.secagg.errors import InvalidAdvertError, MalformedInputError, Phase
-from secfed.secagg.messages import MaskedInputUpload
+from secfed.secagg.errors import ConfigError, InvalidAdvertError, MalformedInputError, Phase
+from secfed.secagg.messages import ComputeReady, MaskedInputUpload
 from secfed.secagg.server import ServerSession
 from tests.secagg.support import Consortium, Session, make_session, masked_inputs
 
@@ -112,3 +112,64 @@ def test_a_peer_mask_key_no_agreement_can_use_aborts_naming_the_peer(consortium:
     assert err.value.phase is Phase.SHARE_KEYS and err.value.client_id == bad
     assert err.value.detail.startswith("mask key agreement failed: ")
     assert honest.phase is Phase.ABORTED and not honest.holds_secrets
+
+
+def _at_compute(consortium: Consortium) -> tuple[Session, dict[str, ComputeReady]]:
+    s = make_session(consortium, 4, seed=13)
+    for client in s.clients.values():
+        s.server.receive_advert(client.advertise())
+    broadcast = s.server.close_advertise()
+    for client in s.clients.values():
+        s.server.receive_shares(client.on_advert_broadcast(broadcast))
+    relays = s.server.close_share_keys()
+    ready = {}
+    for cid, relay in relays.items():
+        s.clients[cid].on_share_relay(relay)
+        ready[cid] = s.clients[cid].ready()
+    return s, ready
+
+
+def _ready_refused(s: Session, msg: ComputeReady, detail: str) -> None:
+    with pytest.raises(MalformedInputError) as err:
+        s.server.receive_ready(msg)
+    assert (
+        err.value.phase is Phase.COMPUTE and err.value.client_id == msg.sender and err.value.detail == detail
+    )
+
+
+def test_each_malformed_ready_notice_is_refused_with_its_reason(consortium: Consortium) -> None:
+    """A ready notice is where a holder complains about a dealer (with its revealed cipher key): one that
+    names a stranger or the same dealer twice, a complaint without the key or a key without a complaint,
+    or a key of the wrong length, would make the server judge on evidence that does not exist."""
+    s, ready = _at_compute(consortium)
+    (_, msg), (other, _) = sorted(ready.items())[:2]
+    key = bytes(32)
+    _ready_refused(
+        s,
+        replace(msg, complaints=("stranger",), cipher_key=key),
+        "complaints must name distinct neighbours in U2",
+    )
+    _ready_refused(
+        s,
+        replace(msg, complaints=(other, other), cipher_key=key),
+        "complaints must name distinct neighbours in U2",
+    )
+    only_key = "a complaint comes with the 32-byte cipher key, and only then"
+    _ready_refused(s, replace(msg, complaints=(other,)), only_key)
+    _ready_refused(s, replace(msg, cipher_key=key), only_key)
+    _ready_refused(s, replace(msg, complaints=(other,), cipher_key=bytes(31)), only_key)
+    s.server.receive_ready(msg)
+    _ready_refused(s, msg, "duplicate ready notice")
+
+
+def test_a_server_session_of_another_consortium_is_refused(consortium: Consortium) -> None:
+    """The signed configuration names the consortium (its CA's hash): a server whose CA is another's
+    would count signatures of a federation this session is not part of."""
+    from secfed.crypto.identity import TrustAnchor
+    from secfed.pki.issue import create_ca
+
+    s = make_session(consortium, 4, seed=14)
+    with pytest.raises(ConfigError) as err:
+        ServerSession(s.config, trust=TrustAnchor(create_ca("another consortium").certificate))
+    assert err.value.phase is Phase.CONFIGURE
+    assert err.value.detail == "the session names another consortium than the server's CA"
