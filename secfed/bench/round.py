@@ -28,14 +28,49 @@ from secfed.fl.policy import InstitutionPolicy
 from secfed.pki.consortium import loopback_consortium, provision
 
 
-def _one_round(pki: Path, workdir: Path, clients: int, dim: int, secure: bool) -> dict[str, Any]:
+def run_vector_federation(pki: Path, config: Any, *, secure: bool = True) -> Any:
+    """Run ``config`` (a ``ServerConfig`` of the ``bench-vector`` task) to its end over mTLS gRPC, with
+    one client runtime thread per roster member; the stopped ``FederationServer`` (its service's byte
+    counters and the state directory stay readable). Raises ``RuntimeError`` unless every round completed.
+    """
     from client.config import RetryPolicy
     from client.runtime import ClientRuntime
     from secfed.fl.tasks import client_task
     from secfed.pki.kit import load_kit
+    from server.runtime import FederationServer
+
+    server = FederationServer.start(config)
+    errors: list[BaseException] = []
+
+    def run_client(cid: str) -> None:
+        try:
+            ClientRuntime(
+                load_kit(pki / "clients" / cid),
+                client_task("bench-vector", cid, dict(config.task_options)),
+                address=f"127.0.0.1:{server.port}",
+                retry=RetryPolicy(initial_backoff_s=0.05, max_backoff_s=0.5, give_up_after_s=600),
+                policy=InstitutionPolicy(allow_insecure_baselines=not secure),
+            ).run()
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run_client, args=(cid,), daemon=True) for cid in config.roster]
+    for t in threads:
+        t.start()
+    try:
+        reason = server.wait(linger_s=10.0)
+    finally:
+        server.stop()
+    for t in threads:
+        t.join(60)
+    if errors or not reason.startswith("completed"):
+        raise RuntimeError(f"benchmark run failed: {reason}; client errors: {errors[:3]}")
+    return server
+
+
+def _one_round(pki: Path, workdir: Path, clients: int, dim: int, secure: bool) -> dict[str, Any]:
     from server.config import ServerConfig
     from server.coordinator import RoundPlan
-    from server.runtime import FederationServer
 
     roster = tuple(f"inst{i:03d}" for i in range(clients))
     config = ServerConfig(
@@ -47,34 +82,9 @@ def _one_round(pki: Path, workdir: Path, clients: int, dim: int, secure: bool) -
         task="bench-vector",
         task_options={"dim": dim},
     )
-    server = FederationServer.start(config)
-    errors: list[BaseException] = []
-
-    def run_client(cid: str) -> None:
-        try:
-            ClientRuntime(
-                load_kit(pki / "clients" / cid),
-                client_task("bench-vector", cid, {"dim": dim}),
-                address=f"127.0.0.1:{server.port}",
-                retry=RetryPolicy(initial_backoff_s=0.05, max_backoff_s=0.5, give_up_after_s=120),
-                policy=InstitutionPolicy(allow_insecure_baselines=not secure),
-            ).run()
-        except BaseException as exc:  # reported below
-            errors.append(exc)
-
-    threads = [threading.Thread(target=run_client, args=(cid,), daemon=True) for cid in roster]
-    for t in threads:
-        t.start()
-    try:
-        reason = server.wait(linger_s=10.0)
-        record = json.loads((workdir / "rounds.jsonl").read_text().splitlines()[-1])
-        wire = dict(server.service.wire_bytes)
-    finally:
-        server.stop()
-    for t in threads:
-        t.join(30)
-    if errors or not reason.startswith("completed"):
-        raise RuntimeError(f"benchmark round failed: {reason}; client errors: {errors[:3]}")
+    server = run_vector_federation(pki, config, secure=secure)
+    record = json.loads((workdir / "rounds.jsonl").read_text().splitlines()[-1])
+    wire = dict(server.service.wire_bytes)
     return {"round_s": record["seconds"], "phase_seconds": record["phase_seconds"], "wire_bytes": wire}
 
 

@@ -19,23 +19,18 @@ from __future__ import annotations
 import argparse
 import sqlite3
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
 
+from secfed.bench.round import run_vector_federation
 from secfed.bench.stats import add_output_arguments, emit
 from secfed.pki.consortium import loopback_consortium, provision
 
 
 def run_benchmark(dim: int, rounds: int, keep: int, clients: int = 3) -> dict[str, Any]:
-    from client.config import RetryPolicy
-    from client.runtime import ClientRuntime
-    from secfed.fl.tasks import client_task
-    from secfed.pki.kit import load_kit
     from server.config import ServerConfig
     from server.coordinator import RoundPlan
-    from server.runtime import FederationServer
 
     if dim < 1 or rounds < 1 or keep < 1 or clients < 3:
         raise ValueError("--dim, --rounds and --keep must be at least 1, --clients at least 3")
@@ -55,31 +50,7 @@ def run_benchmark(dim: int, rounds: int, keep: int, clients: int = 3) -> dict[st
             keep_models=keep,
         )
         started = time.perf_counter()
-        server = FederationServer.start(config)
-        errors: list[BaseException] = []
-
-        def run_client(cid: str) -> None:
-            try:
-                ClientRuntime(
-                    load_kit(pki / "clients" / cid),
-                    client_task("bench-vector", cid, {"dim": dim}),
-                    address=f"127.0.0.1:{server.port}",
-                    retry=RetryPolicy(initial_backoff_s=0.05, max_backoff_s=0.5, give_up_after_s=600),
-                ).run()
-            except BaseException as exc:  # reported below
-                errors.append(exc)
-
-        threads = [threading.Thread(target=run_client, args=(cid,), daemon=True) for cid in roster]
-        for t in threads:
-            t.start()
-        try:
-            reason = server.wait(linger_s=10.0)
-        finally:
-            server.stop()
-        for t in threads:
-            t.join(60)
-        if errors or not reason.startswith("completed"):
-            raise RuntimeError(f"benchmark run failed: {reason}; client errors: {errors[:3]}")
+        run_vector_federation(pki, config)
         # The state: the database (and its write-ahead log) and the rounds log. The exported final
         # model (state/adapter/ or model.npy) is the run's result, one copy whatever the rounds, and is
         # reported apart.
