@@ -61,6 +61,7 @@ def test_a_dealer_with_bad_shares_for_every_holder_is_named_before_any_input_lea
         result, error = _run(session)
     assert result is None and isinstance(error, DealerFaultError) and error.client_id == dealer
     assert error.phase is Phase.COMPUTE
+    assert error.detail.endswith("; ended before any input was released")  # what the operator reads
     assert set(error.evidence["complainers"]) == set(session.config.roster) - {dealer}
     assert all(c.phase is not Phase.DONE for c in session.clients.values())  # nothing unmasked
     _honest_not_blamed(session, dealer, error)

@@ -455,6 +455,20 @@ def test_shares_naming_other_parties_are_the_dealers_fault(frm: str, to: str) ->
     assert _dealer_blamed(*_dealt(frm=frm, to=to)) == "share plaintext names other parties"
 
 
+@pytest.mark.parametrize("side", ["sender", "recipient"])
+def test_shares_naming_a_party_in_bytes_that_are_not_utf8_are_the_dealers_fault(side: str) -> None:
+    """A plaintext whose sender or recipient field is not UTF-8 (no roster id is) is refused as naming
+    other parties, the dealer blamed; it must never crash the holder with a decoding error."""
+    s_raw = shamir.Share(x=_X, value=11).to_bytes()
+    b_raw = shamir.Share(x=_X, value=22).to_bytes()
+    names = [_DEALER.encode(), _HOLDER.encode()]
+    names[0 if side == "sender" else 1] = b"c0\xff"
+    key = derive.share_key(_AGREED, _SID, _DEALER, _HOLDER)
+    sealed = aead.seal(key, encode_fields(*names, s_raw, b_raw), derive.share_ad(_SID, _DEALER, _HOLDER))
+    _, commitment = _dealt()
+    assert _dealer_blamed(sealed, commitment) == "share plaintext names other parties"
+
+
 @pytest.mark.parametrize(("s_x", "b_x"), [(3, _X), (_X, 3)])
 def test_a_share_for_another_roster_position_is_the_dealers_fault(s_x: int, b_x: int) -> None:
     """Either share evaluated at another holder's point (useless for reconstruction) is caught."""
