@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from secfed import cli_audit, cli_certs, logs
 from secfed.bench import attacks as bench_attacks
@@ -65,6 +67,17 @@ def build_parser() -> argparse.ArgumentParser:
     where.add_argument(
         "--client", type=Path, help="an institution's client TOML: its own view (sessions, refusals, privacy)"
     )
+    where.add_argument(
+        "--operator",
+        type=Path,
+        metavar="KIT",
+        help="an operator kit: ask the running coordinator over mTLS (adds the open phase, cohort, last seen)",
+    )
+    status.add_argument(
+        "--server",
+        metavar="HOST:PORT",
+        help="with --operator: the coordinator (default: the kit's server_address)",
+    )
     status.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     status.add_argument(
         "--watch", type=float, metavar="SECONDS", help="print again every SECONDS until Ctrl-C"
@@ -114,6 +127,25 @@ def _simulate(args: argparse.Namespace) -> int:
     return simulate_harness.run_cli(args)
 
 
+def _operator_query(kit_dir: Path, server: str | None) -> Callable[[], dict[str, Any]]:
+    """Ask the coordinator named by ``server`` or by the operator kit, once per call."""
+    from client.operator_status import RemoteStatusError, fetch_status
+    from secfed.pki.kit import load_kit
+
+    kit = load_kit(kit_dir)
+    address = server or kit.server_address
+    if address is None:
+        raise ValueError(f"{kit_dir}: the kit records no server_address; pass --server HOST:PORT")
+
+    def ask() -> dict[str, Any]:
+        try:
+            return fetch_status(kit, address)
+        except RemoteStatusError as exc:
+            raise ValueError(str(exc)) from exc
+
+    return ask
+
+
 def _status(args: argparse.Namespace) -> int:
     import json
     import time
@@ -122,10 +154,13 @@ def _status(args: argparse.Namespace) -> int:
     from client.status import format_client_status, read_client_status
     from server.config import load_server_config
     from server.state import StateError
-    from server.status import format_status, read_status
+    from server.status import RunStatus, format_status, read_status
 
     if args.watch is not None and not args.watch > 0:
         raise ValueError(f"--watch needs a number of seconds > 0, got {args.watch}")
+    if args.server is not None and args.operator is None:
+        raise ValueError("--server only applies with --operator (the other views read local files)")
+    ask = _operator_query(args.operator, args.server) if args.operator is not None else None
     planned = None
     state_db = args.state
     if args.config is not None:
@@ -136,6 +171,13 @@ def _status(args: argparse.Namespace) -> int:
         if client is not None:
             mine = read_client_status(client)
             print(json.dumps(mine, sort_keys=True) if args.json else format_client_status(mine), flush=True)
+        elif ask is not None:
+            document = ask()
+            print(
+                json.dumps(document, sort_keys=True)
+                if args.json
+                else format_status(RunStatus.from_json(document))
+            )
         else:
             try:
                 snapshot = read_status(state_db, rounds_planned=planned)

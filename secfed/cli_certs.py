@@ -41,8 +41,8 @@ from secfed.pki.files import (
     save_ca,
     write_public,
 )
-from secfed.pki.issue import create_ca, issue_client, issue_server, revoke
-from secfed.pki.kit import CA_FILE, KIT_FILE, check_kit, write_kit
+from secfed.pki.issue import create_ca, issue_client, issue_operator, issue_server, revoke
+from secfed.pki.kit import CA_FILE, KIT_FILE, Role, check_kit, write_kit
 
 __all__ = ["register"]
 
@@ -125,26 +125,37 @@ def _cmd_issue(args: argparse.Namespace) -> int:
         raise PkiError(f"{out}: exists and is not empty; pass --force to overwrite the kit there")
     ca = load_ca(args.ca)
     crl = load_crl(args.ca / CRL_FILE)
+    days = args.days if args.days is not None else 90 if args.operator else 365
     if args.server:
         dns = args.dns if args.dns or args.ip else ["localhost"]
         ips = args.ip if args.dns or args.ip else ["127.0.0.1"]
-        ident = issue_server(ca, dns_names=dns or [], ip_addresses=ips or [], valid_days=args.days)
+        ident = issue_server(
+            ca,
+            dns_names=dns or [],
+            ip_addresses=ips or [],
+            valid_days=days,
+        )
         write_kit(out, ident, ca.certificate, crl, role="server", server_address=args.server_address)
         print(f"issued server kit {describe(ident.certificate)} in {out}")
     else:
         if args.dns or args.ip:
             raise PkiError("--dns/--ip only apply to --server kits")
-        ident = issue_client(ca, args.client, valid_days=args.days)
+        role: Role = "operator" if args.operator else "client"
+        name = args.operator or args.client
+        issue = issue_operator if args.operator else issue_client
+        ident = issue(ca, name, valid_days=days)
         write_kit(
             out,
             ident,
             ca.certificate,
             crl,
-            role="client",
+            role=role,
             server_address=args.server_address,
             display_name=args.name,
         )
-        print(f"issued client kit for {args.client!r} {describe(ident.certificate)} in {out}")
+        print(f"issued {role} kit for {name!r} {describe(ident.certificate)} in {out}")
+        if args.operator:
+            print(f"  it reads the coordinator's status: secfed status --operator {out}")
     print(f"  hand {out} to its operator; {out / 'key.pem'} must stay private (mode 0600).")
     return 0
 
@@ -251,11 +262,16 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     who = p.add_mutually_exclusive_group(required=True)
     who.add_argument("--client", metavar="ID", help="issue a client kit for this client id")
     who.add_argument("--server", action="store_true", help="issue the coordinator's kit")
-    p.add_argument("--name", help="client display name (recorded in kit.toml)")
+    who.add_argument(
+        "--operator",
+        metavar="NAME",
+        help="issue an operator kit (reads a running coordinator's status; never an institution)",
+    )
+    p.add_argument("--name", help="client or operator display name (recorded in kit.toml)")
     p.add_argument("--dns", action="append", help="server DNS name (repeatable; default localhost)")
     p.add_argument("--ip", action="append", help="server IP address (repeatable; default 127.0.0.1)")
     p.add_argument("--server-address", metavar="HOST:PORT", help="coordinator address to record in kit.toml")
-    p.add_argument("--days", type=int, default=365, help="certificate validity in days (default 365)")
+    p.add_argument("--days", type=int, help="certificate validity in days (default 365; 90 for an operator)")
     p.add_argument("--out", type=Path, required=True, help="kit directory to write")
     p.add_argument("--force", action="store_true", help="overwrite a non-empty kit directory")
     p.set_defaults(func=_cmd_issue)

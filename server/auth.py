@@ -69,17 +69,7 @@ class PeerAuthenticator:
 
     def identify(self, context: grpc.ServicerContext) -> Peer:
         """The verified client id of the caller, or :class:`PeerRefused` saying why not."""
-        pems = context.auth_context().get("x509_pem_cert")
-        if not pems:
-            raise PeerRefused(grpc.StatusCode.UNAUTHENTICATED, "a client certificate is required")
-        try:
-            cert = x509.load_pem_x509_certificate(pems[0])
-        except ValueError as exc:
-            raise PeerRefused(
-                grpc.StatusCode.UNAUTHENTICATED, f"unreadable client certificate: {exc}"
-            ) from exc
-        der = cert.public_bytes(Encoding.DER)
-        self._reload_crl()
+        der = self._peer_certificate(context)
         try:
             peer = self._trust.verify_client([der])
         except IdentityError as exc:
@@ -92,6 +82,31 @@ class PeerAuthenticator:
                 f"client {peer.client_id!r} is not in this federation's roster",
             )
         return Peer(peer.client_id, der)
+
+    def identify_operator(self, context: grpc.ServicerContext) -> str:
+        """The verified operator name of the caller (an operator certificate of the consortium CA,
+        not revoked), or :class:`PeerRefused`: an institution's certificate is refused here."""
+        der = self._peer_certificate(context)
+        try:
+            return self._trust.verify_operator([der])
+        except IdentityError as exc:
+            raise PeerRefused(
+                grpc.StatusCode.PERMISSION_DENIED, f"operator certificate refused ({exc.reason}): {exc}"
+            ) from exc
+
+    def _peer_certificate(self, context: grpc.ServicerContext) -> bytes:
+        """The TLS peer's leaf certificate (DER), with the CRL re-read if it changed on disk."""
+        pems = context.auth_context().get("x509_pem_cert")
+        if not pems:
+            raise PeerRefused(grpc.StatusCode.UNAUTHENTICATED, "a client certificate is required")
+        try:
+            cert = x509.load_pem_x509_certificate(pems[0])
+        except ValueError as exc:
+            raise PeerRefused(
+                grpc.StatusCode.UNAUTHENTICATED, f"unreadable client certificate: {exc}"
+            ) from exc
+        self._reload_crl()
+        return cert.public_bytes(Encoding.DER)
 
 
 class RateLimiter:

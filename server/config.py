@@ -57,6 +57,8 @@ class ServerConfig:
     # latest; every institution keeps its own copy of the final one.
     keep_models: int | None = None
     metrics: MetricsConfig | None = None  # None: no metrics endpoint
+    # [tensorboard] logdir: per-round curves as TensorBoard event files (the tensorboard extra); None: off
+    tensorboard_dir: Path | None = None
 
 
 def load_server_config(path: Path) -> ServerConfig:
@@ -128,6 +130,14 @@ def load_server_config(path: Path) -> ServerConfig:
         met.get("listen", str, MetricsConfig.listen)
         met.get("allow_remote", bool, False)
     met.finish()
+    board = doc.table("tensorboard")
+    tensorboard_dir = None
+    if "logdir" in board.data:  # an absent section or key leaves the curves off
+        logdir = board.get("logdir", str, "")
+        if not logdir:  # "" would write into the configuration directory itself
+            raise board.error("logdir", "must name a directory (leave the key out to write no curves)")
+        tensorboard_dir = base / logdir
+    board.finish()
     doc.finish()
     return ServerConfig(
         listen=listen,
@@ -141,4 +151,5 @@ def load_server_config(path: Path) -> ServerConfig:
         limits=limits,
         keep_models=keep_models,
         metrics=metrics,
+        tensorboard_dir=tensorboard_dir,
     )

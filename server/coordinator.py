@@ -276,6 +276,7 @@ class Coordinator:
         # Clients heard from in this process, and until when the first phase waits for the rest.
         self._joined: set[str] = set()
         self._join_deadline: float | None = None
+        self._last_seen: dict[str, float] = {}  # client -> clock() of its last poll or accepted upload
         self._finished_id = 0  # the instruction id of Finished, once the federation has finished
         # What became of recently abandoned attempts, by config digest and session id (for late uploads).
         self._ended: dict[bytes, str] = {}
@@ -318,6 +319,34 @@ class Coordinator:
             and attempt.session.session_id == session_id
             and attempt.session.phase in (Phase.ADVERTISE, Phase.SHARE_KEYS, Phase.COMPUTE)
         )
+
+    def live_view(self) -> dict[str, Any]:
+        """What only this process knows, for an operator's status view (JSON-able): the open attempt's
+        stage, phase, seconds to its deadline and cohort, which members it still waits for, and when
+        each member was last heard from. Membership and timing only: no value of any upload."""
+        now = self.clock()
+        attempt = self._attempt
+        open_attempt = None
+        if attempt is not None and self.finished_reason is None:
+            srv = attempt.session
+            open_attempt = {
+                "round": attempt.round,
+                "attempt": attempt.number,
+                "stage": attempt.stage,
+                "phase": srv.phase.value,
+                # An attempt nobody has heard of yet has no running deadline (it starts at the first poll).
+                "deadline_s": round(max(0.0, attempt.deadline - now), 1) if attempt.delivered else None,
+                "cohort": sorted(srv.config.roster),
+                "waiting_for": sorted(srv.expected() - srv.received() - attempt.refused),
+                "refused": sorted(attempt.refused),
+            }
+        return {
+            "open": open_attempt,
+            "finished": self.finished_reason,
+            "joined": sorted(self._joined),  # heard from since this process started
+            "last_seen_s_ago": {c: round(now - t, 1) for c, t in sorted(self._last_seen.items())},
+            "excluded": dict(sorted(self.excluded.items())),
+        }
 
     def current_spec(self) -> VectorSpec | None:
         """The vector spec of the open attempt (for validating uploads before they reach the session)."""
@@ -364,6 +393,7 @@ class Coordinator:
 
     def upload_accepted(self, client_id: str) -> None:
         """The open session took an upload of ``client_id``: it has answered this phase."""
+        self._last_seen[client_id] = self.clock()
         attempt = self._attempt
         if attempt is None:
             return
@@ -373,6 +403,7 @@ class Coordinator:
 
     def _note_join(self, client_id: str) -> None:
         """A client is up. Once the whole cohort is, the first phase runs on its own (short) deadline."""
+        self._last_seen[client_id] = self.clock()
         if client_id in self._joined:
             return
         now = self.clock()

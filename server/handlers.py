@@ -1,4 +1,4 @@
-"""Registers the Federation service with request parsing done by secfed, not by grpcio.
+"""Registers the Federation and Operator services with request parsing done by secfed, not by grpcio.
 
 grpcio's generated registration deserializes each request before the servicer runs; a request that
 fails to parse there is answered INTERNAL, but grpcio 1.82 never releases its HTTP/2 stream (about
@@ -19,6 +19,7 @@ from google.protobuf.message import DecodeError, Message
 from secfed.proto.v1 import federation_pb2 as pb
 
 SERVICE = "secfed.v1.Federation"
+OPERATOR_SERVICE = "secfed.v1.Operator"
 M = TypeVar("M", bound=Message)
 
 
@@ -72,3 +73,14 @@ def register(servicer: Any, server: grpc.Server) -> None:
         ),
     }
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
+
+
+def register_operator(servicer: Any, server: grpc.Server) -> None:
+    """Add ``servicer`` (a :class:`server.operator.OperatorService`) to ``server``, parsed the same way."""
+    handlers = {
+        "Status": grpc.unary_unary_rpc_method_handler(
+            _unary(pb.StatusRequest, servicer.Status, "Status"),
+            response_serializer=pb.StatusReply.SerializeToString,
+        ),
+    }
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(OPERATOR_SERVICE, handlers),))

@@ -29,12 +29,14 @@ from secfed.fl.vectors import model_hash
 from secfed.pki.kit import load_kit
 from secfed.secagg.messages import AggregateResult
 from server import handlers
-from server.auth import PeerAuthenticator
+from server.auth import PeerAuthenticator, RateLimiter
 from server.config import ServerConfig
 from server.coordinator import Coordinator, CoordinatorObserver
 from server.metrics import FederationMetrics, ObserverChain
+from server.operator import OperatorService
 from server.service import FederationService
 from server.state import RoundRecord, StateStore
+from server.tensorboard import TensorBoardCurves
 
 log = logging.getLogger("secfed.server")
 
@@ -218,6 +220,18 @@ def _metrics(config: ServerConfig) -> FederationMetrics | None:
         ) from exc
 
 
+def _tensorboard(config: ServerConfig) -> TensorBoardCurves | None:
+    """The curves of ``[tensorboard]`` (event files in its logdir); a clear error without the extra."""
+    if config.tensorboard_dir is None:
+        return None
+    try:
+        return TensorBoardCurves(config.tensorboard_dir)
+    except ImportError as exc:
+        raise ValueError(
+            "[tensorboard] logdir needs the tensorboardX package: pip install 'secfed[tensorboard]'"
+        ) from exc
+
+
 @dataclass
 class FederationServer:
     config: ServerConfig
@@ -229,6 +243,7 @@ class FederationServer:
     stop_event: threading.Event
     metrics: FederationMetrics | None = None
     metrics_port: int | None = None
+    tensorboard: TensorBoardCurves | None = None
 
     @classmethod
     def start(cls, config: ServerConfig) -> FederationServer:
@@ -256,6 +271,9 @@ class FederationServer:
         metrics = _metrics(config)
         if metrics is not None:
             observer = ObserverChain(observer, metrics)
+        tensorboard = _tensorboard(config)
+        if tensorboard is not None:
+            observer = ObserverChain(observer, tensorboard)
         coordinator = Coordinator(
             roster=config.roster,
             plan=config.plan,
@@ -267,12 +285,15 @@ class FederationServer:
             first_attempt=store.next_attempt(first_round),
             excluded=excluded_members(store),
         )
-        service = FederationService(
+        auth = PeerAuthenticator(kit, frozenset(config.roster))
+        service = FederationService(coordinator, lock, auth, config.limits, config.federation_name)
+        operator = OperatorService(
             coordinator,
             lock,
-            PeerAuthenticator(kit, frozenset(config.roster)),
-            config.limits,
-            config.federation_name,
+            auth,
+            RateLimiter(config.limits.max_requests_per_s, config.limits.burst),
+            config.state_db,
+            config.plan.rounds,
         )
         message_limit = config.limits.chunk_bytes + _GRPC_OVERHEAD
         grpc_server = grpc.server(
@@ -285,6 +306,7 @@ class FederationServer:
             maximum_concurrent_rpcs=config.limits.max_workers * 8,
         )
         handlers.register(service, grpc_server)
+        handlers.register_operator(operator, grpc_server)
         credentials = grpc.ssl_server_credentials(
             [(kit.key_path.read_bytes(), kit.cert_path.read_bytes())],
             root_certificates=kit.ca_path.read_bytes(),
@@ -299,6 +321,8 @@ class FederationServer:
             error = f"cannot listen on {config.listen}"
         if port == 0:
             store.close()
+            if tensorboard is not None:
+                tensorboard.close()
             raise OSError(error)
         metrics_port = None
         if metrics is not None and config.metrics is not None:
@@ -306,11 +330,22 @@ class FederationServer:
                 metrics_port = metrics.serve(config.metrics.listen, allow_remote=config.metrics.allow_remote)
             except (OSError, ValueError):
                 store.close()
+                if tensorboard is not None:
+                    tensorboard.close()
                 raise
             logs.event(log, "metrics-listening", address=config.metrics.listen, port=metrics_port)
         grpc_server.start()
         server = cls(
-            config, port, coordinator, service, grpc_server, store, threading.Event(), metrics, metrics_port
+            config,
+            port,
+            coordinator,
+            service,
+            grpc_server,
+            store,
+            threading.Event(),
+            metrics,
+            metrics_port,
+            tensorboard,
         )
         threading.Thread(target=server._tick_loop, args=(lock,), name="secfed-tick", daemon=True).start()
         logs.event(
@@ -359,4 +394,6 @@ class FederationServer:
         self.grpc_server.stop(grace=1.0).wait()
         if self.metrics is not None:
             self.metrics.close()
+        if self.tensorboard is not None:
+            self.tensorboard.close()
         self.store.close()

@@ -7,8 +7,10 @@ now and for how long, each completed round's contributors, dropouts and duration
 with their reasons, refusals (by category, as institutions send them), members excluded with the
 evidence's reason, and an estimate of the time left (mean round time so far x rounds left).
 
-Not shown, because the database does not hold it: which institutions are connected this second (the
-coordinator's memory; its log says who joined).
+The database does not hold what only the running coordinator knows: the open phase and its
+deadline, the cohort and whom it still waits for, and when each institution was last heard from. An
+operator gets that too by asking the coordinator itself over mutual TLS with an operator kit
+(``secfed status --operator KIT``: the Operator service, server/operator.py); it fills ``live``.
 """
 
 from __future__ import annotations
@@ -45,9 +47,26 @@ class RunStatus:
     recent_refusals: list[dict[str, Any]] = field(default_factory=list)
     excluded: dict[str, str] = field(default_factory=dict)
     at: float = 0.0
+    live: dict[str, Any] | None = (
+        None  # from the running coordinator (Coordinator.live_view); None: not asked
+    )
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
+
+    @classmethod
+    def from_json(cls, doc: object) -> RunStatus:
+        """A status document as received from a coordinator; ValueError naming what is wrong."""
+        if not isinstance(doc, dict):
+            raise ValueError(f"a status document is a JSON object, got {type(doc).__name__}")
+        known = set(cls.__dataclass_fields__)
+        missing = sorted(f for f in ("state_db", "run_id", "rounds_completed", "finished") if f not in doc)
+        if missing:
+            raise ValueError(f"the status document lacks {', '.join(missing)}")
+        try:
+            return cls(**{k: v for k, v in doc.items() if k in known})
+        except TypeError as exc:
+            raise ValueError(f"the status document is malformed: {exc}") from exc
 
 
 def read_status(state_db: Path, *, rounds_planned: int | None = None, now: float | None = None) -> RunStatus:
@@ -158,4 +177,40 @@ def format_status(status: RunStatus) -> str:
     if status.excluded:
         lines.append("excluded members:")
         lines += [f"  {_shown(client)}: {_shown(why)}" for client, why in sorted(status.excluded.items())]
+    if status.live is not None:
+        lines += _live_lines(status.live)
     return "\n".join(lines)
+
+
+def _seconds(value: object) -> str:
+    """Seconds as ``12 s``; anything that is not a number (a document from elsewhere) shown as is."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return f"{value:.0f} s"
+    return _shown(value)
+
+
+def _live_lines(live: dict[str, Any]) -> list[str]:
+    """The running coordinator's own view (see :meth:`server.coordinator.Coordinator.live_view`)."""
+    lines = ["live (from the coordinator):"]
+    now = live.get("open")
+    if isinstance(now, dict):
+        deadline = now.get("deadline_s")
+        due = "not started (no member has polled yet)" if deadline is None else f"{_seconds(deadline)} left"
+        lines.append(
+            f"  round {now.get('round')} attempt {now.get('attempt')}, stage {_shown(now.get('stage'))}, "
+            f"phase {_shown(now.get('phase'))}: {due}"
+        )
+        cohort = now.get("cohort") or []
+        lines.append(f"  cohort ({len(cohort)}): {', '.join(_shown(c) for c in cohort)}")
+        if now.get("waiting_for"):
+            lines.append(f"  waiting for: {', '.join(_shown(c) for c in now['waiting_for'])}")
+        if now.get("refused"):
+            lines.append(f"  refused this attempt: {', '.join(_shown(c) for c in now['refused'])}")
+    elif live.get("finished"):
+        lines.append(f"  finished: {_shown(live['finished'])}")
+    seen = live.get("last_seen_s_ago") or {}
+    if isinstance(seen, dict) and seen:
+        lines.append(
+            "  last heard from: " + ", ".join(f"{_shown(c)} {_seconds(s)} ago" for c, s in seen.items())
+        )
+    return lines

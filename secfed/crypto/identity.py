@@ -42,6 +42,7 @@ from cryptography.x509.verification import PolicyBuilder, Store, VerificationErr
 __all__ = [
     "CLIENT_ID_PATTERN",
     "CLIENT_URI_PREFIX",
+    "OPERATOR_URI_PREFIX",
     "Identity",
     "IdentityError",
     "PrivateKey",
@@ -50,10 +51,12 @@ __all__ = [
     "client_id_of",
     "describe",
     "is_valid_client_id",
+    "operator_name_of",
     "verify_signature",
 ]
 
 CLIENT_URI_PREFIX = "urn:secfed:client:"
+OPERATOR_URI_PREFIX = "urn:secfed:operator:"
 
 # Ids end up in file names (kit directories), log lines and TOML files, so the
 # alphabet is kept to characters that need no quoting anywhere.
@@ -67,7 +70,8 @@ class IdentityError(Exception):
     """Why a peer, certificate or signature was refused.
 
     ``reason`` is a short stable code (``"foreign-ca"``, ``"expired"``,
-    ``"not-yet-valid"``, ``"revoked"``, ``"no-client-uri"``, ``"bad-eku"``,
+    ``"not-yet-valid"``, ``"revoked"``, ``"no-client-uri"``, ``"no-operator-uri"``,
+    ``"role-mismatch"``, ``"bad-eku"``,
     ``"bad-signature"``, ``"malformed"``, ``"id-mismatch"``, ``"stale-crl"``,
     ``"bad-crl"``, ``"hostname-mismatch"``, ``"key-mismatch"``,
     ``"unsupported-key"``, ``"invalid-certificate"``) so that callers can
@@ -108,39 +112,58 @@ def client_id_of(cert: x509.Certificate) -> str:
 
     Exactly one ``urn:secfed:client:`` URI is accepted: with two, different
     components could legitimately pick different ones and disagree on who the
-    peer is.  Raises ``IdentityError("no-client-uri")`` otherwise.
+    peer is.  Raises ``IdentityError("no-client-uri")`` otherwise, and
+    ``IdentityError("role-mismatch")`` for a certificate that also names an
+    operator (one certificate, one role: see :func:`operator_name_of`).
     """
+    return _role_id(cert, CLIENT_URI_PREFIX, "client", OPERATOR_URI_PREFIX)
+
+
+def operator_name_of(cert: x509.Certificate) -> str:
+    """Return the operator name carried in ``cert``'s SAN URI ``urn:secfed:operator:<name>``.
+
+    Operators read a running coordinator's status (``secfed status --operator``); they are never
+    institutions. Their certificates carry no client URI, so every institution-facing check
+    (:func:`client_id_of`) refuses them, and a certificate carrying both URIs is refused by both.
+    """
+    return _role_id(cert, OPERATOR_URI_PREFIX, "operator", CLIENT_URI_PREFIX)
+
+
+def _role_id(cert: x509.Certificate, prefix: str, role: str, other_prefix: str) -> str:
+    """The one id after ``prefix`` among ``cert``'s SAN URIs; none of ``other_prefix`` may be there."""
+    reason = f"no-{role}-uri"
     try:
         san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     except x509.ExtensionNotFound:
         raise IdentityError(
-            "no-client-uri", f"certificate {describe(cert)} has no subjectAltName, so no client id"
+            reason, f"certificate {describe(cert)} has no subjectAltName, so no {role} id"
         ) from None
     except ValueError as exc:
         raise IdentityError(
             "malformed", f"certificate {describe(cert)} has an unparsable extension: {exc}"
         ) from exc
-    uris = [
-        u for u in san.get_values_for_type(x509.UniformResourceIdentifier) if u.startswith(CLIENT_URI_PREFIX)
-    ]
+    all_uris = san.get_values_for_type(x509.UniformResourceIdentifier)
+    uris = [u for u in all_uris if u.startswith(prefix)]
     if not uris:
-        raise IdentityError(
-            "no-client-uri",
-            f"certificate {describe(cert)} has no SAN URI starting with {CLIENT_URI_PREFIX!r}",
-        )
+        raise IdentityError(reason, f"certificate {describe(cert)} has no SAN URI starting with {prefix!r}")
     if len(uris) > 1:
         raise IdentityError(
-            "no-client-uri",
-            f"certificate {describe(cert)} has {len(uris)} client URIs {uris!r}; exactly one is required",
+            reason,
+            f"certificate {describe(cert)} has {len(uris)} {role} URIs {uris!r}; exactly one is required",
         )
-    client_id = uris[0][len(CLIENT_URI_PREFIX) :]
-    if not is_valid_client_id(client_id):
+    if any(u.startswith(other_prefix) for u in all_uris):
         raise IdentityError(
-            "no-client-uri",
-            f"certificate {describe(cert)} carries client id {client_id!r}, "
-            f"which is not a valid client id ({CLIENT_ID_PATTERN})",
+            "role-mismatch",
+            f"certificate {describe(cert)} names both a {role} and another role; one certificate has one role",
         )
-    return client_id
+    name = uris[0][len(prefix) :]
+    if not is_valid_client_id(name):
+        raise IdentityError(
+            reason,
+            f"certificate {describe(cert)} carries {role} id {name!r}, "
+            f"which is not a valid {role} id ({CLIENT_ID_PATTERN})",
+        )
+    return name
 
 
 def _public_bytes(key: object) -> bytes | None:
@@ -372,6 +395,16 @@ class TrustAnchor:
         CRL (each CRL must be signed by the CA and fresh), and exactly one valid
         client URI.  Raises :class:`IdentityError` with a precise ``reason``.
         """
+        leaf = self._verify_tls_client(chain_der, at)
+        return VerifiedPeer(client_id=client_id_of(leaf), certificate=leaf)
+
+    def verify_operator(self, chain_der: Sequence[bytes], *, at: datetime | None = None) -> str:
+        """Verify an operator's chain exactly as :meth:`verify_client` does a client's, and return the
+        operator name of its ``urn:secfed:operator:`` URI (an institution's certificate is refused)."""
+        return operator_name_of(self._verify_tls_client(chain_der, at))
+
+    def _verify_tls_client(self, chain_der: Sequence[bytes], at: datetime | None) -> x509.Certificate:
+        """The leaf of a TLS client chain that passes path, usage, validity and revocation checks."""
         when = _utc(at)
         certs = _parse_chain(chain_der)
         leaf = certs[0]
@@ -383,7 +416,7 @@ class TrustAnchor:
         except ValueError as exc:  # a field parsed lazily, only when the verifier reads it
             raise IdentityError("malformed", f"the presented chain is malformed: {exc}") from exc
         self._check_revocation(verified.chain, when)
-        return VerifiedPeer(client_id=client_id_of(leaf), certificate=leaf)
+        return leaf
 
     def verify_server(
         self, chain_der: Sequence[bytes], *, hostname: str, at: datetime | None = None

@@ -36,6 +36,7 @@ from secfed.pki.issue import (
     create_ca,
     generate_key,
     issue_client,
+    issue_operator,
     issue_server,
     revoke,
 )
@@ -58,6 +59,7 @@ __all__ = [
     "create_ca",
     "generate_key",
     "issue_client",
+    "issue_operator",
     "issue_server",
     "load_ca",
     "load_consortium",

@@ -37,6 +37,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from secfed.crypto.identity import (
     CLIENT_ID_PATTERN,
     CLIENT_URI_PREFIX,
+    OPERATOR_URI_PREFIX,
     Identity,
     PrivateKey,
     is_valid_client_id,
@@ -49,6 +50,7 @@ __all__ = [
     "create_ca",
     "generate_key",
     "issue_client",
+    "issue_operator",
     "issue_server",
     "revoke",
 ]
@@ -213,6 +215,37 @@ def issue_client(
         [x509.UniformResourceIdentifier(CLIENT_URI_PREFIX + client_id)],
     ).sign(ca.private_key, _hash_for(ca.private_key))
     return Identity(client_id=client_id, private_key=key, cert_chain=(cert,))
+
+
+def issue_operator(
+    ca: CertificateAuthority,
+    name: str,
+    *,
+    valid_days: int = 90,
+    key_type: KeyType = "ec",
+    not_before: datetime | None = None,
+    not_after: datetime | None = None,
+) -> Identity:
+    """Issue an operator identity: EKU clientAuth, SAN ``urn:secfed:operator:<name>``, no client URI.
+
+    An operator reads a running coordinator's status over mutual TLS; it can never act as an
+    institution (it has no client id) and is refused by every federation RPC. Shorter-lived than an
+    institution's certificate by default (90 days): a person's access, not an institution's.
+    """
+    if not is_valid_client_id(name):
+        raise ValueError(f"{name!r} is not a valid operator name ({CLIENT_ID_PATTERN})")
+    start, end = _validity(valid_days, not_before, not_after)
+    key = generate_key(key_type)
+    cert = _leaf_builder(
+        ca,
+        name,
+        key.public_key(),
+        start,
+        end,
+        ExtendedKeyUsageOID.CLIENT_AUTH,
+        [x509.UniformResourceIdentifier(OPERATOR_URI_PREFIX + name)],
+    ).sign(ca.private_key, _hash_for(ca.private_key))
+    return Identity(client_id="", private_key=key, cert_chain=(cert,))
 
 
 def issue_server(

@@ -42,6 +42,7 @@ from secfed.crypto.identity import (
     client_id_of,
     describe,
     is_valid_client_id,
+    operator_name_of,
 )
 from secfed.pki.files import (
     PkiError,
@@ -84,8 +85,10 @@ EXPIRY_WARNING = timedelta(days=30)
 
 _T = TypeVar("_T")
 
-Role = Literal["client", "server"]
-_ROLES: tuple[Role, ...] = ("client", "server")
+# An operator kit reads a running coordinator's status (``secfed status --operator``); it is no
+# institution: its certificate names an operator, never a client (see secfed.crypto.identity).
+Role = Literal["client", "server", "operator"]
+_ROLES: tuple[Role, ...] = ("client", "server", "operator")
 _KIT_KEYS = frozenset({"role", "id", "name", "consortium", "server_address", "created"})
 
 # RFC 1123 host names (LDH labels).  Kept strict: these names are matched
@@ -180,6 +183,7 @@ class Kit:
     key_path: Path
     ca_path: Path
     crl_path: Path
+    operator_name: str = ""  # the operator kit's name (its certificate's urn:secfed:operator: URI)
 
     def __repr__(self) -> str:
         return f"Kit(root={str(self.root)!r}, role={self.role!r}, client_id={self.client_id!r})"
@@ -210,11 +214,11 @@ def _validate_kit_toml(path: Path, raw: Mapping[str, object]) -> dict[str, str]:
         out[key] = value
     role = out.get("role")
     if role not in _ROLES:
-        raise KitError(f"{path}: role: must be 'client' or 'server', got {role!r}")
-    if role == "client":
+        raise KitError(f"{path}: role: must be 'client', 'server' or 'operator', got {role!r}")
+    if role in ("client", "operator"):
         cid = out.get("id", "")
         if not is_valid_client_id(cid):
-            raise KitError(f"{path}: id: {cid!r} is not a valid client id ({CLIENT_ID_PATTERN})")
+            raise KitError(f"{path}: id: {cid!r} is not a valid {role} id ({CLIENT_ID_PATTERN})")
     if "server_address" in out:
         try:
             parse_address(out["server_address"])
@@ -237,8 +241,9 @@ def write_kit(
     """Write a kit directory (created 0700 if absent).  Existing kit files are replaced atomically."""
     if role == "client" and not identity.client_id:
         raise ValueError("a client kit needs an identity with a client id")
-    if role == "server" and identity.client_id:
-        raise ValueError("a server kit needs a server identity (client_id == '')")
+    if role in ("server", "operator") and identity.client_id:
+        raise ValueError(f"a {role} kit needs an identity without a client id")
+    operator = operator_name_of(identity.certificate) if role == "operator" else ""
     if server_address is not None:
         parse_address(server_address)
     out.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -253,12 +258,14 @@ def write_kit(
     ]
     if role == "client":
         lines.append(f"id = {_toml_string(identity.client_id)}")
+    if role == "operator":
+        lines.append(f"id = {_toml_string(operator)}")
     if display_name:
         lines.append(f"name = {_toml_string(display_name)}")
     if consortium:
         lines.append(f"consortium = {_toml_string(consortium)}")
     if server_address:
-        comment = "where this client dials the coordinator" if role == "client" else "published address"
+        comment = "published address" if role == "server" else f"where this {role} dials the coordinator"
         lines.append(f"server_address = {_toml_string(server_address)}  # {comment}")
     lines.append(f"created = {_toml_string(datetime.now(UTC).strftime('%Y-%m-%dT%H:%M:%SZ'))}")
     write_public(out / KIT_FILE, ("\n".join(lines) + "\n").encode())
@@ -284,7 +291,9 @@ def load_kit(path: Path | str) -> Kit:
     elsewhere too)."""
     root = Path(path)
     meta = _read_kit_toml(root)
-    role: Role = "client" if meta["role"] == "client" else "server"
+    role: Role = (
+        "client" if meta["role"] == "client" else "operator" if meta["role"] == "operator" else "server"
+    )
     chain = load_certificates(root / CERT_FILE, "certificate chain")
     if (root / KEY_FILE).is_file() and (loose := _loose_key(root / KEY_FILE)) is not None:
         raise KitError(loose)
@@ -308,6 +317,16 @@ def load_kit(path: Path | str) -> Kit:
         trust = TrustAnchor(cas[0], [crl])
     except IdentityError as exc:
         raise KitError(f"{root / CA_FILE}: {exc}") from exc
+    operator = ""
+    if role == "operator":
+        try:
+            operator = operator_name_of(identity.certificate)
+        except IdentityError as exc:
+            raise KitError(f"{root / CERT_FILE}: {exc}") from exc
+        if operator != meta.get("id"):
+            raise KitError(
+                f"{root / KIT_FILE}: id: {meta.get('id')!r}, but the certificate is for operator {operator!r}"
+            )
     return Kit(
         root=root,
         role=role,
@@ -321,6 +340,7 @@ def load_kit(path: Path | str) -> Kit:
         key_path=root / KEY_FILE,
         ca_path=root / CA_FILE,
         crl_path=root / CRL_FILE,
+        operator_name=operator,
     )
 
 
@@ -492,28 +512,29 @@ def check_kit(path: Path | str, *, at: datetime | None = None) -> KitReport:
 
     if leaf is not None and role is not None:
         ekus = _eku_of(leaf)
-        wanted = ExtendedKeyUsageOID.CLIENT_AUTH if role == "client" else ExtendedKeyUsageOID.SERVER_AUTH
+        wanted = ExtendedKeyUsageOID.SERVER_AUTH if role == "server" else ExtendedKeyUsageOID.CLIENT_AUTH
         if wanted not in ekus:
-            usage = "clientAuth" if role == "client" else "serverAuth"
+            usage = "serverAuth" if role == "server" else "clientAuth"
             has = ", ".join(_EKU_NAMES.get(o, o.dotted_string) for o in ekus) or "none"
             problems.append(
                 f"kit.toml says role '{role}' but the certificate is not usable for {usage} "
-                f"(its extendedKeyUsage: {has}); was a {'server' if role == 'client' else 'client'} "
+                f"(its extendedKeyUsage: {has}); was a {'client' if role == 'server' else 'server'} "
                 "certificate copied into this kit?"
             )
 
-    if leaf is not None and meta is not None and role == "client":
+    if leaf is not None and meta is not None and role in ("client", "operator"):
+        read_id = client_id_of if role == "client" else operator_name_of
         try:
-            cert_id = client_id_of(leaf)
+            cert_id = read_id(leaf)
         except IdentityError as exc:
-            problems.append(f"the certificate carries no usable client id: {exc}")
+            problems.append(f"the certificate carries no usable {role} id: {exc}")
         else:
             if cert_id != meta.get("id"):
                 problems.append(
-                    f"kit.toml says id {meta.get('id')!r} but the certificate is for client {cert_id!r}"
+                    f"kit.toml says id {meta.get('id')!r} but the certificate is for {role} {cert_id!r}"
                 )
         if "server_address" not in meta:
-            warnings.append("kit.toml has no server_address; the client must be told where to connect")
+            warnings.append(f"kit.toml has no server_address; the {role} must be told where to connect")
 
     if (
         leaf is not None
@@ -551,6 +572,8 @@ def check_kit(path: Path | str, *, at: datetime | None = None) -> KitReport:
             anchor = TrustAnchor(ca, [crl])
             if role == "client":
                 anchor.verify_client(ders, at=when)
+            elif role == "operator":
+                anchor.verify_operator(ders, at=when)
             else:
                 if "server_address" in meta:
                     target = parse_address(meta["server_address"])[0]
@@ -564,7 +587,7 @@ def check_kit(path: Path | str, *, at: datetime | None = None) -> KitReport:
             problems.append(f"peers would reject this kit: {exc}")
 
     if not problems and leaf is not None:
-        who = f" {meta.get('id')!r}" if meta and role == "client" else ""
+        who = f" {meta.get('id')!r}" if meta and role != "server" else ""
         where = f", server {meta['server_address']}" if meta and "server_address" in meta else ""
         report.summary = (
             f"{role} kit{who} (serial {leaf.serial_number:x}, valid until "

@@ -73,6 +73,16 @@ UPLOAD_KIND_REFUSAL: UploadKind
 UPLOAD_KIND_PLAINTEXT_INPUT: UploadKind
 UPLOAD_KIND_COMPUTE_READY: UploadKind
 
+class StatusRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class StatusReply(_message.Message):
+    __slots__ = ("status_json",)
+    STATUS_JSON_FIELD_NUMBER: _ClassVar[int]
+    status_json: str
+    def __init__(self, status_json: _Optional[str] = ...) -> None: ...
+
 class JoinRequest(_message.Message):
     __slots__ = ("software_version", "capabilities", "protocol_version")
     SOFTWARE_VERSION_FIELD_NUMBER: _ClassVar[int]

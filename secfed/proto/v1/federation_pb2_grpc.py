@@ -26,7 +26,7 @@ if _version_not_supported:
 
 
 class FederationStub:
-    """The coordinator's only service. Every RPC is initiated by the client: institutions sit behind
+    """The coordinator's service for institutions. Every RPC is initiated by the client: institutions sit behind
     firewalls that allow outbound connections only, so the server reaches a client solely by answering
     its Poll. Large payloads never travel in one gRPC message: uploads and downloads are streamed in
     chunks (JoinReply.chunk_bytes), so adapters of any size pass without raising gRPC message limits.
@@ -66,7 +66,7 @@ class FederationStub:
 
 
 class FederationServicer:
-    """The coordinator's only service. Every RPC is initiated by the client: institutions sit behind
+    """The coordinator's service for institutions. Every RPC is initiated by the client: institutions sit behind
     firewalls that allow outbound connections only, so the server reaches a client solely by answering
     its Poll. Large payloads never travel in one gRPC message: uploads and downloads are streamed in
     chunks (JoinReply.chunk_bytes), so adapters of any size pass without raising gRPC message limits.
@@ -148,7 +148,7 @@ def add_FederationServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class Federation:
-    """The coordinator's only service. Every RPC is initiated by the client: institutions sit behind
+    """The coordinator's service for institutions. Every RPC is initiated by the client: institutions sit behind
     firewalls that allow outbound connections only, so the server reaches a client solely by answering
     its Poll. Large payloads never travel in one gRPC message: uploads and downloads are streamed in
     chunks (JoinReply.chunk_bytes), so adapters of any size pass without raising gRPC message limits.
@@ -279,6 +279,93 @@ class Federation:
             '/secfed.v1.Federation/Heartbeat',
             secfed_dot_proto_dot_v1_dot_federation__pb2.HeartbeatRequest.SerializeToString,
             secfed_dot_proto_dot_v1_dot_federation__pb2.HeartbeatReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+
+class OperatorStub:
+    """Read-only views of a running coordinator for the consortium's operators. A caller presents an
+    operator certificate (SAN urn:secfed:operator:<name>, issued by `secfed certs issue --operator`);
+    institutions' certificates are refused here, and operator certificates by Federation: an operator
+    can watch a federation, never take part in one.
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.Status = channel.unary_unary(
+                '/secfed.v1.Operator/Status',
+                request_serializer=secfed_dot_proto_dot_v1_dot_federation__pb2.StatusRequest.SerializeToString,
+                response_deserializer=secfed_dot_proto_dot_v1_dot_federation__pb2.StatusReply.FromString,
+                _registered_method=True)
+
+
+class OperatorServicer:
+    """Read-only views of a running coordinator for the consortium's operators. A caller presents an
+    operator certificate (SAN urn:secfed:operator:<name>, issued by `secfed certs issue --operator`);
+    institutions' certificates are refused here, and operator certificates by Federation: an operator
+    can watch a federation, never take part in one.
+    """
+
+    def Status(self, request, context):
+        """Where the run stands: what the state database holds (rounds, aborts, refusals, exclusions, ETA)
+        and what only the coordinator's memory knows (the open phase and its deadline, the cohort, who is
+        connected and when each was last heard from).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_OperatorServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'Status': grpc.unary_unary_rpc_method_handler(
+                    servicer.Status,
+                    request_deserializer=secfed_dot_proto_dot_v1_dot_federation__pb2.StatusRequest.FromString,
+                    response_serializer=secfed_dot_proto_dot_v1_dot_federation__pb2.StatusReply.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'secfed.v1.Operator', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('secfed.v1.Operator', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class Operator:
+    """Read-only views of a running coordinator for the consortium's operators. A caller presents an
+    operator certificate (SAN urn:secfed:operator:<name>, issued by `secfed certs issue --operator`);
+    institutions' certificates are refused here, and operator certificates by Federation: an operator
+    can watch a federation, never take part in one.
+    """
+
+    @staticmethod
+    def Status(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/secfed.v1.Operator/Status',
+            secfed_dot_proto_dot_v1_dot_federation__pb2.StatusRequest.SerializeToString,
+            secfed_dot_proto_dot_v1_dot_federation__pb2.StatusReply.FromString,
             options,
             channel_credentials,
             insecure,
