@@ -15,6 +15,7 @@ import grpc
 
 from client.channel import CoordinatorLink
 from client.tls import ServerRefused
+from secfed.logs import shown
 from secfed.pki.kit import Kit
 from secfed.proto.v1 import federation_pb2 as pb
 from secfed.proto.v1 import federation_pb2_grpc as pb_grpc
@@ -43,11 +44,11 @@ def fetch_status(kit: Kit, address: str, *, timeout_s: float = 10.0) -> dict[str
             except ServerRefused as refused:
                 raise RemoteStatusError(f"{address}: {refused}") from exc
             failure = link.failure
-            why = f" ({failure.kind}: {failure.detail})" if failure is not None else ""
+            why = f" ({failure.kind}: {shown(failure.detail)})" if failure is not None else ""
             code = exc.code() if isinstance(exc, grpc.Call) else None
             details = exc.details() if isinstance(exc, grpc.Call) else str(exc)
             name = code.name if code is not None else "error"
-            raise RemoteStatusError(f"{address}: {name}: {details}{why}") from exc
+            raise RemoteStatusError(f"{address}: {name}: {shown(details)}{why}") from exc
     try:
         document = json.loads(reply.status_json)
     except ValueError as exc:

@@ -154,7 +154,7 @@ def _status(args: argparse.Namespace) -> int:
     from client.status import format_client_status, read_client_status
     from server.config import load_server_config
     from server.state import StateError
-    from server.status import RunStatus, format_status, read_status
+    from server.status import format_remote_status, format_status, read_status
 
     if args.watch is not None and not args.watch > 0:
         raise ValueError(f"--watch needs a number of seconds > 0, got {args.watch}")
@@ -173,11 +173,7 @@ def _status(args: argparse.Namespace) -> int:
             print(json.dumps(mine, sort_keys=True) if args.json else format_client_status(mine), flush=True)
         elif ask is not None:
             document = ask()
-            print(
-                json.dumps(document, sort_keys=True)
-                if args.json
-                else format_status(RunStatus.from_json(document))
-            )
+            print(json.dumps(document, sort_keys=True) if args.json else format_remote_status(document))
         else:
             try:
                 snapshot = read_status(state_db, rounds_planned=planned)

@@ -68,6 +68,14 @@ class _CurrentStderrHandler(logging.Handler):
             self.handleError(record)
 
 
+def shown(value: object) -> str:
+    """A value as text for a terminal or a one-line message: as is when every character is printable,
+    else a JSON string (control characters escaped: text that came from a peer cannot move the cursor,
+    retitle the window or forge a line)."""
+    text = str(value)
+    return text if text.isprintable() else json.dumps(text)
+
+
 def _quote(value: object) -> str:
     """A value as one token: bare when safe, else a JSON string (control characters escaped, so a
     client-supplied string can never break the line or forge another entry)."""

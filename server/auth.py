@@ -38,7 +38,7 @@ class PeerAuthenticator:
         self._kit = kit
         self._roster = roster
         self._lock = threading.Lock()
-        self._crl_mtime = -1.0
+        self._crl_stamp: tuple[int, int, int] | None = None
         self._trust: TrustAnchor = kit.trust
         try:
             self._reload_crl()
@@ -49,10 +49,13 @@ class PeerAuthenticator:
         """Pick up a changed ``crl.pem``. While it is unreadable (say, half copied) nobody is let in:
         without a trustworthy CRL a revoked client could slip through. UNAVAILABLE makes clients retry."""
         try:
-            mtime = self._kit.crl_path.stat().st_mtime
+            st = self._kit.crl_path.stat()
         except FileNotFoundError:
             return
-        if mtime == self._crl_mtime:
+        # Not the mtime alone: a new CRL copied in within the clock's resolution, or with its old
+        # timestamp kept (cp -p, rsync -t), must still be read; a replacement by rename has a new inode.
+        stamp = (st.st_mtime_ns, st.st_size, st.st_ino)
+        if stamp == self._crl_stamp:
             return
         with self._lock:
             try:
@@ -65,7 +68,7 @@ class PeerAuthenticator:
                     grpc.StatusCode.UNAVAILABLE, f"the server's CRL ({self._kit.crl_path}) is unusable: {exc}"
                 ) from exc
             self._trust = trust
-            self._crl_mtime = mtime
+            self._crl_stamp = stamp
 
     def identify(self, context: grpc.ServicerContext) -> Peer:
         """The verified client id of the caller, or :class:`PeerRefused` saying why not."""

@@ -29,7 +29,7 @@ import numpy as np
 
 from secfed import logs
 from secfed.crypto.identity import TrustAnchor
-from secfed.fl.curves import cohort_loss
+from secfed.fl.curves import cohort_eval, cohort_loss
 from secfed.fl.instruction import instruction_hash
 from secfed.fl.plaintext import PlaintextInput, PlaintextSession
 from secfed.fl.policy import RefusalCategory
@@ -730,6 +730,7 @@ class Coordinator:
         left = self.plan.rounds - attempt.round - 1
         eta = sum(self._round_seconds) / len(self._round_seconds) * left
         loss = cohort_loss(result.values)  # the cohort's mean, when the task sums learning curves
+        evaluated = cohort_eval(result.values)  # of the adapter the cohort received, on held-out records
         logs.event(
             log,
             "round-complete",
@@ -742,6 +743,7 @@ class Coordinator:
                 f"round {attempt.round + 1}/{self.plan.rounds}: {len(result.contributors)} of "
                 f"{attempt.cohort} institutions, {len(result.dropped)} dropped, {seconds:.1f} s"
                 + (f", mean train loss {loss[0]:.3f} -> {loss[1]:.3f}" if loss is not None else "")
+                + (f", mean eval loss {evaluated:.3f} (received adapter)" if evaluated is not None else "")
                 + (f", about {eta:.0f} s to go" if left else ", the last")
             ),
         )

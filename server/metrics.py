@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from secfed.fl.curves import cohort_loss
+from secfed.fl.curves import cohort_eval, cohort_loss
 from secfed.fl.tasks import StageResult
 from secfed.secagg.messages import AggregateResult
 from server.coordinator import CoordinatorObserver
@@ -92,6 +92,13 @@ class FederationMetrics(CoordinatorObserver):
             ["step"],
             registry=self.registry,
         )
+        self.eval_loss = Gauge(
+            "secfed_mean_eval_loss",
+            "The last round's cohort-mean loss of the received global adapter on held-out records "
+            "(secure sum; tasks with report_eval)",
+            ["records"],  # labelled like train_loss, so that it is absent, not 0, until a round reports one
+            registry=self.registry,
+        )
         self.rounds_planned.set(rounds_planned)
         self.cohort.set(cohort_size)
         self._server: Any = None
@@ -149,6 +156,9 @@ class FederationMetrics(CoordinatorObserver):
         if loss is not None:
             self.train_loss.labels(step="first").set(loss[0])
             self.train_loss.labels(step="last").set(loss[1])
+        evaluated = cohort_eval(result.values)
+        if evaluated is not None:
+            self.eval_loss.labels(records="held_out").set(evaluated)
 
 
 class ObserverChain(CoordinatorObserver):

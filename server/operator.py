@@ -15,6 +15,8 @@ import dataclasses
 import json
 import logging
 import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import grpc
@@ -29,24 +31,45 @@ from server.status import read_status
 log = logging.getLogger("secfed.server.operator")
 
 
+#: Each operator may ask this often (a ``--watch`` refresh every few seconds is far below it).
+OPERATOR_RATE_PER_S = 1.0
+OPERATOR_BURST = 5
+#: A status document is reused for this long at least, and for this many times as long as it took to
+#: compute (reading the state database grows with the run's history), so that however many operators
+#: ask, computing it takes a bounded share of the coordinator's time.
+_MIN_CACHE_S = 1.0
+_CACHE_FACTOR = 5.0
+
+
 class OperatorService:
-    """Answers ``Operator.Status`` (registered by :func:`server.handlers.register_operator`)."""
+    """Answers ``Operator.Status`` (registered by :func:`server.handlers.register_operator`).
+
+    The status shares the coordinator's worker threads and interpreter with the institutions' RPCs, and
+    reading it costs more the longer the run, so an operator (or many) must not be able to slow a round
+    down: each operator is rate-limited, one document is computed at a time (a call meanwhile gets the
+    last one, or RESOURCE_EXHAUSTED before there is one), and a document is reused by every operator for
+    a while (:data:`_MIN_CACHE_S`, :data:`_CACHE_FACTOR`).
+    """
 
     def __init__(
         self,
         coordinator: Coordinator,
         lock: threading.Lock,
         auth: PeerAuthenticator,
-        rate: RateLimiter,
         state_db: Path,
         rounds_planned: int,
+        *,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._coord = coordinator
         self._lock = lock
         self._auth = auth
-        self._rate = rate
+        self._rate = RateLimiter(OPERATOR_RATE_PER_S, OPERATOR_BURST)
         self._state_db = state_db
         self._planned = rounds_planned
+        self._clock = clock
+        self._computing = threading.Lock()
+        self._cached: tuple[float, str] | None = None  # (valid until, document)
 
     def Status(self, request: pb.StatusRequest, context: grpc.ServicerContext) -> pb.StatusReply:  # noqa: N802 - gRPC method name
         try:
@@ -56,12 +79,30 @@ class OperatorService:
             context.abort(exc.code, exc.message)
         if not self._rate.allow(f"operator:{name}"):
             context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, f"operator {name!r}: rate limit exceeded")
+        logs.event(log, "operator-status", logging.DEBUG, operator=name)
+        cached = self._cached
+        if cached is not None and self._clock() < cached[0]:
+            return pb.StatusReply(status_json=cached[1])
+        if not self._computing.acquire(blocking=False):
+            if cached is not None:  # being refreshed: the last one is at most one computation old
+                return pb.StatusReply(status_json=cached[1])
+            context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED, "the status is being computed; ask again shortly"
+            )
+        try:
+            return pb.StatusReply(status_json=self._compute(context))
+        finally:
+            self._computing.release()
+
+    def _compute(self, context: grpc.ServicerContext) -> str:
+        started = self._clock()
         with self._lock:
             live = self._coord.live_view()
         try:  # outside the lock: a read-only connection of its own, never blocking the rounds
             status = read_status(self._state_db, rounds_planned=self._planned)
         except StateError as exc:
             context.abort(grpc.StatusCode.UNAVAILABLE, f"the state database cannot be read: {exc}")
-        logs.event(log, "operator-status", logging.DEBUG, operator=name)
-        document = dataclasses.replace(status, live=live).to_json()
-        return pb.StatusReply(status_json=json.dumps(document, sort_keys=True))
+        document = json.dumps(dataclasses.replace(status, live=live).to_json(), sort_keys=True)
+        now = self._clock()
+        self._cached = (now + max(_MIN_CACHE_S, _CACHE_FACTOR * (now - started)), document)
+        return document

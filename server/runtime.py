@@ -29,7 +29,7 @@ from secfed.fl.vectors import model_hash
 from secfed.pki.kit import load_kit
 from secfed.secagg.messages import AggregateResult
 from server import handlers
-from server.auth import PeerAuthenticator, RateLimiter
+from server.auth import PeerAuthenticator
 from server.config import ServerConfig
 from server.coordinator import Coordinator, CoordinatorObserver
 from server.metrics import FederationMetrics, ObserverChain
@@ -287,14 +287,7 @@ class FederationServer:
         )
         auth = PeerAuthenticator(kit, frozenset(config.roster))
         service = FederationService(coordinator, lock, auth, config.limits, config.federation_name)
-        operator = OperatorService(
-            coordinator,
-            lock,
-            auth,
-            RateLimiter(config.limits.max_requests_per_s, config.limits.burst),
-            config.state_db,
-            config.plan.rounds,
-        )
+        operator = OperatorService(coordinator, lock, auth, config.state_db, config.plan.rounds)
         message_limit = config.limits.chunk_bytes + _GRPC_OVERHEAD
         grpc_server = grpc.server(
             ThreadPoolExecutor(max_workers=config.limits.max_workers, thread_name_prefix="secfed-rpc"),

@@ -15,12 +15,12 @@ operator gets that too by asking the coordinator itself over mutual TLS with an 
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from secfed.logs import shown
 from server.state import StateStore
 
 __all__ = ["RunStatus", "format_status", "read_status"]
@@ -59,14 +59,41 @@ class RunStatus:
         """A status document as received from a coordinator; ValueError naming what is wrong."""
         if not isinstance(doc, dict):
             raise ValueError(f"a status document is a JSON object, got {type(doc).__name__}")
-        known = set(cls.__dataclass_fields__)
-        missing = sorted(f for f in ("state_db", "run_id", "rounds_completed", "finished") if f not in doc)
+        missing = sorted(f for f in _REQUIRED if f not in doc)
         if missing:
             raise ValueError(f"the status document lacks {', '.join(missing)}")
-        try:
-            return cls(**{k: v for k, v in doc.items() if k in known})
-        except TypeError as exc:
-            raise ValueError(f"the status document is malformed: {exc}") from exc
+        fields = {k: v for k, v in doc.items() if k in cls.__dataclass_fields__}
+        for name, value in fields.items():
+            kinds = _KINDS[name]
+            if isinstance(value, bool) is not (bool in kinds) or not isinstance(value, kinds):
+                raise ValueError(f"the status document's {name} is a {type(value).__name__}")
+        for name in ("recent_rounds", "recent_aborts", "recent_refusals"):
+            if not all(isinstance(item, dict) for item in fields.get(name, [])):
+                raise ValueError(f"the status document's {name} holds something other than objects")
+        return cls(**fields)
+
+
+_REQUIRED = ("state_db", "run_id", "rounds_completed", "finished")
+_NUMBER = (int, float)
+#: The JSON types each field of a status document may have (None where the field is optional).
+_KINDS: dict[str, tuple[type, ...]] = {
+    "state_db": (str,),
+    "run_id": (str,),
+    "rounds_planned": (int, type(None)),
+    "rounds_completed": (int,),
+    "open_attempt": (dict, type(None)),
+    "finished": (bool,),
+    "mean_round_s": (*_NUMBER, type(None)),
+    "eta_s": (*_NUMBER, type(None)),
+    "recent_rounds": (list,),
+    "aborted_attempts": (int,),
+    "recent_aborts": (list,),
+    "refusals": (int,),
+    "recent_refusals": (list,),
+    "excluded": (dict,),
+    "at": _NUMBER,
+    "live": (dict, type(None)),
+}
 
 
 def read_status(state_db: Path, *, rounds_planned: int | None = None, now: float | None = None) -> RunStatus:
@@ -141,37 +168,55 @@ def read_status(state_db: Path, *, rounds_planned: int | None = None, now: float
 def _shown(value: object) -> str:
     """A value as terminal text: anything with a control character is shown escaped (a reason or id
     that came from elsewhere cannot forge lines or move the cursor)."""
-    text = str(value)
-    return text if text.isprintable() else json.dumps(text)
+    return shown(value)
+
+
+def _fixed(value: object, digits: int) -> str:
+    """A number with ``digits`` decimals; ValueError for anything else (a malformed remote document)."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not abs(value) < 1e15:
+        raise ValueError(f"expected a number of seconds, got {_shown(value)}")
+    return f"{value:.{digits}f}"
+
+
+def _names(values: object) -> str:
+    """A list of ids as ``a, b, c``, each shown escaped."""
+    if not isinstance(values, list):
+        raise ValueError(f"expected a list of ids, got {_shown(values)}")
+    return ", ".join(_shown(v) for v in values)
 
 
 def format_status(status: RunStatus) -> str:
-    """The snapshot as a few lines for a terminal."""
-    planned = f" of {status.rounds_planned}" if status.rounds_planned is not None else ""
-    lines = [f"run {status.run_id} ({status.state_db})"]
+    """The snapshot as a few lines for a terminal. Every value is shown escaped: a status document may
+    come from a coordinator over the network (:func:`format_remote_status`)."""
+    planned = f" of {_shown(status.rounds_planned)}" if status.rounds_planned is not None else ""
+    lines = [f"run {_shown(status.run_id)} ({_shown(status.state_db)})"]
     state = "finished" if status.finished else "running or stopped"
-    lines.append(f"rounds completed: {status.rounds_completed}{planned} ({state})")
+    lines.append(f"rounds completed: {_shown(status.rounds_completed)}{planned} ({state})")
     if status.open_attempt is not None:
         a = status.open_attempt
-        lines.append(f"open now: round {a['round']}, attempt {a['attempt']}, for {a['running_s']:.0f} s")
-    if status.mean_round_s is not None:
-        eta = f", about {status.eta_s:.0f} s to go" if status.eta_s else ""
-        lines.append(f"mean round: {status.mean_round_s:.1f} s{eta}")
-    for r in status.recent_rounds:
-        dropped = f", dropped {', '.join(r['dropped'])}" if r["dropped"] else ""
         lines.append(
-            f"  round {r['round']}: {len(r['contributors'])} contributors{dropped}, {r['seconds']:.1f} s"
+            f"open now: round {_shown(a['round'])}, attempt {_shown(a['attempt'])}, "
+            f"for {_fixed(a['running_s'], 0)} s"
+        )
+    if status.mean_round_s is not None:
+        eta = f", about {_fixed(status.eta_s, 0)} s to go" if status.eta_s else ""
+        lines.append(f"mean round: {_fixed(status.mean_round_s, 1)} s{eta}")
+    for r in status.recent_rounds:
+        dropped = f", dropped {_names(r['dropped'])}" if r["dropped"] else ""
+        lines.append(
+            f"  round {_shown(r['round'])}: {len(r['contributors'])} contributors{dropped}, "
+            f"{_fixed(r['seconds'], 1)} s"
         )
     if status.aborted_attempts:
-        lines.append(f"aborted attempts: {status.aborted_attempts}")
+        lines.append(f"aborted attempts: {_shown(status.aborted_attempts)}")
         lines += [
-            f"  round {a['round']} attempt {a['attempt']}: {_shown(a['reason'])}"
+            f"  round {_shown(a['round'])} attempt {_shown(a['attempt'])}: {_shown(a['reason'])}"
             for a in status.recent_aborts
         ]
     if status.refusals:
-        lines.append(f"refusals: {status.refusals}")
+        lines.append(f"refusals: {_shown(status.refusals)}")
         lines += [
-            f"  round {r['round']}: {_shown(r['client'])} ({_shown(r['reason'])})"
+            f"  round {_shown(r['round'])}: {_shown(r['client'])} ({_shown(r['reason'])})"
             for r in status.recent_refusals
         ]
     if status.excluded:
@@ -182,9 +227,18 @@ def format_status(status: RunStatus) -> str:
     return "\n".join(lines)
 
 
+def format_remote_status(document: object) -> str:
+    """A status document received from a coordinator, for a terminal; ValueError (never another
+    exception, never a control character printed) when it is not the document it should be."""
+    try:
+        return format_status(RunStatus.from_json(document))
+    except (KeyError, TypeError, AttributeError, ValueError, OverflowError) as exc:
+        raise ValueError(f"the coordinator's status document is malformed: {_shown(exc)}") from exc
+
+
 def _seconds(value: object) -> str:
     """Seconds as ``12 s``; anything that is not a number (a document from elsewhere) shown as is."""
-    if isinstance(value, int | float) and not isinstance(value, bool):
+    if isinstance(value, int | float) and not isinstance(value, bool) and abs(value) < 1e15:
         return f"{value:.0f} s"
     return _shown(value)
 
@@ -197,15 +251,15 @@ def _live_lines(live: dict[str, Any]) -> list[str]:
         deadline = now.get("deadline_s")
         due = "not started (no member has polled yet)" if deadline is None else f"{_seconds(deadline)} left"
         lines.append(
-            f"  round {now.get('round')} attempt {now.get('attempt')}, stage {_shown(now.get('stage'))}, "
+            f"  round {_shown(now.get('round'))} attempt {_shown(now.get('attempt'))}, stage {_shown(now.get('stage'))}, "
             f"phase {_shown(now.get('phase'))}: {due}"
         )
         cohort = now.get("cohort") or []
-        lines.append(f"  cohort ({len(cohort)}): {', '.join(_shown(c) for c in cohort)}")
+        lines.append(f"  cohort ({len(cohort)}): {_names(cohort)}")
         if now.get("waiting_for"):
-            lines.append(f"  waiting for: {', '.join(_shown(c) for c in now['waiting_for'])}")
+            lines.append(f"  waiting for: {_names(now['waiting_for'])}")
         if now.get("refused"):
-            lines.append(f"  refused this attempt: {', '.join(_shown(c) for c in now['refused'])}")
+            lines.append(f"  refused this attempt: {_names(now['refused'])}")
     elif live.get("finished"):
         lines.append(f"  finished: {_shown(live['finished'])}")
     seen = live.get("last_seen_s_ago") or {}

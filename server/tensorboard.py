@@ -2,7 +2,8 @@
 
 Why: a data scientist follows a federated run the way they follow a local one, with
 ``tensorboard --logdir <logdir>``: one scalar per completed round (the global step is the round number)
-for the cohort-mean training loss of the round's first and last local step, how long the round and each
+for the cohort-mean training loss of the round's first and last local step and the cohort-mean loss of
+the adapter the institutions received on records they hold out of training (``report_eval``), how long the round and each
 of its phases took, how many institutions contributed and how many dropped, and running counts of
 aborted attempts and refused rounds. The Prometheus endpoint (``server/metrics.py``) answers the
 operator's "is it healthy now"; these files keep the whole history of the run for plotting.
@@ -30,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from secfed.fl.curves import cohort_loss
+from secfed.fl.curves import cohort_eval, cohort_loss
 from secfed.fl.tasks import StageResult
 from secfed.secagg.messages import AggregateResult
 from server.coordinator import CoordinatorObserver
@@ -111,4 +112,7 @@ class TensorBoardCurves(CoordinatorObserver):
         loss = cohort_loss(result.values)  # the cohort's mean from the secure sum; None without report_loss
         if loss is not None:
             scalars["loss/train_first"], scalars["loss/train_last"] = loss
+        evaluated = cohort_eval(result.values)  # the received adapter on held-out records (report_eval)
+        if evaluated is not None:
+            scalars["loss/eval"] = evaluated
         self._scalars(round_, scalars)

@@ -277,7 +277,8 @@ def guarantee_section(privacy: Mapping[str, Any], *, institution: str | None) ->
     losses = [r for r in privacy.get("non_dp_releases") or [] if r.get("release") == "loss"]
     if losses:
         plain += (
-            f" The training losses of {who} ({len(losses)} releases, for the federation's learning curve) "
+            f" The training and evaluation losses of {who} ({len(losses)} releases, for the federation's "
+            "learning curves) "
             "carry no DP guarantee; with secure aggregation the server saw them only summed with the whole "
             "cohort's."
         )

@@ -129,6 +129,14 @@ def operator_name_of(cert: x509.Certificate) -> str:
     return _role_id(cert, OPERATOR_URI_PREFIX, "operator", CLIENT_URI_PREFIX)
 
 
+def _urn_case(uri: str) -> str:
+    """``uri`` with the case-insensitive parts of a ``urn:secfed:<role>:`` URN (RFC 8141: the scheme,
+    and here the namespace and role) in lower case: "URN:SECFED:CLIENT:x" names a role as surely as the
+    lower-case form, for another tool if not for this one, so it counts. The id keeps its case."""
+    parts = uri.split(":", 3)
+    return ":".join([*(p.lower() for p in parts[:3]), *parts[3:]]) if len(parts) == 4 else uri
+
+
 def _role_id(cert: x509.Certificate, prefix: str, role: str, other_prefix: str) -> str:
     """The one id after ``prefix`` among ``cert``'s SAN URIs; none of ``other_prefix`` may be there."""
     reason = f"no-{role}-uri"
@@ -142,7 +150,7 @@ def _role_id(cert: x509.Certificate, prefix: str, role: str, other_prefix: str) 
         raise IdentityError(
             "malformed", f"certificate {describe(cert)} has an unparsable extension: {exc}"
         ) from exc
-    all_uris = san.get_values_for_type(x509.UniformResourceIdentifier)
+    all_uris = [_urn_case(u) for u in san.get_values_for_type(x509.UniformResourceIdentifier)]
     uris = [u for u in all_uris if u.startswith(prefix)]
     if not uris:
         raise IdentityError(reason, f"certificate {describe(cert)} has no SAN URI starting with {prefix!r}")
@@ -395,15 +403,17 @@ class TrustAnchor:
         CRL (each CRL must be signed by the CA and fresh), and exactly one valid
         client URI.  Raises :class:`IdentityError` with a precise ``reason``.
         """
-        leaf = self._verify_tls_client(chain_der, at)
+        leaf = self._verify_tls_client(chain_der, at, role="client")
         return VerifiedPeer(client_id=client_id_of(leaf), certificate=leaf)
 
     def verify_operator(self, chain_der: Sequence[bytes], *, at: datetime | None = None) -> str:
         """Verify an operator's chain exactly as :meth:`verify_client` does a client's, and return the
         operator name of its ``urn:secfed:operator:`` URI (an institution's certificate is refused)."""
-        return operator_name_of(self._verify_tls_client(chain_der, at))
+        return operator_name_of(self._verify_tls_client(chain_der, at, role="operator"))
 
-    def _verify_tls_client(self, chain_der: Sequence[bytes], at: datetime | None) -> x509.Certificate:
+    def _verify_tls_client(
+        self, chain_der: Sequence[bytes], at: datetime | None, *, role: str
+    ) -> x509.Certificate:
         """The leaf of a TLS client chain that passes path, usage, validity and revocation checks."""
         when = _utc(at)
         certs = _parse_chain(chain_der)
@@ -412,7 +422,7 @@ class TrustAnchor:
         try:
             verified = verifier.verify(leaf, certs[1:])
         except VerificationError as exc:
-            raise self._classify(exc, certs, when, role="client") from exc
+            raise self._classify(exc, certs, when, role=role) from exc
         except ValueError as exc:  # a field parsed lazily, only when the verifier reads it
             raise IdentityError("malformed", f"the presented chain is malformed: {exc}") from exc
         self._check_revocation(verified.chain, when)
@@ -529,14 +539,14 @@ class TrustAnchor:
                     )
             return IdentityError("expired", f"{who} is outside its validity period ({text})")
         if "EKU" in text:
-            usage = "clientAuth" if role == "client" else "serverAuth"
+            usage = "serverAuth" if role == "server" else "clientAuth"
             return IdentityError(
                 "bad-eku", f"{who} is not valid for {usage} (wrong extendedKeyUsage) ({text})"
             )
         if "subjectAltName" in text and hostname is not None:
             return IdentityError("hostname-mismatch", f"{who} is not valid for host {hostname!r} ({text})")
-        if role == "client" and "2.5.29.17" in text:
-            return IdentityError("no-client-uri", f"{who} has no subjectAltName, so no client id ({text})")
+        if role != "server" and "2.5.29.17" in text:
+            return IdentityError(f"no-{role}-uri", f"{who} has no subjectAltName, so no {role} id ({text})")
         if "Forbidden public key algorithm" in text or "Forbidden signature algorithm" in text:
             return IdentityError("unsupported-key", f"{who} uses an algorithm the verifier refuses ({text})")
         if "candidates exhausted" in text or "issuer" in text.lower():

@@ -66,7 +66,9 @@ BUDGET_CHANGE = "budget-change"
 NON_DP = "non-dp-release"
 RESUBMISSION = "dp-resubmission"
 _KINDS = frozenset({OPEN, ROUND, REFUSAL, BUDGET_CHANGE, NON_DP, RESUBMISSION})
-#: What a non-DP release can be: a model update, coreset statistics, a training-loss curve point.
+#: What a non-DP release can be: a model update, coreset statistics, a loss-curve point (training, or
+#: evaluation of the received adapter on held-out records: its ``what`` tells them apart; one kind, so
+#: reports signed before evaluation curves existed still verify).
 NON_DP_KINDS = ("update", "selection", "loss")
 
 _RELEASE_FIELDS = (

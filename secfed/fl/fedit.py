@@ -9,6 +9,11 @@ advance. The server, which only ever sees the cohort sums, moves the adapter by
 
 Every institution must run the same base model: the server sends the base model's hash with each
 round and a client with different weights refuses to take part rather than corrupt the average.
+
+An institution may hold some of its records out of training (``eval_holdout`` in its own policy) and,
+when the federation sets ``report_eval``, send the loss of each global adapter it receives on them,
+summed with the cohort's (:mod:`secfed.fl.curves`): an evaluation curve no server can point at chosen
+records, since the institution alone decides which records are held out (:func:`split_holdout`).
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ import logging
 import secrets
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -70,6 +75,9 @@ class FeditOptions:
     dp: dict[str, Any] | None = None  # DP-SGD mechanism for every institution (secfed.dp.policy.DpOptions)
     # Ask every institution for its training loss (summed securely: the server sees the cohort mean).
     report_loss: bool = False
+    # Ask every institution for the loss of the global adapter it receives on records it holds out of
+    # training (its policy's eval_holdout), before it trains (summed securely, like report_loss).
+    report_eval: bool = False
 
     @classmethod
     def from_mapping(cls, options: Mapping[str, Any]) -> FeditOptions:
@@ -80,10 +88,11 @@ class FeditOptions:
         opts = cls(**options)
         if opts.max_weight < 1 or not opts.clip > 0:
             raise ValueError(f"{NAME} task: max_weight must be >= 1 and clip > 0")
-        if opts.report_loss and opts.dp is not None:
+        curves_asked = [name for name in ("report_loss", "report_eval") if getattr(opts, name)]
+        if curves_asked and opts.dp is not None:
             raise ValueError(
-                f"{NAME} task: report_loss with dp: a loss curve would be a release DP-SGD does not cover "
-                "(it would need noise of its own, which is not built yet); drop one of them"
+                f"{NAME} task: {' and '.join(curves_asked)} with dp: a loss curve would be a release DP-SGD "
+                "does not cover (it would need noise of its own, which is not built yet); drop one of them"
             )
         lora_fields = set(LoraSettings.__dataclass_fields__)
         train_fields = set(TrainSettings.__dataclass_fields__) - {"seed"}
@@ -124,12 +133,16 @@ class FeditInstruction(RoundInstruction):
     init_seed: int
     dp: DpOptions | None
     report_loss: bool
+    report_eval: bool
 
 
-def update_spec(adapter_size: int, max_weight: int, clip: float, report_loss: bool) -> VectorSpec:
+def update_spec(
+    adapter_size: int, max_weight: int, clip: float, report_loss: bool, report_eval: bool
+) -> VectorSpec:
     """The one spec a FedIT update may be summed in: ``[w * delta, w]`` with public bounds, and with
     ``report_loss`` the learning-curve segments (each contributor's first and last step loss, clipped
-    to ``LOSS_CLIP``, and a 1: the server divides the sums).
+    to ``LOSS_CLIP``, and a 1: the server divides the sums), with ``report_eval`` the evaluation-curve
+    ones (the received adapter's loss on held-out records, clipped likewise, and a 1).
 
     Built by the server and rebuilt by every institution from the instruction; a session whose spec
     differs (a weight cap with no room, a clip that does not match) is refused.
@@ -140,6 +153,7 @@ def update_spec(adapter_size: int, max_weight: int, clip: float, report_loss: bo
             Segment("delta", adapter_size, clip=w * clip, frac_bits=DELTA_FRAC_BITS),
             Segment("weight", 1, clip=w, frac_bits=0),
             *(curves.LOSS_SPEC if report_loss else ()),
+            *(curves.EVAL_SPEC if report_eval else ()),
         ),
         ring_bits=64,
     )
@@ -165,7 +179,8 @@ class FeditServer:
         return seeded_initial_vector(self.peft, self.opts.seed)
 
     def spec(self, model: NDArray[np.float32]) -> VectorSpec:
-        return update_spec(self.size, self.opts.max_weight, self.opts.clip, self.opts.report_loss)
+        o = self.opts
+        return update_spec(self.size, o.max_weight, o.clip, o.report_loss, o.report_eval)
 
     def instruction(self, stage: str) -> FeditInstruction:
         o = self.opts
@@ -179,6 +194,7 @@ class FeditServer:
             init_seed=o.seed,
             dp=o.dp_options(),
             report_loss=o.report_loss,
+            report_eval=o.report_eval,
         )
 
     def task_config(self, round_: int) -> dict[str, Any]:
@@ -258,12 +274,49 @@ def client_records(client_id: str, opts: ClientDataOptions) -> list[Record]:
     return records
 
 
+def _record_content(record: Record) -> bytes:
+    """The canonical bytes of one record's content (what it is hashed as)."""
+    return canonical_json([record.instruction, record.context, record.response, record.category])
+
+
 def records_fingerprint(records: list[Record]) -> bytes:
     """SHA-256 of the records' content, in order (what an update is computed from)."""
     digest = hashlib.sha256()
     for r in records:
-        digest.update(canonical_json([r.instruction, r.context, r.response, r.category]))
+        digest.update(_record_content(r))
     return digest.digest()
+
+
+#: The most held-out records one evaluation runs on: it runs every round before training, and 64
+#: sequences keep it to a few forward passes (a fraction of a round's cost) while averaging out most
+#: of one record's noise. The same 64 each round (the lowest hashes), so the curve compares adapters.
+EVAL_MAX_RECORDS = 64
+#: What the ledger names an evaluation release (of kind "loss") by.
+EVAL_RELEASE = f"{NAME} eval"
+_HOLDOUT_CONTEXT = b"secfed/eval-holdout/v1\x00"
+
+
+def _holdout_rank(record: Record) -> int:
+    """Where a record falls in ``[0, 2^64)``: SHA-256 of its content under a context of its own.
+
+    A function of the content alone, so the holdout is the same every round, after a restart, and in
+    any order the records are loaded; duplicates of a record fall on the same side."""
+    return int.from_bytes(hashlib.sha256(_HOLDOUT_CONTEXT + _record_content(record)).digest()[:8], "big")
+
+
+def split_holdout(records: list[Record], fraction: float) -> tuple[list[Record], list[Record]]:
+    """``(train, evaluate)``: a record is held out when its rank (:func:`_holdout_rank`) lies in the
+    lowest ``fraction`` of the range, so about that fraction is. ``train`` is every other record, in
+    order; ``evaluate`` the held-out ones of lowest rank, at most ``EVAL_MAX_RECORDS`` (a held-out
+    record beyond those is neither trained nor evaluated on).
+
+    The institution's own policy sets ``fraction``: no server value enters, so no server can move a
+    record into or out of training."""
+    threshold = int(fraction * 2**64)
+    ranked = [(_holdout_rank(r), r) for r in records]
+    train = [r for rank, r in ranked if rank >= threshold]
+    held = sorted((rank, i) for i, (rank, _r) in enumerate(ranked) if rank < threshold)
+    return train, [records[i] for _rank, i in held[:EVAL_MAX_RECORDS]]
 
 
 #: In-process benchmarks run many institutions one after another in one process; they can share one
@@ -363,7 +416,7 @@ class FeditClient:
         peft = self._ensure_model(ins)
         from secfed.model.lora import adapter_size
 
-        expected = update_spec(adapter_size(peft), ins.max_weight, ins.clip, ins.report_loss)
+        expected = update_spec(adapter_size(peft), ins.max_weight, ins.clip, ins.report_loss, ins.report_eval)
         if session.spec.spec_hash() != expected.spec_hash():
             raise Refused(
                 RefusalCategory.INCONSISTENCY,
@@ -378,13 +431,41 @@ class FeditClient:
             self.privacy.record_resubmission(round_)
         else:
             records, settings = self.training_inputs(ins)
-            self._plan = plan_training(self.privacy, records, settings, ins.dp, round_)
+            # Held-out records never train, in any round, so every evaluation is on unseen records.
+            train, _held_out = split_holdout(records, policy.eval_holdout)
+            if not train:
+                raise Refused(
+                    RefusalCategory.DATA,
+                    f"all {len(records)} records this round would train on are in this institution's "
+                    f"eval holdout (eval_holdout = {policy.eval_holdout})",
+                )
+            evaluate = self.eval_records(ins, policy)
+            self._plan = plan_training(self.privacy, train, settings, ins.dp, round_, evaluate=evaluate)
         self._instruction = ins  # the last instruction admitted: what a saved result is checked with
         return None
 
     def training_inputs(self, ins: FeditInstruction) -> tuple[list[Record], TrainSettings]:
-        """The records and settings this round trains with: every record, the federation's settings."""
+        """The records and settings this round trains with: every record, the federation's settings.
+
+        :meth:`admit` then drops the records the institution holds out for evaluation."""
         return self.records, ins.train
+
+    def eval_records(self, ins: FeditInstruction, policy: InstitutionPolicy) -> list[Record]:
+        """The held-out records this round evaluates the received adapter on; none unless it asks.
+
+        Drawn from all of the institution's records (a subclass that trains on a selection evaluates on
+        the same holdout), by the institution's own fraction only."""
+        if not ins.report_eval:
+            return []
+        _train, evaluate = split_holdout(self.records, policy.eval_holdout)
+        if not evaluate:
+            raise Refused(
+                RefusalCategory.DATA,
+                f"none of this institution's {len(self.records)} records falls in its eval holdout "
+                f"(eval_holdout = {policy.eval_holdout}); a larger fraction would hold some out",
+                field="report_eval",
+            )
+        return evaluate
 
     def admitted_plan(self, round_: int) -> TrainingPlan:
         """The plan :meth:`admit` made for ``round_`` (the participant admits before it computes)."""
@@ -408,19 +489,33 @@ class FeditClient:
             within(t.epochs, 0.0, policy.max_epochs, "train.epochs")
         within(t.batch_size * t.grad_accum, 1, policy.max_batch_size, "train.batch_size")
         within(t.max_length, 16, policy.max_length, "train.max_length")
-        if ins.report_loss and not policy.share_loss:
+        asks = (
+            ("report_loss", "training losses"),
+            ("report_eval", "evaluation losses of the global adapter"),
+        )
+        for asked, what in asks:
+            if not getattr(ins, asked):
+                continue
+            if not policy.share_loss:
+                raise Refused(
+                    RefusalCategory.POLICY,
+                    f"the federation asks for {what}; this institution's policy does not share them "
+                    "(share_loss = false)",
+                    field=asked,
+                )
+            if ins.dp is not None:
+                raise Refused(
+                    RefusalCategory.POLICY,
+                    f"the federation asks for {what} under DP-SGD: a release the DP guarantee would "
+                    "not cover",
+                    field=asked,
+                )
+        if ins.report_eval and policy.eval_holdout == 0:
             raise Refused(
                 RefusalCategory.POLICY,
-                "the federation asks for training losses; this institution's policy does not share them "
-                "(share_loss = false)",
-                field="report_loss",
-            )
-        if ins.report_loss and ins.dp is not None:
-            raise Refused(
-                RefusalCategory.POLICY,
-                "the federation asks for training losses under DP-SGD: a release the DP guarantee would "
-                "not cover",
-                field="report_loss",
+                "the federation asks for evaluation losses of the global adapter; this institution holds "
+                "no records out of training to evaluate on (eval_holdout = 0)",
+                field="report_eval",
             )
 
     def check_global_model(
@@ -532,8 +627,9 @@ class FeditClient:
         delta = adapter_to_vector(peft).astype(np.float64) - model.astype(np.float64)
         # Under DP the weight must not depend on the data (a record count is a release DP-SGD does
         # not cover), so every DP round uses the public cap; otherwise FedAvg weights by data size.
-        weight = float(ins.max_weight if dp_trained else min(len(self.records), ins.max_weight))
+        weight = float(ins.max_weight if dp_trained else min(len(plan.records), ins.max_weight))
         self.last_compute_s = time.perf_counter() - started
+        evaluated: dict[str, Any] = {} if stats.eval_loss is None else {"eval_loss": f"{stats.eval_loss:.3f}"}
         logs.event(
             log,
             "local-train",
@@ -544,6 +640,7 @@ class FeditClient:
             seconds=f"{stats.seconds:.1f}",
             loss_first=f"{stats.first_loss:.3f}",
             loss_last=f"{stats.last_loss:.3f}",
+            **evaluated,
         )
         return self._released(
             round_, model, ins, {"delta": weight * delta, "weight": np.array([weight])}, dp_trained
@@ -567,7 +664,9 @@ class FeditClient:
         dp_trained: bool,
     ) -> dict[str, NDArray[np.float64]]:
         """Before an update leaves: keep a DP one for a retry, ledger a non-DP one; add and ledger the
-        learning-curve segments when the federation asked for them (never under DP: refused at admit)."""
+        learning- and evaluation-curve segments when the federation asked for them (never under DP:
+        refused at admit). The ledger knows one kind of loss release ("loss", ``NON_DP_KINDS``), so an
+        evaluation is ledgered as one, told apart by its ``what``."""
         if dp_trained:
             self._dp_updates.put(self._round_key(round_, model, ins), out)
         else:
@@ -575,6 +674,9 @@ class FeditClient:
         if ins.report_loss:  # never with DP-SGD: admit refuses that
             self.privacy.record_non_dp(round_, release="loss", what=NAME)
             out = {**out, **curves.loss_segments(self.last_stats.first_loss, self.last_stats.last_loss)}
+        if ins.report_eval:  # admit planned the evaluation (or refused), never with DP-SGD
+            self.privacy.record_non_dp(round_, release="loss", what=EVAL_RELEASE)
+            out = {**out, **curves.eval_segments(self.last_stats.eval_loss)}
         return out
 
     def dataset_hash(self) -> bytes:
@@ -593,13 +695,15 @@ class FeditClient:
 @dataclass(frozen=True)
 class TrainingPlan:
     """What one round's local training will be, fixed before any work: the records, the settings, the
-    step count and, under DP, the mechanism the institution's budget approved for it."""
+    step count, under DP the mechanism the institution's budget approved for it, and the held-out
+    records to evaluate the received adapter on first (empty: no evaluation; never under DP)."""
 
     round: int
     records: list[Record]
     settings: TrainSettings
     steps: int
     dp: Any  # secfed.dp.sgd.DpSettings (torch-side) or None: the federation trains without DP
+    evaluate: tuple[Record, ...]
 
 
 def plan_training(
@@ -608,6 +712,8 @@ def plan_training(
     settings: TrainSettings,
     dp_options: DpOptions | None,
     round_: int,
+    *,
+    evaluate: Sequence[Record] = (),
 ) -> TrainingPlan:
     """Plan the round and run every privacy check on it (DP required, budget) before any training.
 
@@ -615,22 +721,27 @@ def plan_training(
     it: a refused session has spent nothing."""
     n = len(records)
     steps = settings.dp_steps_for(n, dp_options.expected_batch_size) if dp_options else settings.steps_for(n)
-    return TrainingPlan(round_, records, settings, steps, privacy.plan_round(round_, dp_options, n, steps))
+    dp = privacy.plan_round(round_, dp_options, n, steps)
+    return TrainingPlan(round_, records, settings, steps, dp, tuple(evaluate))
 
 
 def train_round(
     privacy: InstitutionPrivacy, peft: Any, tokenizer: Any, plan: TrainingPlan, client_id: str
 ) -> tuple[TrainStats, bool]:
-    """Train one round as planned (:func:`plan_training`), with DP-SGD when the plan has a mechanism.
+    """Train one round as planned (:func:`plan_training`), with DP-SGD when the plan has a mechanism,
+    after evaluating the adapter it starts from on the plan's held-out records, if any.
 
-    Returns the training stats and whether DP-SGD was used."""
+    Returns the training stats (``eval_loss`` set when the plan evaluates) and whether DP-SGD was used."""
     from secfed.dp.sgd import train_local_dp
-    from secfed.model.train import train_local
+    from secfed.model.train import evaluate_loss, train_local
 
     round_, records, settings, dp = plan.round, plan.records, plan.settings, plan.dp
     desc = f"{client_id} round {round_}"
     if dp is None:
-        return train_local(peft, tokenizer, records, settings, round_=round_, desc=desc), False
+        # Before training: the loss of the global adapter as received, the one the cohort shares.
+        eval_loss = evaluate_loss(peft, tokenizer, plan.evaluate, settings) if plan.evaluate else None
+        stats = train_local(peft, tokenizer, records, settings, round_=round_, desc=desc)
+        return dataclasses.replace(stats, eval_loss=eval_loss), False
     # Poisson sampling amplifies privacy only if nobody else knows which records were drawn: the
     # batch seed is the institution's own secret, never the server's public seed.
     secret = dataclasses.replace(

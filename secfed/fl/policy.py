@@ -79,6 +79,12 @@ class InstitutionPolicy:
     # federation asks for a learning curve: a release computed from its records, summed with the
     # cohort's (the server sees only the cohort mean) and ledgered. Never under DP-SGD.
     share_loss: bool = False
+    # The fraction of this institution's records it holds out of training, to evaluate each global
+    # adapter it receives when the federation asks for an eval curve (``report_eval``, which also needs
+    # share_loss). Its own choice, never the server's: which records, and how many, are decided here
+    # (by a hash of each record's content), and they are never trained on while this is above zero,
+    # whether or not a round asks for an evaluation. At most half: the rest must still train.
+    eval_holdout: float = 0.0
     # FedAvg weight cap and per-coordinate clip of an update.
     max_weight: int = 64
     max_clip: float = 10.0
@@ -118,6 +124,9 @@ class InstitutionPolicy:
                 raise ValueError(f"policy: {f.name} must be > 0, got {value}")
         if not 0 < self.min_lr <= self.max_lr:
             raise ValueError("policy: need 0 < min_lr <= max_lr")
+        holdout = self.eval_holdout
+        if isinstance(holdout, bool) or not isinstance(holdout, int | float) or not 0 <= holdout <= 0.5:
+            raise ValueError(f"policy: eval_holdout must be a fraction in [0, 0.5], got {holdout!r}")
         if self.max_selected_fraction > 1:
             raise ValueError("policy: max_selected_fraction must be <= 1")
         digest = self.initial_adapter_sha256

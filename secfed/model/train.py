@@ -5,6 +5,9 @@ built-in ``labels=`` loss (which averages over every token of the batch, so one 
 depends on the other samples' lengths). Today that only changes the weighting slightly; with DP-SGD
 it is what keeps per-sample gradients independent, so the trainer uses it from the start.
 Seeded and reproducible: batch order comes from a generator seeded by (seed, round).
+
+:func:`evaluate_loss` measures the same loss, without gradients, on records the institution does not
+train on, so an evaluation curve and the training curve are in the same units.
 """
 
 from __future__ import annotations
@@ -32,6 +35,9 @@ class TrainStats:
     seconds: float
     first_loss: float
     last_loss: float
+    # The loss of the adapter the round started from on the institution's held-out records, measured
+    # before training (:func:`evaluate_loss`); None when the round asked for no evaluation.
+    eval_loss: float | None = None
 
     @property
     def tokens_per_s(self) -> float:
@@ -52,6 +58,61 @@ def sequence_mean_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tens
     return (token_loss * mask).sum(dim=1) / counts
 
 
+def _examples(
+    records: Sequence[Record], tokenizer: object, settings: TrainSettings
+) -> list[TokenizedExample]:
+    """The records in the prompt format and length the federation trains with."""
+    return [
+        tokenize_example(r, tokenizer, style=settings.style, max_length=settings.max_length) for r in records
+    ]
+
+
+def _pad_id(tokenizer: object) -> int:
+    """The tokenizer's padding id (0 when it has none: padded positions are masked out anyway)."""
+    return int(getattr(tokenizer, "pad_token_id", 0) or 0)
+
+
+def _sequence_losses(
+    model: torch.nn.Module, examples: Sequence[TokenizedExample], pad_id: int
+) -> tuple[torch.Tensor, int]:
+    """One forward pass over ``examples`` on the model's device: per-sequence losses and tokens seen.
+
+    Only the losses leave this function, so the logits are freed before the next forward pass (the
+    autograd graph keeps what a backward pass needs)."""
+    device = next(p for p in model.parameters()).device
+    batch = {k: v.to(device) for k, v in collate(examples, pad_id).items()}
+    out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+    return sequence_mean_loss(out.logits, batch["labels"]), int(batch["attention_mask"].sum())
+
+
+def evaluate_loss(
+    model: torch.nn.Module, tokenizer: object, records: Sequence[Record], settings: TrainSettings
+) -> float:
+    """The mean over ``records`` of the loss training minimises (:func:`sequence_mean_loss`), with no
+    gradient and dropout off, in batches of ``settings.batch_size``; the model's mode is restored.
+
+    Same tokenisation, prompt style and truncation as :func:`train_local`, so the number is comparable
+    with the training loss of the round."""
+    if not records:
+        raise ValueError("no records to evaluate on")
+    examples = _examples(records, tokenizer, settings)
+    pad_id = _pad_id(tokenizer)
+    was_training = model.training
+    model.eval()
+    total = 0.0
+    try:
+        with torch.no_grad():
+            for start in range(0, len(examples), settings.batch_size):
+                cancel.check()
+                per_sequence, _tokens = _sequence_losses(
+                    model, examples[start : start + settings.batch_size], pad_id
+                )
+                total += float(per_sequence.sum())
+    finally:
+        model.train(was_training)
+    return total / len(examples)
+
+
 def train_local(
     model: torch.nn.Module,
     tokenizer: object,
@@ -65,11 +126,8 @@ def train_local(
     """Run ``settings.local_steps`` AdamW steps on batches drawn from ``records`` (with replacement across epochs)."""
     if not records:
         raise ValueError("no training records")
-    examples: list[TokenizedExample] = [
-        tokenize_example(r, tokenizer, style=settings.style, max_length=settings.max_length) for r in records
-    ]
-    pad_id = int(getattr(tokenizer, "pad_token_id", 0) or 0)
-    device = next(p for p in model.parameters()).device
+    examples = _examples(records, tokenizer, settings)
+    pad_id = _pad_id(tokenizer)
     trainable = [p for p in model.parameters() if p.requires_grad]
     if not trainable:
         raise ValueError("the model has no trainable parameters (apply LoRA first)")
@@ -96,15 +154,12 @@ def train_local(
                     order, cursor = rng.permutation(len(examples)), 0
                 idx.append(int(order[cursor]))
                 cursor += 1
-            batch = collate([examples[i] for i in idx], pad_id)
-            batch = {k: v.to(device) for k, v in batch.items()}
-            out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
-            loss = sequence_mean_loss(out.logits, batch["labels"]).mean() / settings.grad_accum
+            per_sequence, batch_tokens = _sequence_losses(model, [examples[i] for i in idx], pad_id)
+            loss = per_sequence.mean() / settings.grad_accum
             loss.backward()  # type: ignore[no-untyped-call]
-            del out  # its logits would otherwise stay alive through the next micro-batch's forward
             step_loss += float(loss.detach())
             sequences += len(idx)
-            tokens += int(batch["attention_mask"].sum())
+            tokens += batch_tokens
         optimizer.step()
         losses.append(step_loss)
         bar.set_postfix(loss=f"{step_loss:.3f}")

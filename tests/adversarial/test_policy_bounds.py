@@ -42,6 +42,7 @@ def _fedit(**changes: Any) -> FeditInstruction:
         init_seed=0,
         dp=None,
         report_loss=False,
+        report_eval=False,
     )
     return base.model_copy(update=changes)
 

@@ -11,6 +11,7 @@ member), and a revoked operator is refused without a server restart.
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ import pytest
 from client.channel import CoordinatorLink
 from client.operator_status import RemoteStatusError, fetch_status
 from secfed import cli
-from secfed.pki.files import load_ca, load_crl
+from secfed.pki.files import crl_pem, load_ca, load_crl, write_public
 from secfed.pki.issue import revoke
 from secfed.pki.kit import load_kit
 from secfed.proto.v1 import federation_pb2 as pb
@@ -48,6 +49,12 @@ def _status_json(kit: Path, capsys: pytest.CaptureFixture[str], *extra: str) -> 
     return document
 
 
+def _live(fed: Federation) -> dict[str, Any]:
+    """The coordinator's live view read in-process (waiting on it spends no operator's rate limit)."""
+    with fed.server.service._lock:
+        return fed.server.coordinator.live_view()
+
+
 def _until(condition: Any, timeout_s: float = 30.0) -> None:
     end = time.monotonic() + timeout_s
     while not condition():
@@ -62,7 +69,7 @@ def test_an_operator_sees_the_live_round_and_after_a_restart_the_aborted_attempt
     kit = _operator_kit(fed, tmp_path)
     try:
         fed.start_client("inst00")  # the others never come: round 0 stays open, waiting for them
-        _until(lambda: "inst00" in fetch_status(load_kit(kit), fed.address)["live"]["last_seen_s_ago"])
+        _until(lambda: _live(fed)["open"]["waiting_for"] == ["inst01", "inst02"])  # inst00's advert is in
         doc = _status_json(kit, capsys)
         live = doc["live"]
         assert doc["run_id"] and doc["rounds_completed"] == 0 and doc["rounds_planned"] == 2
@@ -70,12 +77,7 @@ def test_an_operator_sees_the_live_round_and_after_a_restart_the_aborted_attempt
         assert live["open"]["round"] == 0 and live["open"]["attempt"] == 1
         assert live["open"]["phase"] == "advertise"
         assert live["open"]["cohort"] == ["inst00", "inst01", "inst02"]
-        _until(
-            lambda: (
-                fetch_status(load_kit(kit), fed.address)["live"]["open"]["waiting_for"]
-                == ["inst01", "inst02"]
-            )
-        )
+        assert live["open"]["waiting_for"] == ["inst01", "inst02"] and "inst00" in live["last_seen_s_ago"]
         assert live["joined"] == ["inst00"] and live["finished"] is None
         assert 0 < live["open"]["deadline_s"] <= 60.0  # inst00 polled: the phase deadline runs
         capsys.readouterr()
@@ -124,12 +126,17 @@ def test_certificate_roles_do_not_mix_and_a_revoked_operator_is_refused(
                 assert error.code() == grpc.StatusCode.PERMISSION_DENIED
                 assert "(no-client-uri)" in (error.details() or ""), error.details()
         assert fetch_status(operator, fed.address)["live"]["joined"] == []  # it was never counted
-        # Revoked: refused from the next call on, without restarting the coordinator.
+        # Revoked: refused from the next call on, without restarting the coordinator, even when the new
+        # CRL is copied in with the old file's timestamp kept (cp -p, rsync -t): not the mtime alone
+        # tells the server that its CRL changed.
         ca = load_ca(fed.pki / "ca")
         crl = revoke(
             ca, [operator.identity.certificate.serial_number], previous=load_crl(fed.pki / "ca" / "crl.pem")
         )
-        rc.publish_crl(fed.pki / "server" / "crl.pem", crl)
+        server_crl = fed.pki / "server" / "crl.pem"
+        old = server_crl.stat()
+        write_public(server_crl, crl_pem(crl))
+        os.utime(server_crl, ns=(old.st_atime_ns, old.st_mtime_ns))
         with pytest.raises(
             RemoteStatusError, match=r"PERMISSION_DENIED: operator certificate refused \(revoked\)"
         ):
@@ -156,3 +163,33 @@ def test_operator_status_needs_an_address_and_only_takes_server_with_operator(
     assert "records no server_address; pass --server HOST:PORT" in capsys.readouterr().err
     assert cli.main(["status", "--state", str(tmp_path / "x.sqlite"), "--server", "127.0.0.1:1"]) == 2
     assert "--server only applies with --operator" in capsys.readouterr().err
+
+
+def test_operators_cannot_slow_the_rounds_down(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Attack: one operator certificate (or several) firing Status calls, each of which reads the whole
+    state database, to starve the institutions' RPCs. Each operator is rate-limited, and however many
+    ask, the document is computed at most once per cache period and reused."""
+    import server.operator as operator_module
+
+    reads: list[Path] = []
+    from server.status import read_status as real
+
+    def counted(path: Path, **kw: Any) -> Any:
+        reads.append(path)
+        return real(path, **kw)
+
+    monkeypatch.setattr(operator_module, "read_status", counted)
+    # No refill and no expiry during the test, however slow the machine: the counts below are exact.
+    monkeypatch.setattr(operator_module, "OPERATOR_RATE_PER_S", 1e-9)
+    monkeypatch.setattr(operator_module, "_MIN_CACHE_S", 3600.0)
+    fed = start_federation(tmp_path, 3, rounds=1, phase_timeout_s=60.0)
+    first, second = load_kit(_operator_kit(fed, tmp_path, "a")), load_kit(_operator_kit(fed, tmp_path, "b"))
+    try:
+        answers = [fetch_status(first, fed.address) for _ in range(operator_module.OPERATOR_BURST)]
+        with pytest.raises(RemoteStatusError, match="RESOURCE_EXHAUSTED: operator 'a': rate limit exceeded"):
+            fetch_status(first, fed.address)
+        answers.append(fetch_status(second, fed.address))  # another operator has its own allowance
+        assert len(reads) == 1  # one computation served all six
+        assert all(a == answers[0] for a in answers)
+    finally:
+        fed.server.stop()

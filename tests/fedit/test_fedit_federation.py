@@ -3,6 +3,7 @@ round is exactly the plaintext FedAvg of the clients' updates, up to fixed-point
 
 from __future__ import annotations
 
+import logging
 import threading
 from pathlib import Path
 from typing import Any, ClassVar
@@ -49,6 +50,7 @@ def _federate(
     dp: dict[str, Any] | None = None,
     privacy: dict[int, dict[str, Any]] | None = None,
     report_loss: bool = False,
+    report_eval: bool = False,
 ) -> tuple[
     FederationServer, list[np.ndarray], list[Any], dict[tuple[str, int], dict[str, np.ndarray]], list[Any]
 ]:
@@ -72,6 +74,7 @@ def _federate(
             "max_weight": 8,
             "dp": dp,
             "report_loss": report_loss,
+            "report_eval": report_eval,
         },
     )
     server = FederationServer.start(config)
@@ -101,7 +104,9 @@ def _federate(
                     task,
                     address=f"127.0.0.1:{server.port}",
                     retry=RetryPolicy(initial_backoff_s=0.05, max_backoff_s=0.5, give_up_after_s=60),
-                    policy=InstitutionPolicy(share_loss=report_loss),
+                    policy=InstitutionPolicy(
+                        share_loss=report_loss, eval_holdout=0.5 if report_eval else 0.0
+                    ),
                 ).run()
             )
         except BaseException as exc:  # reported below
@@ -145,19 +150,23 @@ def test_global_adapter_is_plaintext_fedavg_of_client_updates(tmp_path: Path, ti
 
 
 def test_the_server_learns_the_cohort_mean_training_loss_and_no_institutions_own(
-    tmp_path: Path, tiny_model_dir: Path
+    tmp_path: Path, tiny_model_dir: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Secure learning curves: the losses ride in the secure sum, so the server's mean equals the mean
     of what the institutions recorded, and no institution's own loss is anywhere on the server side
-    (its state database, rounds log, results); each institution ledgers the loss as a release."""
+    (its state database, rounds log, results); each institution ledgers the loss as a release. The
+    evaluation curve (the received adapter on held-out records) rides along the same way, and the
+    coordinator's progress line shows both means."""
     n = 3
     ledgers = {i: tmp_path / f"ledger-{i}.jsonl" for i in range(n)}
+    caplog.set_level(logging.INFO, logger="secfed.server.coordinator")
     _, _, results, contributions, _ = _federate(
         tmp_path,
         tiny_model_dir,
         [tiny_model_dir] * n,
         2,
         report_loss=True,
+        report_eval=True,
         privacy={i: {"ledger": str(path)} for i, path in ledgers.items()},
     )
     roster = tuple(f"inst{i:02d}" for i in range(n))
@@ -167,7 +176,8 @@ def test_the_server_learns_the_cohort_mean_training_loss_and_no_institutions_own
     for round_, result in enumerate(results):
         mine = [contributions[(cid, round_)] for cid in roster]
         assert float(result.values["loss_n"][0]) == n
-        for key in ("loss_first", "loss_last"):
+        assert float(result.values["eval_n"][0]) == n
+        for key in ("loss_first", "loss_last", "eval_loss"):
             own = [float(c[key][0]) for c in mine]
             assert min(own) > 0 and max(own) <= 20.0
             mean = float(result.values[key][0]) / n
@@ -176,6 +186,10 @@ def test_the_server_learns_the_cohort_mean_training_loss_and_no_institutions_own
                 assert f"{value:.6f}" not in server_side and repr(value) not in server_side
     for path in ledgers.values():
         assert '"release":"loss"' in path.read_text().replace(" ", ""), path
+    progress = [r.fields["progress"] for r in caplog.records if r.getMessage() == "round-complete"]  # type: ignore[attr-defined]
+    assert len(progress) == 2 and all("mean train loss" in line for line in progress)
+    for line, result in zip(progress, results, strict=True):
+        assert f"mean eval loss {float(result.values['eval_loss'][0]) / n:.3f} (received adapter)" in line
 
 
 def test_institution_with_another_base_model_refuses_and_the_round_goes_on(

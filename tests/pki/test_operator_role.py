@@ -22,7 +22,15 @@ from secfed.crypto.identity import (
     client_id_of,
     operator_name_of,
 )
-from secfed.pki import CertificateAuthority, check_kit, create_ca, issue_client, issue_operator, load_kit
+from secfed.pki import (
+    CertificateAuthority,
+    check_kit,
+    create_ca,
+    issue_client,
+    issue_operator,
+    issue_server,
+    load_kit,
+)
 from secfed.pki.kit import KitError
 from tests.pki.test_identity import _leaf_with_san
 
@@ -66,6 +74,41 @@ def test_a_certificate_naming_both_roles_is_refused_by_both(ca: CertificateAutho
         with pytest.raises(IdentityError) as err:
             read(both.certificate)
         assert err.value.reason == "role-mismatch"
+
+
+@pytest.mark.parametrize(
+    ("client_uri", "operator_uri"),
+    [
+        ("URN:SECFED:CLIENT:alice", OPERATOR_URI_PREFIX + "ops"),
+        (CLIENT_URI_PREFIX + "alice", "urn:SecFed:Operator:ops"),
+    ],
+)
+def test_the_role_of_a_urn_does_not_depend_on_its_case(
+    ca: CertificateAuthority, client_uri: str, operator_uri: str
+) -> None:
+    """A URN's scheme and namespace are case-insensitive (RFC 8141): an upper-case client URI beside an
+    operator URI is still two roles, which another tool comparing URNs properly would see."""
+    both = _leaf_with_san(
+        ca, [x509.UniformResourceIdentifier(client_uri), x509.UniformResourceIdentifier(operator_uri)]
+    )
+    for read in (client_id_of, operator_name_of):
+        with pytest.raises(IdentityError) as err:
+            read(both.certificate)
+        assert err.value.reason == "role-mismatch"
+    upper = _leaf_with_san(ca, [x509.UniformResourceIdentifier("URN:SECFED:OPERATOR:Ops")])
+    assert operator_name_of(upper.certificate) == "Ops"  # the id keeps its case
+
+
+def test_an_operator_certificate_refused_by_the_verifier_is_explained_as_an_operator(
+    ca: CertificateAuthority,
+) -> None:
+    anchor = TrustAnchor(ca.certificate)
+    with pytest.raises(IdentityError) as err:
+        anchor.verify_operator(_leaf_with_san(ca, None).chain_der())
+    assert err.value.reason == "no-operator-uri" and "operator certificate" in str(err.value)
+    with pytest.raises(IdentityError) as err:
+        anchor.verify_operator(issue_server(ca).chain_der())
+    assert err.value.reason == "bad-eku" and "not valid for clientAuth" in str(err.value)
 
 
 @pytest.mark.parametrize(

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import sqlite3
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -14,7 +15,7 @@ from secfed import cli
 from server.coordinator import Coordinator, RoundPlan
 from server.runtime import StoreObserver
 from server.state import StateStore
-from server.status import RunStatus, format_status, read_status
+from server.status import RunStatus, format_remote_status, format_status, read_status
 from tests.server.test_state import record, vector
 
 
@@ -165,3 +166,125 @@ def test_refusal_text_from_a_member_never_reaches_the_status_and_repeats_count_o
     text = format_status(shown)
     assert "\x1b" not in text and "inst-victim (excluded)\n" not in text
     assert len(text.splitlines()) == 6
+
+
+def _remote_document() -> dict[str, object]:
+    """A well-formed status document as a coordinator sends it, with every field present."""
+    return {
+        "state_db": "/srv/run/state.sqlite",
+        "run_id": "r1",
+        "rounds_planned": 3,
+        "rounds_completed": 1,
+        "open_attempt": {"round": 1, "attempt": 1, "running_s": 4.0},
+        "finished": False,
+        "mean_round_s": 10.0,
+        "eta_s": 16,
+        "recent_rounds": [{"round": 0, "contributors": ["a", "b"], "dropped": ["c"], "seconds": 10.0}],
+        "aborted_attempts": 1,
+        "recent_aborts": [{"round": 0, "attempt": 1, "reason": "timeout"}],
+        "refusals": 1,
+        "recent_refusals": [{"round": 0, "client": "c", "reason": "budget"}],
+        "excluded": {"d": "forged share"},
+        "at": 1.0,
+        "live": {
+            "open": {
+                "round": 1,
+                "attempt": 1,
+                "stage": "update",
+                "phase": "advertise",
+                "deadline_s": 12.0,
+                "cohort": ["a", "b", "c"],
+                "waiting_for": ["c"],
+                "refused": [],
+            },
+            "finished": None,
+            "joined": ["a", "b"],
+            "last_seen_s_ago": {"a": 0.5},
+            "excluded": {},
+        },
+    }
+
+
+def test_a_remote_document_is_checked_field_by_field() -> None:
+    from server.status import _KINDS
+
+    assert set(_KINDS) == set(RunStatus.__dataclass_fields__)  # every field has its types
+    text = format_remote_status(_remote_document())
+    assert "cohort (3): a, b, c" in text and "waiting for: c" in text and "dropped c" in text
+
+
+ESCAPE = "\x1b]0;PWNED\x07\x1b[2J"
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        ("run_id",),
+        ("state_db",),
+        ("recent_rounds", 0, "dropped", 0),
+        ("recent_rounds", 0, "round"),
+        ("open_attempt", "round"),
+        ("recent_aborts", 0, "reason"),
+        ("recent_refusals", 0, "client"),
+        ("live", "open", "round"),
+        ("live", "open", "attempt"),
+        ("live", "open", "stage"),
+        ("live", "open", "cohort", 0),
+        ("live", "open", "waiting_for", 0),
+    ],
+)
+def test_a_hostile_coordinator_cannot_write_control_characters_to_the_terminal(
+    path: tuple[object, ...],
+) -> None:
+    """Attack: a coordinator (untrusted) answers an operator's status call with escape sequences in any
+    field, to retitle the terminal, clear it or forge lines. Every value is printed escaped."""
+    doc: Any = _remote_document()
+    target = doc
+    for key in path[:-1]:
+        target = target[key]
+    target[path[-1]] = ESCAPE
+    try:
+        text = format_remote_status(doc)
+    except ValueError as exc:  # a field that must be a number: refused, and the message is escaped too
+        text = str(exc)
+    assert "\x1b" not in text and "\x07" not in text
+
+
+@pytest.mark.parametrize(
+    ("change", "value"),
+    [
+        ("live", [1]),
+        ("excluded", [1]),
+        ("open_attempt", {}),
+        ("recent_rounds", [1]),
+        ("rounds_completed", True),
+        ("finished", "yes"),
+        ("eta_s", 10**400),
+        ("mean_round_s", "fast"),
+    ],
+)
+def test_a_malformed_remote_document_is_a_clear_error_not_a_crash(change: str, value: object) -> None:
+    doc = _remote_document()
+    doc[change] = value
+    with pytest.raises(ValueError, match="status document"):
+        format_remote_status(doc)
+
+
+@pytest.mark.parametrize(
+    ("where", "value"),
+    [(("live", "open", "cohort"), 5), (("live", "open", "deadline_s"), 10**400), (("live", "open"), [])],
+)
+def test_a_malformed_live_part_is_a_clear_error_or_shown_escaped(
+    where: tuple[str, ...], value: object
+) -> None:
+    doc: Any = _remote_document()
+    target = doc
+    for key in where[:-1]:
+        target = target[key]
+    target[where[-1]] = value
+    try:
+        text = format_remote_status(doc)
+    except ValueError as exc:
+        assert "status document is malformed" in str(exc)
+    else:
+        assert "\x1b" not in text

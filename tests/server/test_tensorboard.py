@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from tensorboardX.proto.event_pb2 import Event
 
-from secfed.fl.curves import loss_segments
+from secfed.fl.curves import eval_segments, loss_segments
 from secfed.secagg.messages import AggregateResult
 from secfed.tomlconfig import ConfigFileError
 from server import runtime
@@ -84,12 +84,17 @@ def _f32(value: float) -> float:
 
 
 def _result(
-    contributors: tuple[str, ...], dropped: tuple[str, ...], losses: list[tuple[float, float]]
+    contributors: tuple[str, ...],
+    dropped: tuple[str, ...],
+    losses: list[tuple[float, float]],
+    evals: tuple[float, ...] = (),
 ) -> AggregateResult:
-    """A decoded cohort sum as the coordinator hands it over: a toy vector plus, if given, the loss segments."""
+    """A decoded cohort sum as the coordinator hands it over: a toy vector plus, if given, the loss
+    and evaluation segments."""
     values: dict[str, np.ndarray] = {"x": np.arange(4, dtype=np.float64)}
-    for first, last in losses:  # summed as secure aggregation would
-        for name, segment in loss_segments(first, last).items():
+    parts = [loss_segments(first, last) for first, last in losses] + [eval_segments(e) for e in evals]
+    for part in parts:  # summed as secure aggregation would
+        for name, segment in part.items():
             values[name] = values.get(name, np.zeros(1)) + segment
     return AggregateResult(b"s" * 16, contributors, dropped, np.zeros(4, dtype=np.uint64), values)
 
@@ -101,7 +106,7 @@ def test_the_crc_of_the_reader_checks_the_standard_vector() -> None:
 def test_rounds_aborts_and_refusals_become_scalars_at_their_round(tmp_path: Path) -> None:
     curves = TensorBoardCurves(tmp_path / "tb")
     model = np.zeros(4, dtype=np.float32)
-    first = _result(ROSTER, ("inst03",), [(2.0, 1.5), (3.5, 1.25), (1.0, 0.5)])
+    first = _result(ROSTER, ("inst03",), [(2.0, 1.5), (3.5, 1.25), (1.0, 0.5)], evals=(2.5, 2.0, 1.25))
     curves.round_completed(0, first, model, 0.0, {"advertise": 0.25, "unmask": 1.5}, [])
     curves.client_refused(1, "inst03", "policy")
     curves.attempt_aborted(1, 1, "below threshold")
@@ -118,6 +123,7 @@ def test_rounds_aborts_and_refusals_become_scalars_at_their_round(tmp_path: Path
         # The cohort mean: the secure sums divided by the count of contributors that sent a loss.
         ("loss/train_first", 0): _f32((2.0 + 3.5 + 1.0) / 3),
         ("loss/train_last", 0): _f32((1.5 + 1.25 + 0.5) / 3),
+        ("loss/eval", 0): _f32((2.5 + 2.0 + 1.25) / 3),  # the received adapter, on held-out records
         ("refusals", 1): 2.0,  # cumulative: the round's second refusal ends the step on 2
         ("attempts/aborted", 1): 1.0,
         ("round/seconds", 1): 2.0,
