@@ -44,11 +44,18 @@ def fetch_status(kit: Kit, address: str, *, timeout_s: float = 10.0) -> dict[str
             except ServerRefused as refused:
                 raise RemoteStatusError(f"{address}: {refused}") from exc
             failure = link.failure
-            why = f" ({failure.kind}: {shown(failure.detail)})" if failure is not None else ""
             code = exc.code() if isinstance(exc, grpc.Call) else None
+            if failure is not None and code in (
+                grpc.StatusCode.UNAVAILABLE,
+                grpc.StatusCode.DEADLINE_EXCEEDED,
+            ):
+                # gRPC's own text would name the local forwarder's socket: say what happened instead.
+                raise RemoteStatusError(
+                    f"{address}: cannot reach the coordinator ({failure.kind}: {shown(failure.detail)})"
+                ) from exc
             details = exc.details() if isinstance(exc, grpc.Call) else str(exc)
             name = code.name if code is not None else "error"
-            raise RemoteStatusError(f"{address}: {name}: {shown(details)}{why}") from exc
+            raise RemoteStatusError(f"{address}: {name}: {shown(details)}") from exc
     try:
         document = json.loads(reply.status_json)
     except ValueError as exc:

@@ -161,6 +161,9 @@ def test_operator_status_needs_an_address_and_only_takes_server_with_operator(
     capsys.readouterr()
     assert cli.main(["status", "--operator", str(tmp_path / "ops")]) == 2
     assert "records no server_address; pass --server HOST:PORT" in capsys.readouterr().err
+    assert cli.main(["status", "--operator", str(tmp_path / "ops"), "--server", "127.0.0.1:1"]) == 2
+    err = capsys.readouterr().err  # nothing listens there: said plainly, not as gRPC's forwarder detail
+    assert "127.0.0.1:1: cannot reach the coordinator (unreachable:" in err and "grpc.sock" not in err
     assert cli.main(["status", "--state", str(tmp_path / "x.sqlite"), "--server", "127.0.0.1:1"]) == 2
     assert "--server only applies with --operator" in capsys.readouterr().err
 
