@@ -47,7 +47,7 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from secfed.crypto.kdf import encode_fields, hkdf_sha256
 
-__all__ = ["SEED_BYTES", "MaskAccumulator", "RingBits", "keystream_params", "mask_vector"]
+__all__ = ["CHUNK_BYTES", "SEED_BYTES", "MaskAccumulator", "RingBits", "keystream_params", "mask_vector"]
 
 RingBits = Literal[32, 64]
 
@@ -143,17 +143,24 @@ def mask_vector(
     return out.astype(_NATIVE_DTYPES[bits], copy=False)
 
 
-class MaskAccumulator:
-    """Adds/subtracts many PRG streams into one ring vector fast, reusing one scratch buffer.
+#: The most keystream bytes a :class:`MaskAccumulator` holds at once (1 MiB: large enough that the
+#: per-chunk overhead is noise next to AES, small enough to stay in cache while it is added).
+CHUNK_BYTES: Final = 1 << 20
 
-    The scratch keystream buffer and the zero source are allocated once, so
-    adding ``k`` streams costs ``k`` AES passes and ``k`` in-place numpy adds
-    with no per-stream allocation of large arrays.  Unsigned numpy arithmetic
-    wraps silently, which is exactly addition in Z_(2^bits).
+
+class MaskAccumulator:
+    """Adds/subtracts many PRG streams into one ring vector, in chunks, reusing one scratch buffer.
+
+    Each stream is generated and added one chunk at a time (one AES-CTR context per stream, fed chunk
+    after chunk, so the bytes are exactly those of :func:`mask_vector`), so the extra memory is one
+    chunk whatever the vector's length: a client masking a 10^8-word adapter update holds the update
+    and 1 MiB, not another copy of the update per stream. Unsigned numpy arithmetic wraps silently,
+    which is exactly addition in Z_(2^bits).
     """
 
-    def __init__(self, out: npt.NDArray[np.unsignedinteger[Any]]) -> None:
-        """Wrap ``out`` (1-D, C-contiguous, writeable ``np.uint32``/``np.uint64``), modified in place."""
+    def __init__(self, out: npt.NDArray[np.unsignedinteger[Any]], *, chunk_bytes: int = CHUNK_BYTES) -> None:
+        """Wrap ``out`` (1-D, C-contiguous, writeable ``np.uint32``/``np.uint64``), modified in place;
+        ``chunk_bytes`` (a positive multiple of 8) bounds the scratch keystream."""
         if not isinstance(out, np.ndarray):
             raise TypeError("out must be a numpy array")
         bits = {np.dtype(np.uint32): 32, np.dtype(np.uint64): 64}.get(out.dtype)
@@ -161,12 +168,14 @@ class MaskAccumulator:
             raise ValueError(f"out must have dtype uint32 or uint64, got {out.dtype}")
         if out.ndim != 1 or not out.flags.c_contiguous or not out.flags.writeable:
             raise ValueError("out must be a 1-D, C-contiguous, writeable array")
+        if isinstance(chunk_bytes, bool) or operator.index(chunk_bytes) < 8 or chunk_bytes % 8:
+            raise ValueError(f"chunk_bytes must be a positive multiple of 8, got {chunk_bytes!r}")
         self.out = out
         self.bits: RingBits = 32 if bits == 32 else 64
-        nbytes = out.size * out.itemsize
-        self._zeros = memoryview(bytes(nbytes))
-        self._scratch = np.empty(nbytes, dtype=np.uint8)
-        self._scratch_mv = self._scratch.data
+        scratch = min(out.size * out.itemsize, chunk_bytes)
+        self._words = scratch // out.itemsize  # words per chunk
+        self._zeros = memoryview(bytes(scratch))
+        self._scratch = np.empty(scratch, dtype=np.uint8)
         self._stream = self._scratch.view(_WIRE_DTYPES[self.bits])
 
     def add(self, seed: bytes, *, salt: bytes, label: bytes, sign: int = 1) -> None:
@@ -177,8 +186,11 @@ class MaskAccumulator:
         if self.out.size == 0:
             return
         key, icb = keystream_params(seed, salt=salt, label=label)
-        _keystream_into(key, icb, self._zeros, self._scratch_mv)
-        if sign == 1:
-            np.add(self.out, self._stream, out=self.out)
-        else:
-            np.subtract(self.out, self._stream, out=self.out)
+        encryptor = Cipher(algorithms.AES(key), modes.CTR(icb)).encryptor()
+        combine = np.add if sign == 1 else np.subtract
+        for start in range(0, self.out.size, self._words):
+            part = self.out[start : start + self._words]
+            nbytes = part.size * part.itemsize
+            if encryptor.update_into(self._zeros[:nbytes], self._scratch.data[:nbytes]) != nbytes:
+                raise RuntimeError("AES-CTR produced a short keystream")  # pragma: no cover - backend change
+            combine(part, self._stream[: part.size], out=part)
