@@ -62,6 +62,14 @@ def test_a_second_advert_from_a_member_is_refused(consortium: Consortium) -> Non
     _refused(lambda: s.server.receive_advert(first), Phase.ADVERTISE, "c00", "duplicate advert")
 
 
+def test_an_advert_carrying_another_members_certificate_is_refused(consortium: Consortium) -> None:
+    """A member signing with its own key but presenting another's certificate (no TLS check here: the
+    in-process session) is refused by the certificate's id, before its signature is even checked."""
+    s = make_session(consortium, 4)
+    advert = replace(s.clients["c01"].advertise(), cert_chain=consortium.identities["c02"].chain_der())
+    _refused(lambda: s.server.receive_advert(advert), Phase.ADVERTISE, "c01", "certificate belongs to 'c02'")
+
+
 def test_closing_adverts_below_the_threshold_aborts_and_says_how_many(consortium: Consortium) -> None:
     s = make_session(consortium, 4, threshold=3)
     for cid in ("c00", "c01"):
