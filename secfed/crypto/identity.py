@@ -162,7 +162,7 @@ def _role_id(cert: x509.Certificate, prefix: str, role: str, other_prefix: str) 
     if any(u.startswith(other_prefix) for u in all_uris):
         raise IdentityError(
             "role-mismatch",
-            f"certificate {describe(cert)} names both a {role} and another role; one certificate has one role",
+            f"certificate {describe(cert)} names the {role} role and another one; a certificate has one role",
         )
     name = uris[0][len(prefix) :]
     if not is_valid_client_id(name):

@@ -92,3 +92,32 @@ def test_an_unreadable_certificate_is_unauthenticated(tmp_path: Path) -> None:
         auth.identify(cast(grpc.ServicerContext, _Context([b"-----BEGIN CERTIFICATE-----\nAA==\n"])))
     assert ei.value.code is grpc.StatusCode.UNAUTHENTICATED
     assert ei.value.message.startswith("unreadable client certificate: ")
+
+
+def test_the_operator_check_reads_the_same_peer_certificate_and_names_the_role(tmp_path: Path) -> None:
+    """The status RPC's check: an operator certificate of the CA gives its name; an institution's
+    certificate, a missing or unreadable one are refused with their codes and reasons."""
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    from secfed.pki import issue_client, issue_operator
+
+    ca = create_ca("auth CA")
+    auth = PeerAuthenticator(_kit(tmp_path, ca=ca), frozenset({"inst00"}))
+
+    def pem(identity: object) -> bytes:
+        return identity.certificate.public_bytes(Encoding.PEM)  # type: ignore[attr-defined, no-any-return]
+
+    assert (
+        auth.identify_operator(cast(grpc.ServicerContext, _Context([pem(issue_operator(ca, "ops"))])))
+        == "ops"
+    )
+    with pytest.raises(PeerRefused) as ei:
+        auth.identify_operator(cast(grpc.ServicerContext, _Context([pem(issue_client(ca, "inst00"))])))
+    assert ei.value.code is grpc.StatusCode.PERMISSION_DENIED
+    assert ei.value.message.startswith("operator certificate refused (no-operator-uri): ")
+    with pytest.raises(PeerRefused) as ei:
+        auth.identify_operator(cast(grpc.ServicerContext, _Context([])))
+    assert (ei.value.code, ei.value.message) == (
+        grpc.StatusCode.UNAUTHENTICATED,
+        "a client certificate is required",
+    )

@@ -176,3 +176,51 @@ def test_a_client_certificate_copied_into_an_operator_kit_is_refused(tmp_path: P
     with pytest.raises(KitError, match="no-operator-uri"):
         load_kit(tmp_path / "ops")
     assert any("no usable operator id" in p for p in check_kit(tmp_path / "ops").problems)
+
+
+def test_each_refusal_of_a_role_id_says_exactly_what_is_wrong(ca: CertificateAuthority) -> None:
+    """The reason code is what callers branch and count on, the message what an operator reads."""
+    from secfed.crypto.identity import describe
+
+    cases: list[tuple[list[str] | None, str, str]] = [
+        (None, "no-operator-uri", "has no subjectAltName, so no operator id"),
+        (["https://example.org"], "no-operator-uri", f"has no SAN URI starting with {OPERATOR_URI_PREFIX!r}"),
+        (
+            [OPERATOR_URI_PREFIX + "a", OPERATOR_URI_PREFIX + "b"],
+            "no-operator-uri",
+            f"has 2 operator URIs {[OPERATOR_URI_PREFIX + 'a', OPERATOR_URI_PREFIX + 'b']!r}; exactly one is required",
+        ),
+        (
+            [OPERATOR_URI_PREFIX + "a", CLIENT_URI_PREFIX + "b"],
+            "role-mismatch",
+            "names the operator role and another one; a certificate has one role",
+        ),
+        (
+            [OPERATOR_URI_PREFIX + "a b"],
+            "no-operator-uri",
+            "carries operator id 'a b', which is not a valid operator id ([A-Za-z0-9._-]{1,64})",
+        ),
+    ]
+    for uris, reason, detail in cases:
+        leaf = _leaf_with_san(ca, None if uris is None else [x509.UniformResourceIdentifier(u) for u in uris])
+        with pytest.raises(IdentityError) as err:
+            operator_name_of(leaf.certificate)
+        assert (err.value.reason, str(err.value)) == (
+            reason,
+            f"[{reason}] certificate {describe(leaf.certificate)} {detail}",
+        )
+
+
+@pytest.mark.parametrize(
+    ("uri", "normalised"),
+    [
+        ("URN:SECFED:OPERATOR:Ops", "urn:secfed:operator:Ops"),
+        ("URN:SecFed:Client:A:B", "urn:secfed:client:A:B"),  # only scheme, namespace and role
+        ("HTTPS://Example.org", "HTTPS://Example.org"),  # not a URN of three parts and an id: kept
+        ("URN:SECFED:CLIENT", "URN:SECFED:CLIENT"),
+    ],
+)
+def test_only_the_case_insensitive_parts_of_a_role_urn_are_folded(uri: str, normalised: str) -> None:
+    from secfed.crypto.identity import _urn_case
+
+    assert _urn_case(uri) == normalised

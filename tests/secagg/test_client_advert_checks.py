@@ -16,7 +16,9 @@ from typing import Any
 import pytest
 
 from secfed.pki import create_ca, issue_client
+from secfed.secagg.client import ClientSession
 from secfed.secagg.errors import (
+    ConfigError,
     ConfigMismatchError,
     InvalidAdvertError,
     ModelHashMismatchError,
@@ -26,7 +28,7 @@ from secfed.secagg.errors import (
     SecAggError,
     SignatureError,
 )
-from secfed.secagg.messages import AdvertBroadcast, AdvertiseKeys
+from secfed.secagg.messages import AdvertBroadcast, AdvertiseKeys, ShareKeysRelay
 from tests.secagg.support import Consortium, Session, make_session
 
 VICTIM = "c00"  # the institution whose checks are tested
@@ -152,3 +154,49 @@ def test_a_message_to_an_aborted_server_session_names_the_reason_phase_and_sende
         s.server.receive_advert(s.clients["c01"].advertise())
     assert (err.value.phase, err.value.client_id) == (Phase.ADVERTISE, "c01")
     assert err.value.detail == "session aborted: operator stopped the round"
+
+
+def _client(consortium: Consortium, s: Session, cid: str, **kw: Any) -> ClientSession:
+    return ClientSession(
+        identity=consortium.identities[cid],
+        trust=consortium.trust,
+        config=s.config,
+        model_hash=s.config.model_hash,
+        **kw,
+    )
+
+
+def test_a_session_that_cannot_reach_the_institutions_floor_or_leaves_it_out_is_refused_at_once(
+    consortium: Consortium,
+) -> None:
+    """Before any key exists: a roster smaller than the sums this institution accepts (its own floor),
+    or one that does not name it (someone else's session), is refused with the exact reason."""
+    s = make_session(consortium, 4)
+    with pytest.raises(ConfigError) as err:
+        _client(consortium, s, "c00", min_contributors=5)
+    assert (err.value.phase, err.value.client_id) == (Phase.CONFIGURE, None)
+    assert err.value.detail == "needs 5 contributors, the roster has 4"
+    with pytest.raises(ConfigError) as err:
+        _client(consortium, s, "c07")
+    assert (err.value.phase, err.value.client_id) == (Phase.CONFIGURE, "c07")
+    assert err.value.detail == "this client is not in the round roster"
+
+
+def test_a_message_out_of_order_is_refused_naming_the_clients_phase(consortium: Consortium) -> None:
+    """A relay before the adverts (a server skipping a phase) is refused: the error says where this
+    client is, what it expected and who it is, and the session is over (its secrets erased)."""
+    s = make_session(consortium, 4)
+    member = s.clients[VICTIM]
+    member.advertise()
+    bc = _broadcast(make_session(consortium, 4))
+    with pytest.raises(PhaseOrderError) as err:
+        member.on_share_relay(replace(_fake_relay(), recipient=VICTIM))
+    assert (err.value.phase, err.value.client_id) == (Phase.ADVERTISE, VICTIM)
+    assert err.value.detail == "expected a message for phase 'share-keys'"
+    assert member.phase is Phase.ABORTED
+    with pytest.raises(PhaseOrderError):
+        member.on_advert_broadcast(bc)  # nothing resumes an aborted session
+
+
+def _fake_relay() -> ShareKeysRelay:
+    return ShareKeysRelay(session_id=bytes(32), recipient="", u2=(), ciphertexts={}, commitments={})
