@@ -16,7 +16,6 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import grpc
@@ -58,8 +57,6 @@ class OperatorService:
         auth: PeerAuthenticator,
         state_db: Path,
         rounds_planned: int,
-        *,
-        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._coord = coordinator
         self._lock = lock
@@ -67,7 +64,6 @@ class OperatorService:
         self._rate = RateLimiter(OPERATOR_RATE_PER_S, OPERATOR_BURST)
         self._state_db = state_db
         self._planned = rounds_planned
-        self._clock = clock
         self._computing = threading.Lock()
         self._cached: tuple[float, str] | None = None  # (valid until, document)
 
@@ -81,7 +77,7 @@ class OperatorService:
             context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, f"operator {name!r}: rate limit exceeded")
         logs.event(log, "operator-status", logging.DEBUG, operator=name)
         cached = self._cached
-        if cached is not None and self._clock() < cached[0]:
+        if cached is not None and time.monotonic() < cached[0]:
             return pb.StatusReply(status_json=cached[1])
         if not self._computing.acquire(blocking=False):
             if cached is not None:  # being refreshed: the last one is at most one computation old
@@ -95,7 +91,7 @@ class OperatorService:
             self._computing.release()
 
     def _compute(self, context: grpc.ServicerContext) -> str:
-        started = self._clock()
+        started = time.monotonic()
         with self._lock:
             live = self._coord.live_view()
         try:  # outside the lock: a read-only connection of its own, never blocking the rounds
@@ -103,6 +99,6 @@ class OperatorService:
         except StateError as exc:
             context.abort(grpc.StatusCode.UNAVAILABLE, f"the state database cannot be read: {exc}")
         document = json.dumps(dataclasses.replace(status, live=live).to_json(), sort_keys=True)
-        now = self._clock()
+        now = time.monotonic()
         self._cached = (now + max(_MIN_CACHE_S, _CACHE_FACTOR * (now - started)), document)
         return document
