@@ -948,3 +948,39 @@ def test_a_signers_certificate_whose_key_cannot_be_loaded_is_malformed() -> None
     assert str(ei.value) == (
         "[malformed] public key of certificate 'CN=keyless CA' (serial 2a) cannot be loaded: unsupported key"
     )
+
+
+def test_a_field_longer_than_its_length_prefix_can_say_is_refused_and_the_longest_passes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The 4-byte length prefix bounds a field (else two encodings could collide); the bound is
+    lowered here so that both sides of it can be tried without a 4 GiB field."""
+    monkeypatch.setattr(kdf, "_MAX_FIELD", 8)
+    assert kdf.encode_fields(b"12345678") == (8).to_bytes(4, "big") + b"12345678"
+    with pytest.raises(ValueError) as err:
+        kdf.encode_fields(b"123456789")
+    assert str(err.value) == "field too long for a 4-byte length prefix"
+
+
+def test_a_naive_validation_time_is_utc_whatever_the_machines_time_zone(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A naive time given to the verifier means UTC, not the host's local time (else a certificate
+    could pass or fail by the machine's time zone)."""
+    import time
+
+    monkeypatch.setenv("TZ", "Asia/Tokyo")
+    time.tzset()
+    try:
+        assert identity._utc(datetime(2026, 1, 1, 12, 0)) == datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
+    finally:
+        monkeypatch.delenv("TZ")
+        time.tzset()
+
+
+def test_a_vector_spec_without_segments_is_refused_saying_so() -> None:
+    from secfed.secagg.spec import VectorSpec
+
+    with pytest.raises(ValueError) as err:
+        VectorSpec(())
+    assert str(err.value) == "a vector spec needs at least one segment"

@@ -15,6 +15,7 @@ from secfed.crypto.identity import (
     IdentityError,
     TrustAnchor,
     client_id_of,
+    describe,
     verify_signature,
 )
 from secfed.pki import CertificateAuthority, create_ca, generate_key, issue_client, issue_server, revoke
@@ -128,6 +129,8 @@ def test_revoked_rejected(ca: CertificateAuthority, alice: Identity) -> None:
     with pytest.raises(IdentityError) as ei:
         anchor.verify_client(bob.chain_der())
     assert _reason(ei) == "revoked"
+    day = crl.get_revoked_certificate_by_serial_number(bob.certificate.serial_number).revocation_date_utc  # type: ignore[union-attr]
+    assert str(ei.value) == f"[revoked] certificate {describe(bob.certificate)} was revoked on {day:%Y-%m-%d}"
     assert anchor.verify_client(alice.chain_der()).client_id == "alice"
     # A later CRL keeps earlier entries.
     carol = issue_client(ca, "carol")

@@ -200,3 +200,34 @@ def test_a_message_out_of_order_is_refused_naming_the_clients_phase(consortium: 
 
 def _fake_relay() -> ShareKeysRelay:
     return ShareKeysRelay(session_id=bytes(32), recipient="", u2=(), ciphertexts={}, commitments={})
+
+
+def test_a_session_for_another_model_or_consortium_is_refused_at_construction(consortium: Consortium) -> None:
+    """The configuration names the global model the institution downloaded and its own consortium's CA:
+    a server handing it another (a model it did not check, or a federation it is not part of) is
+    refused before any key exists, with the exact reason."""
+    s = make_session(consortium, 4)
+    with pytest.raises(ModelHashMismatchError) as err:
+        ClientSession(
+            identity=consortium.identities["c00"],
+            trust=consortium.trust,
+            config=s.config,
+            model_hash=bytes(32),
+        )
+    assert (err.value.phase, err.value.detail) == (
+        Phase.CONFIGURE,
+        "the configuration names a different global model than the one downloaded",
+    )
+    elsewhere = replace(s.config, consortium=bytes(32))
+    with pytest.raises(ConfigError) as other:
+        ClientSession(
+            identity=consortium.identities["c00"],
+            trust=consortium.trust,
+            config=elsewhere,
+            model_hash=elsewhere.model_hash,
+        )
+    assert (other.value.phase, other.value.detail) == (
+        Phase.CONFIGURE,
+        "the session names another consortium than this client's CA: its signatures would count in a "
+        "federation this institution is not part of",
+    )

@@ -15,9 +15,16 @@ from dataclasses import dataclass, replace
 
 import pytest
 
-from secfed.secagg.errors import BelowThresholdError, MalformedInputError, Phase
+from secfed.secagg.errors import (
+    BelowThresholdError,
+    LateMessageError,
+    MalformedInputError,
+    Phase,
+    PhaseOrderError,
+)
 from secfed.secagg.messages import (
     AdvertBroadcast,
+    AdvertiseKeys,
     ShareKeysUpload,
     ciphertext_digest,
     share_commitment_payload,
@@ -68,6 +75,79 @@ def test_an_advert_carrying_another_members_certificate_is_refused(consortium: C
     s = make_session(consortium, 4)
     advert = replace(s.clients["c01"].advertise(), cert_chain=consortium.identities["c02"].chain_der())
     _refused(lambda: s.server.receive_advert(advert), Phase.ADVERTISE, "c01", "certificate belongs to 'c02'")
+
+
+def _resigned_advert(consortium: Consortium, advert: AdvertiseKeys, **changes: object) -> AdvertiseKeys:
+    """``advert`` changed and signed again by its member: only the check under test can refuse it."""
+    changed = replace(advert, **changes)  # type: ignore[arg-type]
+    return replace(changed, signature=consortium.identities[advert.client_id].sign(changed.signed_payload()))
+
+
+@pytest.mark.parametrize(
+    ("changes", "reason"),
+    [
+        ({"round": 9}, "advert is for another round or configuration"),
+        ({"config_digest": bytes(32)}, "advert is for another round or configuration"),
+        ({"model_hash": bytes(32)}, "advert names another global model"),
+        ({"pk_cipher": bytes(31)}, "malformed keys or empty certificate chain"),
+        ({"pk_mask": bytes(31)}, "malformed keys or empty certificate chain"),
+        ({"cert_chain": ()}, "malformed keys or empty certificate chain"),
+        ({"abandoned": (bytes(32),) * 65}, "malformed list of abandoned sessions"),
+        ({"abandoned": (bytes(31),)}, "malformed list of abandoned sessions"),
+        ({"abandoned": (bytes(33),)}, "malformed list of abandoned sessions"),
+    ],
+    ids=[
+        "round",
+        "configuration",
+        "model",
+        "short cipher key",
+        "short mask key",
+        "no certificate",
+        "65 abandoned",
+        "short session id",
+        "long session id",
+    ],
+)
+def test_each_malformed_advert_is_refused_alone_with_its_reason(
+    consortium: Consortium, changes: dict[str, object], reason: str
+) -> None:
+    """Each defect alone, in an advert its member signed: refused by its own check (not by the
+    signature check that a server-side edit would also trip)."""
+    s = make_session(consortium, 4)
+    advert = _resigned_advert(consortium, s.clients["c01"].advertise(), **changes)
+    _refused(lambda: s.server.receive_advert(advert), Phase.ADVERTISE, "c01", reason)
+
+
+def test_an_advert_naming_the_most_abandoned_sessions_allowed_is_accepted(consortium: Consortium) -> None:
+    s = make_session(consortium, 4)
+    s.server.receive_advert(
+        _resigned_advert(consortium, s.clients["c01"].advertise(), abandoned=(bytes(32),) * 64)
+    )
+
+
+def test_a_message_too_late_or_too_early_says_which_and_where_the_session_is(consortium: Consortium) -> None:
+    s = make_session(consortium, 4)
+    with pytest.raises(PhaseOrderError) as err:
+        s.server.receive_shares(
+            ShareKeysUpload(session_id=bytes(32), sender="c00", ciphertexts={}, b_commitment=b"")
+        )
+    assert type(err.value) is PhaseOrderError
+    assert (err.value.phase, err.value.client_id, err.value.detail) == (
+        Phase.SHARE_KEYS,
+        "c00",
+        "not open yet (now advertise)",
+    )
+    adverts = {cid: c.advertise() for cid, c in s.clients.items()}
+    for advert in adverts.values():
+        s.server.receive_advert(advert)
+    s.server.close_advertise()
+    with pytest.raises(LateMessageError) as late:
+        s.server.receive_advert(adverts["c00"])  # a retransmission after the phase closed
+    assert (late.value.phase, late.value.client_id, late.value.detail) == (
+        Phase.ADVERTISE,
+        "c00",
+        "phase closed (now share-keys)",
+    )
 
 
 def test_closing_adverts_below_the_threshold_aborts_and_says_how_many(consortium: Consortium) -> None:
