@@ -39,7 +39,8 @@ reveals the client's update.
 from __future__ import annotations
 
 import operator
-from typing import Any, Final, Literal, overload
+from collections.abc import Sequence
+from typing import Any, Final, Literal, NamedTuple, overload
 
 import numpy as np
 import numpy.typing as npt
@@ -47,7 +48,15 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from secfed.crypto.kdf import encode_fields, hkdf_sha256
 
-__all__ = ["CHUNK_BYTES", "SEED_BYTES", "MaskAccumulator", "RingBits", "keystream_params", "mask_vector"]
+__all__ = [
+    "CHUNK_BYTES",
+    "SEED_BYTES",
+    "MaskAccumulator",
+    "RingBits",
+    "Stream",
+    "keystream_params",
+    "mask_vector",
+]
 
 RingBits = Literal[32, 64]
 
@@ -148,12 +157,22 @@ def mask_vector(
 CHUNK_BYTES: Final = 1 << 20
 
 
+class Stream(NamedTuple):
+    """One PRG stream to add: ``sign * mask_vector(seed, salt=salt, label=label)``."""
+
+    seed: bytes
+    salt: bytes
+    label: bytes
+    sign: int = 1
+
+
 class MaskAccumulator:
     """Adds/subtracts many PRG streams into one ring vector, in chunks, reusing one scratch buffer.
 
     Each stream is generated and added one chunk at a time (one AES-CTR context per stream, fed chunk
-    after chunk, so the bytes are exactly those of :func:`mask_vector`), so the extra memory is one
-    chunk whatever the vector's length: a client masking a 10^8-word adapter update holds the update
+    after chunk, so the bytes are exactly those of :func:`mask_vector`; :meth:`add_all` adds many
+    streams per chunk while it is in cache), so the extra memory is one chunk whatever the vector's
+    length: a client masking a 10^8-word adapter update holds the update
     and 1 MiB, not another copy of the update per stream. Unsigned numpy arithmetic wraps silently,
     which is exactly addition in Z_(2^bits).
     """
@@ -180,17 +199,29 @@ class MaskAccumulator:
 
     def add(self, seed: bytes, *, salt: bytes, label: bytes, sign: int = 1) -> None:
         """Set ``out += sign * mask_vector(seed, ...)`` modulo ``2**bits``; ``sign`` is +1 or -1."""
-        if sign not in (1, -1) or isinstance(sign, bool):
-            raise ValueError(f"sign must be +1 or -1, got {sign!r}")
-        _check_seed(seed)
-        if self.out.size == 0:
+        self.add_all([Stream(seed, salt, label, sign)])
+
+    def add_all(self, streams: Sequence[Stream]) -> None:
+        """Add every stream (each ``sign * mask_vector(seed, salt, label)``), chunk by chunk: all the
+        streams' keystream for one chunk is added while that chunk of ``out`` is still in cache, so the
+        vector crosses memory once rather than once per stream. Every stream is checked first."""
+        for stream in streams:
+            if stream.sign not in (1, -1) or isinstance(stream.sign, bool):
+                raise ValueError(f"sign must be +1 or -1, got {stream.sign!r}")
+            _check_seed(stream.seed)
+        if self.out.size == 0 or not streams:
             return
-        key, icb = keystream_params(seed, salt=salt, label=label)
-        encryptor = Cipher(algorithms.AES(key), modes.CTR(icb)).encryptor()
-        combine = np.add if sign == 1 else np.subtract
+        ciphers = []
+        for stream in streams:
+            key, icb = keystream_params(stream.seed, salt=stream.salt, label=stream.label)
+            combine = np.add if stream.sign == 1 else np.subtract
+            ciphers.append((Cipher(algorithms.AES(key), modes.CTR(icb)).encryptor(), combine))
         for start in range(0, self.out.size, self._words):
             part = self.out[start : start + self._words]
             nbytes = part.size * part.itemsize
-            if encryptor.update_into(self._zeros[:nbytes], self._scratch.data[:nbytes]) != nbytes:
-                raise RuntimeError("AES-CTR produced a short keystream")  # pragma: no cover - backend change
-            combine(part, self._stream[: part.size], out=part)
+            for encryptor, combine in ciphers:
+                if encryptor.update_into(self._zeros[:nbytes], self._scratch.data[:nbytes]) != nbytes:
+                    raise RuntimeError(
+                        "AES-CTR produced a short keystream"
+                    )  # pragma: no cover - backend change
+                combine(part, self._stream[: part.size], out=part)

@@ -36,7 +36,7 @@ from secfed.crypto.agreement import (
     public_of,
 )
 from secfed.crypto.identity import Identity, IdentityError, TrustAnchor, verify_signature
-from secfed.crypto.prg import MaskAccumulator
+from secfed.crypto.prg import MaskAccumulator, Stream
 from secfed.secagg import derive
 from secfed.secagg.config import ClientPolicy, SessionConfig
 from secfed.secagg.errors import (
@@ -481,8 +481,7 @@ class ClientSession:
         assert self._mask_keys is not None and self._b_seed is not None
         spec = self._config.spec
         n, bits, spec_hash = spec.total_length, spec.ring_bits, spec.spec_hash()
-        acc = MaskAccumulator(ring)
-        acc.add(self._b_seed, salt=self._sid, label=derive.self_label(self.client_id, spec_hash, n, bits))
+        streams = [Stream(self._b_seed, self._sid, derive.self_label(self.client_id, spec_hash, n, bits))]
         me = self._config.position(self.client_id)
         for peer in sorted(peers, key=self._config.position):
             try:
@@ -493,7 +492,8 @@ class ClientSession:
                 ) from exc
             low, high = (self.client_id, peer) if me < self._config.position(peer) else (peer, self.client_id)
             label = derive.pair_label(low, high, spec_hash, n, bits)
-            acc.add(seed, salt=self._sid, label=label, sign=1 if low == self.client_id else -1)
+            streams.append(Stream(seed, self._sid, label, 1 if low == self.client_id else -1))
+        MaskAccumulator(ring).add_all(streams)
 
     # -- phase 4 -------------------------------------------------------------------------------
     @_aborts_on_error

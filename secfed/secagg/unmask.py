@@ -16,7 +16,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from secfed.crypto.agreement import AgreementError, agree, private_from_bytes
-from secfed.crypto.prg import MaskAccumulator
+from secfed.crypto.prg import MaskAccumulator, Stream
 from secfed.secagg import derive
 from secfed.secagg.config import SessionConfig
 from secfed.secagg.errors import Phase, UnmaskError
@@ -41,9 +41,9 @@ def remove_masks(
     """
     spec = config.spec
     n, bits, spec_hash = spec.total_length, spec.ring_bits, spec.spec_hash()
-    acc = MaskAccumulator(total)
-    for v in survivors:
-        acc.add(b_seeds[v], salt=session_id, label=derive.self_label(v, spec_hash, n, bits), sign=-1)
+    streams = [
+        Stream(b_seeds[v], session_id, derive.self_label(v, spec_hash, n, bits), -1) for v in survivors
+    ]
     alive = frozenset(survivors)
     for u, raw_key in mask_keys.items():
         private = private_from_bytes(raw_key)
@@ -56,9 +56,9 @@ def remove_masks(
             v_first = config.position(v) < pos_u
             low, high = (v, u) if v_first else (u, v)
             # v added +PRG when it came first in roster order, -PRG otherwise: undo that.
-            acc.add(
-                seed,
-                salt=session_id,
-                label=derive.pair_label(low, high, spec_hash, n, bits),
-                sign=-1 if v_first else 1,
+            streams.append(
+                Stream(
+                    seed, session_id, derive.pair_label(low, high, spec_hash, n, bits), -1 if v_first else 1
+                )
             )
+    MaskAccumulator(total).add_all(streams)

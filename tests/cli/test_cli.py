@@ -57,6 +57,7 @@ def test_bench_secagg_json_keys(tmp_path: Path, capsys: pytest.CaptureFixture[st
     for key in ("client_mask_s", "server_unmask_s", "upload_bytes", "client_mask_add_s", "floor_keystream_s"):
         assert result["ours"][key] > 0
     assert result["vector_bytes"] == 8000 and result["mask_add_over_floor"] > 0
+    assert result["server_floor_keystream_s"] > 0 and result["unmask_over_floor"] > 0
     assert result["plaintext_bytes"] == 8000
     assert result["flower"]["client_mask_s"] > 0
     # key material is O(n): a handful of clients add at most a few KB on top of the vector

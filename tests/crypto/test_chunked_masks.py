@@ -41,6 +41,12 @@ def test_chunked_accumulation_equals_whole_masks(
         whole = prg.mask_vector(seed, salt=b"round", label=b"stream %d" % i, length=length, bits=bits)  # type: ignore[call-overload]
         expected = expected + whole if sign == 1 else expected - whole
     np.testing.assert_array_equal(chunked, expected)
+    together = start.copy()  # every stream per chunk, as the client and the server add them
+    streams = [
+        prg.Stream(bytes([i + 1]) * 32, b"round", b"stream %d" % i, sign) for i, sign in enumerate(signs)
+    ]
+    prg.MaskAccumulator(together, chunk_bytes=words_per_chunk * 8).add_all(streams)
+    np.testing.assert_array_equal(together, expected)
 
 
 def test_the_scratch_is_one_chunk_however_long_the_vector() -> None:
@@ -55,3 +61,13 @@ def test_the_scratch_is_one_chunk_however_long_the_vector() -> None:
 def test_a_chunk_must_be_a_positive_multiple_of_eight_bytes(chunk_bytes: int) -> None:
     with pytest.raises(ValueError, match="chunk_bytes must be a positive multiple of 8"):
         prg.MaskAccumulator(np.zeros(4, dtype=np.uint32), chunk_bytes=chunk_bytes)
+
+
+def test_every_stream_is_checked_before_any_is_added() -> None:
+    """A bad stream anywhere in the list leaves the vector untouched (no half-masked input)."""
+    out = np.arange(10, dtype=np.uint32)
+    good = prg.Stream(bytes(32), b"s", b"l", 1)
+    for bad in (prg.Stream(bytes(32), b"s", b"l", 2), prg.Stream(bytes(31), b"s", b"l", 1)):
+        with pytest.raises(ValueError):
+            prg.MaskAccumulator(out).add_all([good, bad])
+        np.testing.assert_array_equal(out, np.arange(10, dtype=np.uint32))
