@@ -20,7 +20,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from secfed.logs import shown
+# Every value is shown escaped: a reason or id that came from elsewhere cannot forge lines or move
+# the cursor.
+from secfed.logs import shown as _shown
 from server.state import StateStore
 
 __all__ = ["RunStatus", "format_status", "read_status"]
@@ -165,12 +167,6 @@ def read_status(state_db: Path, *, rounds_planned: int | None = None, now: float
     )
 
 
-def _shown(value: object) -> str:
-    """A value as terminal text: anything with a control character is shown escaped (a reason or id
-    that came from elsewhere cannot forge lines or move the cursor)."""
-    return shown(value)
-
-
 def _fixed(value: object, digits: int) -> str:
     """A number with ``digits`` decimals; ValueError for anything else (a malformed remote document)."""
     if isinstance(value, bool) or not isinstance(value, int | float) or not abs(value) < 1e15:
@@ -236,20 +232,15 @@ def format_remote_status(document: object) -> str:
         raise ValueError(f"the coordinator's status document is malformed: {_shown(exc)}") from exc
 
 
-def _seconds(value: object) -> str:
-    """Seconds as ``12 s``; anything that is not a number (a document from elsewhere) shown as is."""
-    if isinstance(value, int | float) and not isinstance(value, bool) and abs(value) < 1e15:
-        return f"{value:.0f} s"
-    return _shown(value)
-
-
 def _live_lines(live: dict[str, Any]) -> list[str]:
     """The running coordinator's own view (see :meth:`server.coordinator.Coordinator.live_view`)."""
     lines = ["live (from the coordinator):"]
     now = live.get("open")
     if isinstance(now, dict):
         deadline = now.get("deadline_s")
-        due = "not started (no member has polled yet)" if deadline is None else f"{_seconds(deadline)} left"
+        due = (
+            "not started (no member has polled yet)" if deadline is None else f"{_fixed(deadline, 0)} s left"
+        )
         lines.append(
             f"  round {_shown(now.get('round'))} attempt {_shown(now.get('attempt'))}, stage {_shown(now.get('stage'))}, "
             f"phase {_shown(now.get('phase'))}: {due}"
@@ -265,6 +256,6 @@ def _live_lines(live: dict[str, Any]) -> list[str]:
     seen = live.get("last_seen_s_ago") or {}
     if isinstance(seen, dict) and seen:
         lines.append(
-            "  last heard from: " + ", ".join(f"{_shown(c)} {_seconds(s)} ago" for c, s in seen.items())
+            "  last heard from: " + ", ".join(f"{_shown(c)} {_fixed(s, 0)} s ago" for c, s in seen.items())
         )
     return lines
