@@ -33,7 +33,9 @@ the few rejected positions.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -42,10 +44,13 @@ from secfed.dp.accounting import RDP_ORDERS, validate_delta
 from secfed.dp.csprng import AesCtrGaussian
 
 __all__ = [
+    "SkellamEvent",
     "calibrate_skellam",
     "poisson",
     "skellam",
     "skellam_epsilon",
+    "skellam_events_epsilon",
+    "skellam_events_rdp",
     "skellam_rdp",
 ]
 
@@ -194,3 +199,80 @@ def calibrate_skellam(
         else:
             low = middle
     return high
+
+
+@dataclass(frozen=True)
+class SkellamEvent:
+    """One Skellam release, as the privacy ledger records it: ``Sk(lam)`` at least in every coordinate of
+    the released *sum* (``lam`` is what the honest contributors guarantee together, not one share), for
+    a vector whose integer value moves by at most ``l1`` (L1) and ``l2`` (L2) when one record is added
+    or removed. ``what`` names the release for people (e.g. ``coreset-dp-mean``); ``round`` is
+    informational, as for :class:`secfed.dp.accounting.DpEvent`."""
+
+    lam: float
+    l1: float
+    l2: float
+    what: str = ""
+    round: int | None = None
+
+    def __post_init__(self) -> None:
+        _check_lambda(self.lam)
+        for name in ("l1", "l2"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+                raise ValueError(f"Skellam event {name} must be a finite number, got {value!r}")
+        if not 0 <= self.l2 <= self.l1:
+            raise ValueError(f"Skellam event needs 0 <= l2 <= l1, got l1={self.l1!r}, l2={self.l2!r}")
+        if self.round is not None and (isinstance(self.round, bool) or not isinstance(self.round, int)):
+            raise ValueError(f"round must be an integer or None, got {self.round!r}")
+
+    def rdp(self, alpha: float) -> float:
+        """This release's RDP at order ``alpha``."""
+        return skellam_rdp(alpha, self.lam, self.l1, self.l2)
+
+    def to_mapping(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"mechanism": "skellam", "lam": self.lam, "l1": self.l1, "l2": self.l2}
+        if self.what:
+            out["what"] = self.what
+        if self.round is not None:
+            out["round"] = self.round
+        return out
+
+    @classmethod
+    def from_mapping(cls, data: Mapping[str, Any]) -> SkellamEvent:
+        """Parse :meth:`to_mapping`'s form (extra keys are ignored; a wrong mechanism is an error)."""
+        if data.get("mechanism") != "skellam":
+            raise ValueError(f"not a Skellam event: mechanism {data.get('mechanism')!r}")
+        try:
+            lam, l1, l2 = data["lam"], data["l1"], data["l2"]
+        except KeyError as exc:
+            raise ValueError(f"Skellam event is missing {exc.args[0]!r}") from None
+        for name, value in (("lam", lam), ("l1", l1), ("l2", l2)):
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise ValueError(f"Skellam event {name} must be a number, got {value!r}")
+        what = data.get("what", "")
+        if not isinstance(what, str):
+            raise ValueError(f"Skellam event what must be a string, got {what!r}")
+        return cls(float(lam), float(l1), float(l2), what, data.get("round"))
+
+
+def skellam_events_rdp(events: Iterable[SkellamEvent], orders: Sequence[float] = RDP_ORDERS) -> list[float]:
+    """The RDP curve (one value per order) of ``events`` composed: RDP adds."""
+    listed = list(events)
+    return [sum(e.rdp(a) for e in listed) for a in orders]
+
+
+def skellam_events_epsilon(
+    events: Iterable[SkellamEvent], delta: float, orders: Sequence[float] = RDP_ORDERS
+) -> float:
+    """Epsilon at ``delta`` of ``events`` composed (RDP, converted as for DP-SGD's RDP cross-check)."""
+    from dp_accounting.rdp import rdp_privacy_accountant
+
+    delta = validate_delta(delta)
+    rdp = skellam_events_rdp(events, orders)
+    if not any(rdp):
+        return 0.0
+    if not all(math.isfinite(r) for r in rdp):
+        return math.inf
+    epsilon, _ = rdp_privacy_accountant.compute_epsilon(list(orders), rdp, delta)
+    return max(0.0, float(epsilon))
