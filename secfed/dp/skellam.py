@@ -46,6 +46,7 @@ from secfed.dp.csprng import AesCtrGaussian
 __all__ = [
     "SkellamEvent",
     "calibrate_skellam",
+    "calibrate_skellam_events",
     "poisson",
     "skellam",
     "skellam_epsilon",
@@ -276,3 +277,35 @@ def skellam_events_epsilon(
         return math.inf
     epsilon, _ = rdp_privacy_accountant.compute_epsilon(list(orders), rdp, delta)
     return max(0.0, float(epsilon))
+
+
+def calibrate_skellam_events(
+    epsilon: float,
+    delta: float,
+    sensitivities: Sequence[tuple[float, float]],
+    tolerance: float = 1e-3,
+) -> float:
+    """The smallest ``lam`` (to ``tolerance``, relative) such that releases with the given ``(l1, l2)``
+    sensitivities, each with ``Sk(lam)`` per coordinate, composed stay within ``epsilon`` at ``delta``."""
+    if isinstance(epsilon, bool) or not isinstance(epsilon, int | float) or not 0 < epsilon < math.inf:
+        raise ValueError(f"epsilon must be a finite number > 0, got {epsilon!r}")
+    if not any(l1 > 0 for l1, _ in sensitivities):
+        return 0.0
+
+    def fits(lam: float) -> bool:
+        events = [SkellamEvent(lam, l1, l2) for l1, l2 in sensitivities]
+        return skellam_events_epsilon(events, delta) <= epsilon
+
+    high = max(1.0, max(l2 * l2 for _, l2 in sensitivities))
+    while not fits(high):
+        high *= 4
+        if high > _MAX_LAMBDA:
+            raise ValueError(f"epsilon {epsilon} is out of reach for these sensitivities")
+    low = high / 4 if high > 1.0 else 0.0
+    while high - low > tolerance * high:
+        middle = (low + high) / 2
+        if fits(middle):
+            high = middle
+        else:
+            low = middle
+    return high
