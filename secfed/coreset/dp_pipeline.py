@@ -91,7 +91,7 @@ def run_dp_release(
             )
             for i, r in enumerate(rows)
         )
-        layout = release_layout(cfg, step.name, max_records=max_records, share=share)
+        layout = release_layout(cfg, step.name, max_records=max_records)
         total = sum_contributions(layout, parts)
         transcript.append(DpStageRecord(step.name, plan, parts, total))
         done.append(total)

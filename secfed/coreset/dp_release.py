@@ -40,6 +40,7 @@ from secfed.coreset.dp_config import (
     DP_MOMENTS_STAGE,
     DP_STAGES,
     DpSelection,
+    calibrated_lambda,
     segment_scales,
 )
 from secfed.coreset.grid import Grid
@@ -106,14 +107,17 @@ def _segment_specs(cfg: DpSelection, stage: str) -> list[tuple[str, int, float, 
     raise ValueError(f"not a DP release stage: {stage!r}")
 
 
-def release_layout(cfg: DpSelection, stage: str, *, max_records: int, share: NoiseShare) -> Layout:
+def release_layout(cfg: DpSelection, stage: str, *, max_records: int) -> Layout:
     """The public layout of a release stage: integer segments whose per-client bound covers the largest
-    scaled sum ``max_records`` records can make, their rounding, and the noise share's cap."""
+    scaled sum ``max_records`` records can make, their rounding, and the cap of the largest share any
+    session can ask for (one honest contributor carrying all of ``lam``), so the spec is fixed before
+    the session's ``t`` and ``c`` are."""
     scales = segment_scales(cfg)
+    largest = NoiseShare(calibrated_lambda(cfg), 1)
     segments = []
     for name, length, per_record, _ in _segment_specs(cfg, stage):
         q = scales[(stage, name)]
-        bound = float(max_records) * (q * per_record + 1.0) + share.cap
+        bound = float(max_records) * (q * per_record + 1.0) + largest.cap
         segments.append(SegmentInfo(name, length, bound, True))
     return Layout(stage, tuple(segments))
 
@@ -213,7 +217,7 @@ def contribution(
         values = {"counts": counts, "offsets": summed.reshape(-1)}
     else:
         raise ValueError(f"not a DP release stage: {stage!r}")
-    layout = release_layout(cfg, stage, max_records=max_records, share=share)
+    layout = release_layout(cfg, stage, max_records=max_records)
     out: Contribution = {}
     for seg in layout.segments:
         noise = skellam(share.lam, seg.length, stream).astype(np.float64)

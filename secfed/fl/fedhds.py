@@ -33,6 +33,7 @@ from numpy.typing import NDArray
 
 from secfed import logs
 from secfed.coreset.config import CoresetConfig
+from secfed.coreset.dp_config import DpSelection
 from secfed.data.formats import Record
 from secfed.fl import tasks
 from secfed.fl.fedit import FeditClient, FeditInstruction, FeditServer, ModelPool, train_round
@@ -62,6 +63,8 @@ class SelectionOptions:
     feature_layers: tuple[int, ...] = (-1,)
     feature_max_length: int = 96
     selected_epochs: float = 1.0  # passes over the selected records per round
+    # secfed.coreset.dp_config.DpSelection fields: selection statistics released once under DP
+    selection_dp: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if self.selection not in ("fedhds", "random"):
@@ -72,6 +75,13 @@ class SelectionOptions:
             raise ValueError(f"{NAME}: feature_model must be 'base' or 'global'")
         if not self.feature_layers or self.feature_max_length < 8 or not self.selected_epochs > 0:
             raise ValueError(f"{NAME}: feature_layers must be non-empty, feature_max_length >= 8, epochs > 0")
+        if self.selection_dp is not None:
+            if self.selection != "fedhds" or self.feature_model != "base":
+                raise ValueError(
+                    f"{NAME}: selection_dp needs selection = 'fedhds' and feature_model = 'base' (the "
+                    "statistics are released once per federation, so the features must not change)"
+                )
+            DpSelection.from_json(dict(self.selection_dp))
 
     def coreset_config(self) -> CoresetConfig:
         return CoresetConfig.from_json({**self.coreset, "feature_blocks": len(self.feature_layers)})
@@ -84,6 +94,9 @@ class SelectionOptions:
             feature_layers=tuple(self.feature_layers),
             feature_max_length=self.feature_max_length,
             selected_epochs=self.selected_epochs,
+            selection_dp=None
+            if self.selection_dp is None
+            else DpSelection.from_json(dict(self.selection_dp)),
         )
 
 
@@ -96,14 +109,16 @@ class SelectionSettings(FrozenModel):
     feature_layers: tuple[int, ...]
     feature_max_length: int
     selected_epochs: float
+    selection_dp: DpSelection | None = None
 
 
 class CoresetPlan(FrozenModel):
     """A coreset stage's public plan, derived by the server from the earlier stages' sums.
 
     ``space`` (stages after PCA), ``allowed`` (after occupancy), ``clusters`` (elections and the
-    selection), ``ballot`` (elections) and ``winners`` (the selection, in the train stage); absent
-    parts are null, never missing.
+    selection), ``ballot`` (elections) and ``winners`` (the selection, in the train stage); under DP
+    selection ``dp`` (a release stage's plan) and ``release`` (the train stage's public release);
+    absent parts are null, never missing.
     """
 
     space: dict[str, Any] | None
@@ -111,6 +126,8 @@ class CoresetPlan(FrozenModel):
     clusters: dict[str, Any] | None
     ballot: dict[str, Any] | None
     winners: list[list[int]] | None
+    dp: dict[str, Any] | None = None
+    release: dict[str, Any] | None = None
 
 
 class FedhdsInstruction(FeditInstruction):
@@ -149,10 +166,14 @@ class FedhdsServer(FeditServer):
     name = NAME
 
     def __init__(self, options: Mapping[str, Any]) -> None:
+        from secfed.fl.fedhds_dp import ServerReleases
+
         fedit, self.selection = _split_options(options)
         super().__init__(fedit)
         self.coreset = self.selection.coreset_config()
         self.summaries: dict[int, dict[str, Any]] = {}
+        self.dp_selection = self.selection.settings().selection_dp
+        self.dp_releases = ServerReleases()
 
     def _round_seed(self, round_: int, attempt: int = 1) -> int:
         """Public: the projection and every server-side choice derive from it (never a secret).
@@ -209,6 +230,8 @@ class FedhdsServer(FeditServer):
 
         if done and done[-1].name == TRAIN_STAGE:
             return None
+        if self.dp_selection is not None:
+            return self._dp_next_stage(round_, model, done, self.dp_selection, colluders, attempt)
         if self.selection.selection == "random":
             if done:
                 raise ValueError(f"unexpected stage {done[-1].name!r} in a random-selection round")
@@ -238,6 +261,48 @@ class FedhdsServer(FeditServer):
             "fraction": selected / total if total else 0.0,
         }
         return self._train_stage(round_, model, plan.broadcast, summary, coreset, attempt)
+
+    def _dp_next_stage(
+        self,
+        round_: int,
+        model: NDArray[np.float32],
+        done: Sequence[StageResult],
+        dp: DpSelection,
+        colluders: int,
+        attempt: int,
+    ) -> StagePlan:
+        """The next unreleased DP stage of the federation, or this round's train stage on the release."""
+        from secfed.coreset.dp_config import DP_STAGES
+        from secfed.coreset.dp_release import DpStagePlan, release_layout
+        from secfed.coreset.layout import CohortSum
+        from secfed.fl.fedhds_dp import derive_release, release_seed
+
+        if done and done[-1].name in DP_STAGES:
+            last = done[-1]
+            if last.config is None:
+                raise ValueError(f"stage {last.name!r} completed without its session configuration")
+            total = CohortSum(last.name, last.result.values, len(last.result.contributors))
+            self.dp_releases.keep(last.name, total, last.config.threshold - last.config.n_colluding)
+        coreset = self.round_coreset(colluders)
+        seed = release_seed(self.opts.seed)
+        step = derive_release(dp, self.dp_releases.sums, max_fraction=coreset.max_fraction, seed=seed)
+        if isinstance(step, DpStagePlan):
+            plan = {"dp": {"stage": step.name, **step.broadcast}}
+            ins = self.stage_instruction(step.name, round_, plan, coreset, attempt)
+            spec = release_layout(dp, step.name, max_records=coreset.max_records).vector_spec()
+            return StagePlan(step.name, spec, ins.wire(), verified=True)
+        summary = {
+            "mode": "fedhds-dp",
+            # Who trains on what is each institution's private choice: the server never learns it.
+            "selected": None,
+            "records": round(step.records),
+            "fraction": None,
+            "centres": len(step.centres),
+            "kept_cells": step.kept_cells,
+            "selection_epsilon": dp.epsilon,
+            "selection_delta": dp.delta,
+        }
+        return self._train_stage(round_, model, {"release": step.to_json()}, summary, coreset, attempt)
 
     def _train_stage(
         self,
@@ -284,6 +349,17 @@ class FedhdsClient(FeditClient):
         # This round's verified stage sums (reset at its PCA stage) and their contributors.
         self._verified: list[Any] = []
         self._verified_cohort: tuple[str, ...] = ()
+        # DP selection: the verified release sums (beside the privacy ledger, across restarts), the share
+        # of noise admitted for the current release stage, and the train stage's release and roster.
+        from secfed.fl.fedhds_dp import ReleaseStore
+
+        ledger = self.privacy.ledger.path if self.privacy.ledger is not None else None
+        self._dp_store = ReleaseStore(
+            ledger.with_name(ledger.name + ".selection-release.json") if ledger else None
+        )
+        self._dp_share: Any = None
+        self._dp_admitted_key: str | None = None
+        self._dp_round: tuple[Any, tuple[str, ...], int, NDArray[np.float64]] | None = None
 
     def preload_features(self, indices: NDArray[np.int64], features: NDArray[np.float64]) -> None:
         """Use features computed earlier from the same frozen base model (benchmarks compare several
@@ -312,6 +388,8 @@ class FedhdsClient(FeditClient):
         """
         ins = FedhdsInstruction.parse(task_config)
         self.check_selection(ins, session, policy)
+        if ins.fedhds.selection_dp is not None:
+            return self._admit_dp(round_, model, task_config, ins, session, policy)
         if ins.stage == space_stage():
             self._verified = []
         elif ins.fedhds.selection == "fedhds":
@@ -336,9 +414,124 @@ class FedhdsClient(FeditClient):
         # dropout would leave a cell allowed for c + 2 institutions summed over fewer.
         return len(session.roster) if ins.stage not in (space_stage(), occupancy_stage()) else None
 
-    def observe_sum(self, round_: int, stage: str, result: AggregateResult) -> None:
-        from secfed.coreset.layout import CohortSum
+    def _dp_key(self, ins: FedhdsInstruction) -> str:
+        """Names this institution's release: its records, the feature settings, the seed, the settings."""
+        from secfed.fl.fedhds_dp import release_key, release_seed
 
+        assert ins.fedhds.selection_dp is not None
+        features = {
+            "base": ins.base_hash,
+            "layers": list(ins.fedhds.feature_layers),
+            "max_length": ins.fedhds.feature_max_length,
+            "max_records": ins.coreset.max_records,
+            "max_fraction": ins.coreset.max_fraction,
+        }
+        return release_key(
+            self.dataset_hash(),
+            release_seed(ins.init_seed),
+            ins.fedhds.selection_dp,
+            features,
+        )
+
+    def _admit_dp(
+        self,
+        round_: int,
+        model: NDArray[np.float32],
+        task_config: Mapping[str, Any],
+        ins: FedhdsInstruction,
+        session: SessionConfig,
+        policy: InstitutionPolicy,
+    ) -> int | None:
+        """A DP release stage or a train stage on the release: each plan is the one this institution
+        derives from the sums it verified itself, and its noise share assumes no fewer colluders than it does."""
+        from secfed.coreset.dp_config import DP_MEAN_STAGE, DP_STAGES, calibrated_lambda, selection_events
+        from secfed.coreset.dp_release import DpRelease, DpStagePlan, NoiseShare, release_layout
+        from secfed.fl.fedhds_dp import derive_release, release_seed
+
+        dp = ins.fedhds.selection_dp
+        assert dp is not None
+        self.check_instruction(ins, policy)
+        self._ensure_model(ins)
+        try:
+            expected = derive_release(
+                dp,
+                self._dp_store.sums(self._dp_key(ins)),
+                max_fraction=ins.coreset.max_fraction,
+                seed=release_seed(ins.init_seed),
+            )
+        except ValueError as exc:
+            raise Refused(RefusalCategory.INCONSISTENCY, f"no DP selection plan follows: {exc}") from exc
+        plan = ins.plan.wire() if ins.plan is not None else {}
+        if ins.stage in DP_STAGES:
+            if not isinstance(expected, DpStagePlan) or expected.name != ins.stage:
+                have = (
+                    expected.name if isinstance(expected, DpStagePlan) else "the train stage (all released)"
+                )
+                raise Refused(
+                    RefusalCategory.INCONSISTENCY,
+                    f"this institution's verified release sums call for {have}, not {ins.stage!r} (every "
+                    "DP selection statistic is released once per federation)",
+                    field="stage",
+                )
+            mismatch = _differs({"stage": expected.name, **expected.broadcast}, plan.get("dp"))
+            if mismatch is not None:
+                raise Refused(
+                    RefusalCategory.INCONSISTENCY,
+                    f"differs from the plan the verified sums give ({mismatch})",
+                    field="plan.dp",
+                )
+            own = ClientPolicy(policy.min_cohort, policy.colluding_fraction).assumed_colluders(session)
+            if own > session.n_colluding:
+                raise Refused(
+                    RefusalCategory.BOUNDS,
+                    f"the session assumes {session.n_colluding} colluders, this institution {own}: every "
+                    "noise share is sized for the session's t - c honest contributors, so the session must "
+                    "assume at least as many colluders as this institution does",
+                    field="n_colluding",
+                )
+            layout = release_layout(dp, ins.stage, max_records=ins.coreset.max_records)
+            if session.spec.spec_hash() != layout.vector_spec().spec_hash():
+                raise Refused(
+                    RefusalCategory.INCONSISTENCY,
+                    "the session's vector spec does not follow from the settings",
+                )
+            if ins.stage == DP_MEAN_STAGE:  # refuse now, not halfway through, if the whole release cannot fit
+                self.privacy.plan_selection(round_, list(selection_events(dp, round_).values()))
+            self._dp_share = NoiseShare(calibrated_lambda(dp), session.threshold - session.n_colluding)
+            self._dp_admitted_key = self._dp_key(ins)
+            return None
+        if ins.stage != TRAIN_STAGE:
+            raise Refused(RefusalCategory.INCONSISTENCY, f"unknown stage {ins.stage!r} under DP selection")
+        if not isinstance(expected, DpRelease):
+            raise Refused(
+                RefusalCategory.INCONSISTENCY,
+                f"a train stage before this institution verified the federation's DP selection release "
+                f"(next for it: {expected.name!r}); it cannot tell a real release from a made-up one",
+                field="plan.release",
+            )
+        mismatch = _differs(expected.to_json(), plan.get("release"))
+        if mismatch is not None:
+            raise Refused(
+                RefusalCategory.INCONSISTENCY,
+                f"differs from the release the verified sums give ({mismatch})",
+                field="plan.release",
+            )
+        self._dp_round = (expected, tuple(session.roster), ins.round_seed, self._dp_rows(round_, model, ins))
+        return super().admit(round_, model, task_config, session, policy)
+
+    def observe_sum(self, round_: int, stage: str, result: AggregateResult) -> None:
+        from secfed.coreset.dp_config import DP_STAGES
+        from secfed.coreset.layout import CohortSum
+        from secfed.fl.fedhds_dp import ReleasedSum
+
+        if stage in DP_STAGES:
+            if self._dp_share is None or self._dp_admitted_key is None:
+                raise Refused(
+                    RefusalCategory.INCONSISTENCY, f"a sum of {stage!r} this institution was not admitted to"
+                )
+            total = CohortSum(stage, result.values, len(result.contributors))
+            self._dp_store.add(self._dp_admitted_key, ReleasedSum(total, self._dp_share.honest))
+            return
         self._verified.append(CohortSum(stage, result.values, len(result.contributors)))
         self._verified_cohort = tuple(sorted(result.contributors))
 
@@ -450,6 +643,8 @@ class FedhdsClient(FeditClient):
         ins = FedhdsInstruction.parse(task_config)
         if ins.stage == TRAIN_STAGE:
             return self._train(round_, model, ins)
+        if ins.fedhds.selection_dp is not None:
+            return self._dp_contribution(round_, model, ins)
         started = time.perf_counter()
         coreset = self._features(round_, model, ins)
         out: dict[str, NDArray[np.float64]] = coreset.contribute(ins.broadcast())
@@ -469,9 +664,79 @@ class FedhdsClient(FeditClient):
         self.selection_s += time.perf_counter() - started
         return out
 
+    def _dp_rows(
+        self, round_: int, model: NDArray[np.float32], ins: FedhdsInstruction
+    ) -> NDArray[np.float64]:
+        """This institution's feature rows under the federation's public release projection."""
+        from secfed.coreset.dp_release import projected_rows
+        from secfed.fl.fedhds_dp import release_seed
+
+        assert ins.fedhds.selection_dp is not None
+        self._features(round_, model, ins)
+        assert self.features is not None
+        return projected_rows(
+            self.features[1],
+            len(ins.fedhds.feature_layers),
+            ins.fedhds.selection_dp,
+            release_seed(ins.init_seed),
+        )
+
+    def _dp_contribution(
+        self, round_: int, model: NDArray[np.float32], ins: FedhdsInstruction
+    ) -> dict[str, NDArray[np.float64]]:
+        """This institution's noised vector for a release stage, ledgered before it leaves.
+
+        Its release identity names the records and the release (not the round or attempt), so the
+        registry refuses to sum it into a second session unless the first provably never unmasked."""
+        from secfed.coreset.dp_config import selection_events
+        from secfed.coreset.dp_release import contribution
+        from secfed.dp.csprng import AesCtrGaussian
+
+        dp = ins.fedhds.selection_dp
+        if dp is None or self._dp_share is None or self._dp_admitted_key is None:
+            raise Refused(RefusalCategory.INCONSISTENCY, f"stage {ins.stage!r} was not admitted")
+        started = time.perf_counter()
+        rows = self._dp_rows(round_, model, ins)
+        plan = dict((ins.plan.dp if ins.plan is not None else None) or {})
+        with AesCtrGaussian() as stream:
+            out = contribution(
+                dp, ins.stage, rows, plan, self._dp_share, stream, max_records=ins.coreset.max_records
+            )
+        self._last_identity = release_identity("fedhds-dp-stage", ins.stage.encode(), self._dp_admitted_key)
+        self.privacy.record_selection(round_, [selection_events(dp, round_)[ins.stage]])
+        self.selection_s += time.perf_counter() - started
+        return out
+
+    def _dp_selected_indices(self, ins: FedhdsInstruction) -> NDArray[np.int64]:
+        """Representatives chosen locally from the verified release (:mod:`secfed.coreset.dp_choice`)."""
+        from secfed.coreset.dp_choice import fallback_record, local_choice
+        from secfed.dp.csprng import AesCtrGaussian
+
+        dp = ins.fedhds.selection_dp
+        if dp is None or self._dp_round is None or self.features is None:
+            raise Refused(RefusalCategory.INCONSISTENCY, "a train stage without a verified DP release")
+        release, roster, round_seed, rows = self._dp_round
+        with AesCtrGaussian() as stream:
+            picked = local_choice(
+                rows,
+                release,
+                me=self.client_id,
+                roster=roster,
+                round_seed=round_seed,
+                oversample=dp.oversample,
+                max_fraction=ins.coreset.max_fraction,
+                stream=stream,
+            )
+        if not len(picked):
+            picked = fallback_record(rows, release)
+        indices: NDArray[np.int64] = self.features[0][picked]
+        return indices
+
     def _selected_indices(self, ins: FedhdsInstruction) -> NDArray[np.int64]:
         """The records this institution trains on: its own choice from the public selection, never a
         list the server names (the server would then pick one institution's record to train on)."""
+        if ins.fedhds.selection_dp is not None:
+            return self._dp_selected_indices(ins)
         if ins.fedhds.selection == "random":
             k = min(len(self.records), max(1, round(ins.fedhds.random_fraction * len(self.records))))
             # The institution's own secret randomness: the server does not learn which records.
