@@ -605,6 +605,88 @@ def _round_beyond_bound(world: World) -> tuple[str, str]:
     return _no_sum_after(run, 0)
 
 
+#: FedHDS with DP selection (the coreset statistics released once, under distributed Skellam noise).
+_DP_SELECTION = {"selection_dp": {"epsilon": 2.0, "bins": 3}}
+
+
+def _dp_lie(lie: Lie, *, expect_honest: int) -> Callable[[World], tuple[str, str]]:
+    """A FedHDS round with DP selection under ``lie``; the server may keep ``expect_honest`` sums.
+
+    The lying server's own session takes the adverts signed for the lie (``accept_any_advert``).
+    Refused means the institutions refused the instruction itself; a lie caught only later (by the
+    advert cross-check against the in-process server's own session digest) is merely contained."""
+    lie.accept_any_advert = True
+
+    def attack(world: World) -> tuple[str, str]:
+        server, clients, consortium = fedhds_world(world, **_DP_SELECTION)
+        run = drive(server, clients, consortium, rounds=1, lie=lie, max_attempts=1)
+        outcome = _split_view(run)
+        if outcome[0] == "succeeded":
+            return outcome
+        return _refused_by_institutions(run, expect_honest)
+
+    return attack
+
+
+def _refused_by_institutions(run: LyingRun, stage_count: int) -> tuple[str, str]:
+    """Like :func:`_no_sum_after`, but "refused" only when institutions refused the instruction."""
+    outcome, detail = _no_sum_after(run, stage_count)
+    if outcome == "refused" and not any(run.refusals.values()):
+        return "contained", detail
+    return outcome, detail
+
+
+def _shift_release(release: dict[str, Any]) -> dict[str, Any]:
+    """Centres moved onto points of the server's choosing (to steer which records are trained on)."""
+    return {**release, "centres": [[x + 0.25 for x in row] for row in release["centres"]]}
+
+
+def _shift_mean(plan: dict[str, Any]) -> dict[str, Any]:
+    return {**plan, "mean": [x + 0.5 for x in plan["mean"]]}
+
+
+def _dp_release_again(world: World) -> tuple[str, str]:
+    """DP selection: the mean stage is released, the round then fails; a server that forgot (or pretends
+    to have forgotten) the release asks the other members for the mean stage again, without the victim.
+    The difference would be the victim's noise share and statistics: a share carries only 1 / (t - c)
+    of the target noise, so it must never be summed twice."""
+    server, clients, consortium = fedhds_world(world, **_DP_SELECTION)
+    first = drive(
+        server,
+        clients,
+        consortium,
+        rounds=1,
+        max_attempts=1,
+        drop=lambda cid, r, stage, msg: stage == "coreset-dp-moments" and cid == "inst04",
+    )
+    if not any(s.name == "coreset-dp-mean" for s in first.stages):
+        return "succeeded", "the honest mean stage did not complete"
+    fresh = fedhds_world(world, **_DP_SELECTION)[0]
+    others = {c: t for c, t in clients.items() if c != VICTIM}
+    participants = {c: first.members[c].participant for c in others}
+    again = drive(fresh, others, consortium, rounds=1, participants=participants, max_attempts=1)
+    if any(s.name == "coreset-dp-mean" for s in again.stages):
+        return "succeeded", "the mean stage was summed again over a cohort without the victim"
+    return "refused", _reactions(again)
+
+
+def _dp_fewer_colluders(world: World) -> tuple[str, str]:
+    """DP selection: the server declares no colluders, so that noise shares are sized for t honest
+    contributors; with colluders adding no noise, the sum would carry less than the target."""
+    server, clients, consortium = fedhds_world(world, **_DP_SELECTION)
+
+    class Lower(Lie):
+        accept_any_advert = True
+
+        def start(self, cid: str, start: StageStart) -> StageStart:
+            if not str(start.task_config.get("stage", "")).startswith("coreset-dp"):
+                return start
+            return replace(start, config=replace(start.config, n_colluding=0))
+
+    run = drive(server, clients, consortium, rounds=1, lie=Lower(), max_attempts=1)
+    return _refused_by_institutions(run, 0)
+
+
 def _differencing_pca(**changed: Any) -> Callable[[World], tuple[str, str]]:
     """FedHDS: the PCA stage completes; the server restarts the round without the victim with the same
     seed (so the same projection), optionally with other server options (``changed``) that do not
@@ -866,6 +948,16 @@ ATTACKS: tuple[Attack, ...] = (
         _fedhds_lie(_plan_lie("coreset-election", "clusters", _shrink_radii), expect_honest=3),
     ),
     Attack(
+        "fedhds-dp: release centres moved (steering the local choice)",
+        "unverified-plan",
+        _dp_lie(_plan_lie("train", "release", _shift_release), expect_honest=3),
+    ),
+    Attack(
+        "fedhds-dp: moments planned around a server-chosen mean",
+        "unverified-plan",
+        _dp_lie(_plan_lie("coreset-dp-moments", "dp", _shift_mean), expect_honest=1),
+    ),
+    Attack(
         "fedhds: forged masked input in the PCA evidence",
         "unverified-plan",
         _fedhds_lie(_Evidence("forge"), expect_honest=1),
@@ -932,6 +1024,9 @@ ATTACKS: tuple[Attack, ...] = (
         _differencing_pca(clip=1.25),
     ),
     Attack(
+        "fedhds-dp: released mean stage asked again without the victim", "differencing", _dp_release_again
+    ),
+    Attack(
         "fedhds: honest dropout in the histogram, then the coordinator's retry",
         "differencing",
         _honest_retry_fedhds,
@@ -947,6 +1042,7 @@ ATTACKS: tuple[Attack, ...] = (
         _fedhds_lie(_Mutate("coreset.min_cohort", lambda v: 2, to=_everyone)),
     ),
     Attack("session: colluder bound claimed 0", "colluder-floor", _session_floor("n_colluding", 0)),
+    Attack("fedhds-dp: noise shares sized for no colluders", "colluder-floor", _dp_fewer_colluders),
     Attack("session: threshold lowered to 3 of 6", "colluder-floor", _session_floor("threshold", 3)),
     Attack("relay: masked-input request to a ready set of 2", "colluder-floor", _relay_lie, "contained"),
     # 7. The global model.
