@@ -606,7 +606,7 @@ def _round_beyond_bound(world: World) -> tuple[str, str]:
 
 
 #: FedHDS with DP selection (the coreset statistics released once, under distributed Skellam noise).
-_DP_SELECTION = {"selection_dp": {"epsilon": 2.0, "bins": 3}}
+_DP_SELECTION: dict[str, Any] = {"selection_dp": {"epsilon": 2.0, "bins": 3}}
 
 
 def _dp_lie(lie: Lie, *, expect_honest: int) -> Callable[[World], tuple[str, str]]:
