@@ -74,6 +74,7 @@ from secfed.data.formats import Record, load_records
 
 if TYPE_CHECKING:  # torch and scikit-learn load lazily: every `secfed` command imports this module
     from secfed.coreset.config import CoresetConfig
+    from secfed.coreset.dp_config import DpSelection
     from secfed.coreset.pipeline import ClientData, SecureRun
     from secfed.data.prompts import PromptStyle
 
@@ -92,6 +93,8 @@ TARGET_FRACTION = 0.05
 TARGET_SELECTION_OVER_TRAIN = 0.30
 TARGET_COVERAGE = 0.85
 TARGET_COVERAGE_GAP = 0.10
+#: The [coreset-dp] targets: DP selection's coverage in the fixed reference space, by selection epsilon.
+TARGET_COVERAGE_DP = {1.0: 0.88, 2.0: 0.85}
 
 IntArray = NDArray[np.int64]
 FloatArray = NDArray[np.float64]
@@ -116,6 +119,8 @@ class CoresetBenchSettings:
     refresh: bool = False
     threads: int | None = None
     coreset: Mapping[str, Any] = field(default_factory=dict)
+    # secfed.coreset.dp_config.DpSelection fields: also run DP selection (--selection-epsilon)
+    selection_dp: Mapping[str, Any] | None = None
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -131,6 +136,14 @@ class CoresetBenchSettings:
             raise ValueError(f"--train-client must be in [0, {self.clients})")
         if "feature_blocks" in self.coreset:
             raise ValueError("feature_blocks is set from --layers (one block per layer, as in FedHDS)")
+        if self.selection_dp is not None:
+            self.dp_config()
+
+    def dp_config(self) -> DpSelection | None:
+        """The DP selection settings, or None (no DP selection run)."""
+        from secfed.coreset.dp_config import DpSelection
+
+        return None if self.selection_dp is None else DpSelection.from_json(dict(self.selection_dp))
 
     def coreset_config(self) -> CoresetConfig:
         """The federation's config: one feature block per layer (``SelectionOptions.coreset_config``)."""
@@ -460,6 +473,7 @@ def round_quality(run: SecureRun, config: CoresetConfig, round_seed: int) -> dic
         "min_institutions_per_allowed_cell": min(behind_allowed) if behind_allowed else None,
         "single_institution_cells": len(single),
         "single_institution_cells_allowed": sum(int(cell in allowed_set) for cell in single),
+        "selected_rows": secure_rows.tolist(),
         "coverage_secure": _coverage_or_none(points, secure_rows, round_seed),
         "coverage_plaintext": _coverage_or_none(points, plain_rows, round_seed),
         "plaintext_selected": len(plain_rows),
@@ -568,6 +582,40 @@ def run_benchmark(settings: CoresetBenchSettings) -> dict[str, Any]:
                 flush=True,
             )
 
+    dp = settings.dp_config()
+    dp_fields: dict[str, Any] = {}
+    if dp is not None:
+        from secfed.bench.coreset_dp import dp_round, dp_summary
+
+        dp_rounds = []
+        for r, q in enumerate(rounds):
+            dp_rounds.append(
+                dp_round(
+                    feats.features,
+                    len(settings.layers),
+                    dp,
+                    release_seed=round_seed_of(settings.seed, r),
+                    max_fraction=config.max_fraction,
+                    secure_rows=np.asarray(q["selected_rows"], dtype=np.int64),
+                )
+            )
+            if settings.progress:
+                d = dp_rounds[-1]
+                print(
+                    f"release {r}: DP selected {d['dp_selected']}/{d['records']}, coverage DP "
+                    f"{d['coverage_secure_dp']}, secure {d['coverage_secure_in_dp_reference']} (same space)",
+                    file=sys.stderr,
+                    flush=True,
+                )
+        dp_fields = dp_summary(dp, dp_rounds, settings.clients)
+        target = TARGET_COVERAGE_DP.get(dp.epsilon)
+        dp_fields["target_coverage_secure_dp"] = target
+        dp_fields["coverage_secure_dp_within_target"] = (
+            None
+            if target is None or dp_fields["coverage_secure_dp"] is None
+            else dp_fields["coverage_secure_dp"] <= target
+        )
+
     first_round = rounds[0]["stage_s_all"]
     selection_all = [f + s for f, s in zip(feats.seconds, first_round, strict=True)]
     train = None
@@ -658,6 +706,7 @@ def run_benchmark(settings: CoresetBenchSettings) -> dict[str, Any]:
             "coverage_secure": TARGET_COVERAGE,
             "coverage_gap_to_plaintext": TARGET_COVERAGE_GAP,
         },
+        **dp_fields,
         "per_round": rounds,
         "bench_wall_s": time.perf_counter() - started,
     }
@@ -690,6 +739,14 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--refresh", action="store_true", help="recompute the features even if cached")
     p.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's own choice)")
     p.add_argument("--coreset", default="{}", help="JSON object of CoresetConfig overrides (default: none)")
+    p.add_argument(
+        "--selection-epsilon",
+        type=float,
+        help="also run DP selection at this selection epsilon (per institution, whole federation)",
+    )
+    p.add_argument(
+        "--selection-dp", default="{}", help="JSON object of DpSelection overrides (with --selection-epsilon)"
+    )
     add_output_arguments(p)
     p.set_defaults(func=_main)
 
@@ -698,6 +755,11 @@ def _main(args: argparse.Namespace) -> int:
     overrides = json.loads(args.coreset)
     if not isinstance(overrides, dict):
         raise ValueError("--coreset must be a JSON object")
+    dp_overrides = json.loads(args.selection_dp)
+    if not isinstance(dp_overrides, dict):
+        raise ValueError("--selection-dp must be a JSON object")
+    if dp_overrides and args.selection_epsilon is None:
+        raise ValueError("--selection-dp needs --selection-epsilon")
     settings = CoresetBenchSettings(
         data=args.data,
         model=args.model,
@@ -714,6 +776,9 @@ def _main(args: argparse.Namespace) -> int:
         refresh=args.refresh,
         threads=args.threads,
         coreset=overrides,
+        selection_dp=None
+        if args.selection_epsilon is None
+        else {**dp_overrides, "epsilon": args.selection_epsilon},
         progress=not args.json,
     )
     result = run_benchmark(settings)
@@ -797,6 +862,19 @@ def summary_table(result: Mapping[str, Any]) -> str:
             _ok(t["single_institution_cells_suppressed"]),
         ),
     ]
+    if "selection_epsilon" in result:
+        target = result["target_coverage_secure_dp"]
+        rows += [
+            (
+                f"coverage DP (epsilon {result['selection_epsilon']:g})",
+                _fmt(result["coverage_secure_dp"]),
+                "fixed reference space" + ("" if target is None else f"; <= {target}"),
+                "" if target is None else _ok(result["coverage_secure_dp_within_target"]),
+            ),
+            ("  secure (non-DP) in that space", _fmt(result["coverage_secure_in_dp_reference"]), "", ""),
+            ("  random in that space", _fmt(result["coverage_random_in_dp_reference"]), "~1", ""),
+            ("  DP selected fraction", _fmt(result["dp_selected_fraction"]), "<= max_fraction", ""),
+        ]
     head = (
         f"secure coreset selection: {result['clients']} clients x {result['records_per_client']} records "
         f"({result['records_total']}), {result['model']} layers {result['layers']}, "

@@ -88,8 +88,8 @@ class PrivacyPolicy:
     budget_epsilon: float | None = None
     # None: require_dp_by_default (true exactly when a budget is set).
     require_dp: bool | None = None
-    # Refuse coreset statistics (FedHDS selection), which carry no DP guarantee until DP selection
-    # exists; off by default so FedHDS with DP-SGD training keeps working (they are ledgered either way).
+    # Refuse coreset statistics released without DP (FedHDS without selection_dp); DP selection
+    # satisfies it. Off by default so FedHDS keeps working as configured (ledgered either way).
     require_selection_dp: bool = False
 
     def __post_init__(self) -> None:

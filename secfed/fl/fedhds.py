@@ -401,8 +401,8 @@ class FedhdsClient(FeditClient):
         if privacy is not None and privacy.require_selection_dp:
             raise Refused(
                 RefusalCategory.POLICY,
-                "coreset statistics carry no DP guarantee and this institution requires DP for selection "
-                "([privacy] require_selection_dp)",
+                "these coreset statistics carry no DP guarantee and this institution requires DP for "
+                "selection ([privacy] require_selection_dp; a federation with selection_dp satisfies it)",
             )
         self.check_instruction(ins, policy)
         self._ensure_model(ins)

@@ -64,3 +64,84 @@ def test_release_runs_once_and_later_rounds_train_on_it(tiny_model_dir: Path) ->
     for client in clients.values():
         assert 1 <= len(client.last_selected) <= max(1, int(0.1 * len(client.records)))
     assert not np.array_equal(run.model, server.initial_model())
+
+
+def _ledgered_clients(model: Path, tmp: Path, pool: ModelPool, **privacy: Any) -> dict[str, FedhdsClient]:
+    data = {
+        "data": "builtin",
+        "n_clients": N,
+        "train_per_category": 6,
+        "test_per_category": 1,
+        "partition": "iid",
+    }
+    return {
+        f"inst{i:02d}": FedhdsClient(
+            f"inst{i:02d}",
+            {
+                "model": str(model),
+                **data,
+                "client_index": i,
+                "privacy": {
+                    "ledger": str(tmp / f"inst{i:02d}.jsonl"),
+                    "require_selection_dp": True,
+                    **privacy,
+                },
+            },
+            model_pool=pool,
+        )
+        for i in range(N)
+    }
+
+
+def test_selection_is_ledgered_and_a_restarted_institution_trains_on_its_kept_release(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """require_selection_dp is satisfied by DP selection; each stage's Skellam event is in the ledger
+    before it leaves; the verified sums survive a restart (kept beside the ledger), so a restarted
+    institution checks the next round's release against them and trains."""
+    from secfed.bench.inprocess import drive, make_consortium
+    from secfed.coreset.dp_config import DpSelection, selection_events
+    from secfed.dp.ledger import PrivacyLedger
+
+    server = FedhdsServer(_options(tiny_model_dir))
+    pool: ModelPool = {}
+    clients = _ledgered_clients(tiny_model_dir, tmp_path, pool, require_dp=False)
+    first = run_inprocess(server, clients, rounds=1, seed=3)
+    assert first.finished_reason == "completed 1 rounds", first.aborted
+    expected = selection_events(DpSelection(epsilon=2.0, bins=4))
+    for cid in clients:
+        ledger = PrivacyLedger.open_existing(tmp_path / f"{cid}.jsonl")
+        events = ledger.selection_events()
+        assert [e.what for e in events] == list(DP_STAGES)
+        assert [(e.lam, e.l1, e.l2) for e in events] == [(x.lam, x.l1, x.l2) for x in expected.values()]
+        assert (tmp_path / f"{cid}.jsonl.selection-release.json").exists()
+    restarted = _ledgered_clients(tiny_model_dir, tmp_path, pool, require_dp=False)
+    again = drive(
+        server,
+        restarted,
+        make_consortium(tuple(restarted)),
+        rounds=1,
+        first_round=1,
+        initial_model=first.model,
+        max_attempts=1,
+    )
+    assert [s.name for s in again.stages] == ["train"], again.finished_reason
+    assert all(len(c.last_selected) >= 1 for c in restarted.values())
+
+
+def test_an_institution_whose_budget_cannot_hold_the_selection_refuses_before_any_release(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    from secfed.dp.ledger import PrivacyLedger
+
+    server = FedhdsServer(_options(tiny_model_dir))
+    clients = _ledgered_clients(tiny_model_dir, tmp_path, {}, budget_epsilon=1.5)
+    run = run_inprocess(server, clients, rounds=1, seed=3)
+    assert run.finished_reason != "completed 1 rounds"
+    assert not run.stage_results or not run.stage_results[0]
+    categories = {category for _round, _client, category in run.refusals}
+    assert categories == {"budget"}, run.refusals
+    assert {client for _round, client, _category in run.refusals} == set(clients)
+    for cid in clients:  # refused and ledgered as such; nothing about the records was released
+        ledger = PrivacyLedger.open_existing(tmp_path / f"{cid}.jsonl")
+        assert ledger.selection_events() == [] and len(ledger.refusals()) == 1
