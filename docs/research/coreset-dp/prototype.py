@@ -71,6 +71,23 @@ class DPParams:
     colluders: int = 3
     gamma: float = 1000.0
     oracle_space: bool = False       # DIAGNOSTIC ONLY: exact (non-DP) plane, whole budget to the histogram
+    # --- options added after the first write-up (defaults = the original design) ---------------------
+    refine: int = 0                  # S4: number of DP Lloyd steps on the centres (0 = none, original)
+    refine_clip: float = 1.0         # S4 offset clip radius, in units of the grid's mean bin width
+    choice: str = "nearest"          # local pick for a won centre: "nearest" record to the centre, or
+                                     # "medoid": own record minimising the summed distance to the own
+                                     # records of the centre's region (own data only)
+    over_cap: str = "prob"           # which won centres to keep when over the cap: "prob" (largest
+                                     # acceptance prob., original) or "draw" (uniform, by the own draw)
+    smooth: float = 0.0              # post-processing: Gaussian smoothing (in cells) of the noisy counts
+    sym_outer: bool = False          # S2: release off-diagonals of zzᵀ scaled by sqrt(2) (same Δ2)
+    var_clip: float = 3.0            # S3 "hist.var" segment: clip of y_a² at (var_clip · std_a)²
+    model_bins: int = 0              # "gauss": k-means on a model_bins^2 lattice instead of the grid cells
+    min_weight: float = 0.05         # "gauss"/"shrink": cells with a smaller weight are dropped
+    density: str = "hist"            # cell weights for k-means: "hist" (thresholded noisy counts, original),
+                                     # "gauss" (n̂ × cell mass of N(0, diag(noisy top eigenvalues)): S1/S2 only),
+                                     # "shrink" (per cell posterior mean of the count: Gaussian prior
+                                     # with variance = prior count, noisy count with the known noise var.)
 
     @property
     def honest(self) -> int:
@@ -97,25 +114,42 @@ def stage_sensitivities(p: DPParams, half_width: np.ndarray) -> list[tuple[str, 
         "mean.sum": (B * math.sqrt(k0), B),
         "mean.count": (1.0, 1.0),
         "mom.sum": (C * math.sqrt(k0), C),
-        "mom.outer": (C * C * (k0 + 1) / 2.0, C * C),
+        # sym_outer: off-diagonals ×sqrt(2): Δ2 = ||zzᵀ||_F = |z|² <= C², Δ1 = Σ_i z_i² + sqrt(2)Σ_{i<j}|z_i z_j|
+        # = |z|² + (|z|_1² - |z|²)/sqrt(2) <= C²(1 + (k0 - 1)/sqrt(2))
+        "mom.outer": ((C * C * (1 + (k0 - 1) / math.sqrt(2))) if p.sym_outer else C * C * (k0 + 1) / 2.0, C * C),
         "hist.counts": (1.0, 1.0),
         "hist.offsets": (float(np.sum(half_width)), float(np.linalg.norm(half_width))),
     }
+    # S3 per-axis second moment in the plane, Σ min(y_a², v_a): Δ2 = |v|, Δ1 = Σ v_a <= sqrt(dims)·|v|
+    # (worst case used, so r = 1 is an upper bound whatever v is)
+    raw["hist.var"] = (math.sqrt(p.dims), 1.0)
+    if p.refine:  # S4, once per Lloyd step; each step carries share_s / refine of the segment's share
+        raw["ref.counts"] = (1.0, 1.0)
+        # offsets clipped to an L2 ball of radius r: Δ2 = r, Δ1 = r·sqrt(dims); the weighted L1
+        # w·Δ1 = sqrt(share)·sqrt(dims) does not depend on r, so r = 1 here is exact
+        raw["ref.offsets"] = (math.sqrt(p.dims), 1.0)
     out = []
-    for stage in ("mean", "mom", "hist"):
+    stages = ["mean", "mom", "hist"] + ["ref"] * p.refine
+    for stage in stages:
         l1 = l2sq = 0.0
         for seg, (d1, d2) in raw.items():
             if seg.startswith(stage + ".") and sh.get(seg, 0) > 0:
-                w = math.sqrt(sh[seg]) / d2
+                s = sh[seg] / (p.refine if stage == "ref" else 1)
+                w = math.sqrt(s) / d2
                 l1 += w * d1
-                l2sq += sh[seg]
+                l2sq += s
         out.append((stage, l1, math.sqrt(l2sq)))
     return out
 
 
-def weights(p: DPParams, half_width: np.ndarray) -> dict[str, float]:
-    sh = p.norm_shares()
-    d2 = {"mean.sum": p.bound, "mean.count": 1.0, "mom.sum": p.centred_clip,
+def weights(p: DPParams, half_width: np.ndarray, ref_radius: float = 1.0,
+            var_clip: np.ndarray = np.ones(2)) -> dict[str, float]:
+    sh = dict(p.norm_shares())
+    for s in ("ref.counts", "ref.offsets"):  # per Lloyd step
+        if s in sh:
+            sh[s] = sh[s] / p.refine if p.refine else 0.0
+    d2 = {"ref.counts": 1.0, "ref.offsets": ref_radius, "hist.var": float(np.linalg.norm(var_clip)),
+          "mean.sum": p.bound, "mean.count": 1.0, "mom.sum": p.centred_clip,
           "mom.outer": p.centred_clip**2, "hist.counts": 1.0,
           "hist.offsets": float(np.linalg.norm(half_width))}
     return {s: math.sqrt(sh[s]) / d2[s] for s in sh if sh[s] > 0}
@@ -203,14 +237,21 @@ def _clip_rows(x: np.ndarray, r: float) -> np.ndarray:
     return x * np.minimum(1.0, r / np.maximum(n, 1e-300))
 
 
-def _upper(z: np.ndarray) -> np.ndarray:
+def _offdiag_scale(k: int, sym: bool) -> np.ndarray:
+    """Per-entry scale of upper(zzᵀ): sqrt(2) on the off-diagonal when ``sym`` (then the released vector's
+    L2 norm is exactly ||zzᵀ||_F = |z|², i.e. Δ2 = C² unchanged, and the off-diagonal noise is 1/sqrt(2))."""
+    iu = np.triu_indices(k)
+    return np.where(iu[0] == iu[1], 1.0, math.sqrt(2.0) if sym else 1.0)
+
+
+def _upper(z: np.ndarray, sym: bool = False) -> np.ndarray:
     k = z.shape[1]
-    return (z.T @ z)[np.triu_indices(k)]
+    return (z.T @ z)[np.triu_indices(k)] * _offdiag_scale(k, sym)
 
 
-def _unupper(v: np.ndarray, k: int) -> np.ndarray:
+def _unupper(v: np.ndarray, k: int, sym: bool = False) -> np.ndarray:
     m = np.zeros((k, k))
-    m[np.triu_indices(k)] = v
+    m[np.triu_indices(k)] = v / _offdiag_scale(k, sym)
     return m + np.triu(m, 1).T
 
 
@@ -235,9 +276,9 @@ def dp_release(points: list[np.ndarray], p: DPParams, eps: float | None, seed: i
     C = p.centred_clip
     zs = [_clip_rows(x - m_hat, C) for x in points]
     z_sum = ns([z.sum(0) for z in zs], w["mom.sum"])
-    z_out = ns([_upper(z) for z in zs], w["mom.outer"])
+    z_out = ns([_upper(z, p.sym_outer) for z in zs], w["mom.outer"])
     mu = z_sum / n_hat
-    cov = _unupper(z_out, p.k0) / n_hat - np.outer(mu, mu)
+    cov = _unupper(z_out, p.k0, p.sym_outer) / n_hat - np.outer(mu, mu)
     evals, evecs = np.linalg.eigh(cov)
     order = np.argsort(evals)[::-1][: p.dims]
     V = evecs[:, order]
@@ -249,7 +290,8 @@ def dp_release(points: list[np.ndarray], p: DPParams, eps: float | None, seed: i
         V = evec[:, o]; std = np.sqrt(ev[o])
     grid = Grid(lo=-p.range_std * std, hi=p.range_std * std, bins=p.bins)
     hw = grid.width / 2.0
-    w = weights(p, hw)
+    vclip = (p.var_clip * std) ** 2  # public (post-processing of S2)
+    w = weights(p, hw, var_clip=vclip)
     # S3: histogram of records over the grid of the DP plane
     cnts, offs = [], []
     for x in points:
@@ -263,18 +305,54 @@ def dp_release(points: list[np.ndarray], p: DPParams, eps: float | None, seed: i
         np.add.at(o, cells, off)
         cnts.append(c)
         offs.append(o)
-    h_cnt = ns(cnts, w["hist.counts"])
-    h_off = ns(offs, w["hist.offsets"]) if "hist.offsets" in w else np.zeros((grid.n_cells, p.dims))
-    sig_cnt = ns.std(w["hist.counts"], m)
+    if "hist.var" in w:  # noisy per-axis second moment of the plane coordinates -> model scale
+        v_sum = ns([np.minimum(((x - centre) @ V) ** 2, vclip).sum(0) for x in points], w["hist.var"])
+        std = np.sqrt(np.maximum(v_sum / n_hat, 0.05 * std**2))
+    if "hist.counts" in w:
+        h_cnt = ns(cnts, w["hist.counts"])
+        h_off = ns(offs, w["hist.offsets"]) if "hist.offsets" in w else np.zeros((grid.n_cells, p.dims))
+        sig_cnt = ns.std(w["hist.counts"], m)
+    else:  # no S3 at all (only with density="gauss"): nothing about the cells is released
+        assert p.density == "gauss", "without hist.counts only density='gauss' is defined"
+        h_cnt, h_off, sig_cnt = np.zeros(grid.n_cells), np.zeros((grid.n_cells, p.dims)), 1.0
     # server post-processing (no privacy cost)
     all_cells = np.arange(grid.n_cells)
     pos = grid.cell_centres(all_cells)
     kappa = max(1.0, 2.0 * sig_cnt)
     pos = pos + np.clip(h_off / np.maximum(h_cnt, kappa)[:, None], -hw, hw)
-    keep = h_cnt > p.threshold_sigmas * sig_cnt
+    cnt_used = h_cnt
+    if p.smooth > 0:  # post-processing: Gaussian blur of the noisy counts over the (bins+2)^dims grid
+        from scipy.ndimage import gaussian_filter
+        cnt_used = gaussian_filter(h_cnt.reshape((grid.side,) * p.dims), p.smooth, mode="constant").ravel()
+        # noise std of a smoothed cell: sigma * ||kernel||_2
+        imp = np.zeros((grid.side,) * p.dims); imp[(grid.side // 2,) * p.dims] = 1.0
+        sig_cnt = sig_cnt * float(np.linalg.norm(gaussian_filter(imp, p.smooth, mode="constant")))
+    keep = cnt_used > p.threshold_sigmas * sig_cnt
     if eps is None:
         keep = h_cnt > 0
-    wts = np.where(keep, h_cnt, 0.0)
+    wts = np.where(keep, cnt_used, 0.0)
+    if p.density != "hist":
+        from scipy.stats import norm
+        edges = [np.concatenate(([-np.inf], np.linspace(grid.lo[a], grid.hi[a], p.bins + 1), [np.inf]))
+                 for a in range(p.dims)]
+        mass = [np.diff(norm.cdf(e / std[a])) for a, e in enumerate(edges)]
+        prior = n_hat * np.einsum("i,j->ij", *mass).ravel() if p.dims == 2 else None
+        if p.density == "gauss":
+            wts = prior
+        else:  # "shrink": posterior mean with prior N(prior, prior) and noise N(0, sig^2)
+            s2 = sig_cnt**2
+            wts = (prior * s2 + h_cnt * prior) / np.maximum(s2 + prior, 1e-12) if eps is not None else h_cnt
+            wts = np.maximum(wts, 0.0)
+        keep = wts > p.min_weight
+        wts = np.where(keep, wts, 0.0)
+        if p.density == "gauss":  # no histogram used: positions at the cells' centres, no offsets
+            pos = grid.cell_centres(all_cells)
+            if p.model_bins:  # a fine lattice over ±4 std, weights = model mass (pure post-processing)
+                ax = [np.linspace(-4 * std[a], 4 * std[a], p.model_bins) for a in range(p.dims)]
+                pos = np.stack(np.meshgrid(*ax, indexing="ij"), -1).reshape(-1, p.dims)
+                wts = np.exp(-0.5 * ((pos / std) ** 2).sum(1))
+                wts = n_hat * wts / wts.sum()
+                keep = wts > 1e-6 * wts.max()
     budget = max(1, int(math.floor(p.max_fraction * n_hat)))
     K = max(1, min(int(round(p.n_clusters_factor * budget)), int(keep.sum())))
     km = KMeans(K, n_init=4, random_state=derive_seed(seed, "dp-merge") % 2**32).fit(
@@ -285,7 +363,32 @@ def dp_release(points: list[np.ndarray], p: DPParams, eps: float | None, seed: i
     cell_lab = np.argmin(((pos[:, None] - centres[None]) ** 2).sum(2), axis=1)
     src = wts if p.region_count == "kept" else h_cnt
     region = np.bincount(cell_lab, weights=src, minlength=K)
+    # S4 (optional): DP Lloyd steps. Per centre's Voronoi region: record count (Δ2 = Δ1 = 1) and the sum
+    # of (y - centre) clipped to an L2 ball of radius r (Δ2 = r, Δ1 = r·sqrt(dims)). One record is in one
+    # region, so per step the per-record sensitivity is that of one count and one offset.
+    r = p.refine_clip * float(np.mean(grid.width))
+    ref_info = []
+    for _step in range(p.refine):
+        w = weights(p, hw, r, vclip)
+        rc, ro = [], []
+        for x in points:
+            y = (x - centre) @ V
+            lab = np.argmin(((y[:, None] - centres[None]) ** 2).sum(2), axis=1)
+            c = np.bincount(lab, minlength=K).astype(float)
+            o = np.zeros((K, p.dims))
+            np.add.at(o, lab, _clip_rows(y - centres[lab], r))
+            rc.append(c)
+            ro.append(o)
+        r_cnt = ns(rc, w["ref.counts"])
+        r_off = ns(ro, w["ref.offsets"]) if "ref.offsets" in w else np.zeros((K, p.dims))
+        sig_r = ns.std(w["ref.counts"], m)
+        kap = max(1.0, 2.0 * sig_r)
+        shift = r_off / np.maximum(r_cnt, kap)[:, None]
+        centres = centres + _clip_rows(shift, r)
+        region = np.maximum(r_cnt, 0.0)
+        ref_info.append({"sigma_count": sig_r})
     info = {
+        "refine": ref_info,
         "lam_total": lam,
         "n_hat": n_hat,
         "budget": budget,
@@ -334,13 +437,23 @@ def local_choice(x: np.ndarray, release: dict[str, Any], p: DPParams, me: int, a
     mine = np.flatnonzero(assign == me)
     won = mine[u[mine] < prob[mine]]
     cap = int(math.floor(p.max_fraction * len(x)))
-    if len(won) > cap:  # keep the centres this institution holds most of; ties by the draw
-        order = np.lexsort((u[won], -prob[won]))
+    if len(won) > cap:
+        if p.over_cap == "prob":  # keep the centres this institution holds most of; ties by the draw
+            order = np.lexsort((u[won], -prob[won]))
+        else:  # "draw": uniformly among the won ones (the own draw decides)
+            order = np.argsort(u[won] / np.maximum(prob[won], 1e-12), kind="stable")
         won = won[order[:cap]]
     taken: set[int] = set()
     rows = []
     for g in won:
-        for r in np.argsort(d2[:, g], kind="stable"):
+        if p.choice == "medoid" and n_ig[g] > 0:
+            # own records of the region; the one with the least summed distance to the others (ties: nearer g)
+            own = np.flatnonzero(lab == g)
+            dd = np.sqrt(((y[own][:, None] - y[own][None]) ** 2).sum(2)).sum(1)
+            cand = own[np.lexsort((d2[own, g], dd))]
+        else:
+            cand = np.argsort(d2[:, g], kind="stable")
+        for r in cand:
             if int(r) not in taken:
                 taken.add(int(r))
                 rows.append(int(r))
