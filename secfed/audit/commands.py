@@ -29,13 +29,16 @@ from pathlib import Path
 from typing import Any
 
 from secfed.audit.report import (
+    SELECTION_NOT_COVERED,
     ServerFacts,
     federation_guarantee,
     federation_report,
+    federation_selection_covered,
     guarantee_section,
     institution_report,
     privacy_section,
     quote_institution,
+    selection_dp_covered,
 )
 from secfed.audit.signing import SIGNATURE, AuditVerifyError, sign_document, verify_document
 from secfed.chain import ChainError, HashChain
@@ -284,6 +287,10 @@ def _check_privacy(doc: Mapping[str, Any], ledger: Path, entries: int) -> list[s
         "refusals",
         "retries",
         "datasets",
+        # Present only when the ledger has DP selection releases (absent on both sides otherwise).
+        "epsilon_training",
+        "epsilon_selection",
+        "selection_releases",
     ):
         if not _close(stated.get(key), recomputed.get(key)):
             problems.append(
@@ -455,7 +462,20 @@ def _check_institution_claims(doc: Mapping[str, Any]) -> list[str]:
     expected = guarantee_section(privacy, institution=str(doc.get("institution")))
     if doc.get("guarantee") != expected:
         problems.append("guarantee does not follow from the privacy section")
+    problems += _check_selection_not_covered(doc, selection_dp_covered(privacy))
     return problems
+
+
+def _check_selection_not_covered(doc: Mapping[str, Any], covered: bool) -> list[str]:
+    """A report may leave out that coreset selection statistics carry no DP only when its (verified)
+    figures show every selection release was DP. Only that item is checked: the rest of the list has
+    grown over time, and reports signed before must still verify."""
+    listed = doc.get("not_covered")
+    if covered or (isinstance(listed, list) and SELECTION_NOT_COVERED in listed):
+        return []
+    return [
+        "not_covered leaves out that coreset selection statistics carry no DP, which the figures do not back"
+    ]
 
 
 def _check_quotes(doc: Mapping[str, Any], by_institution: Mapping[str, Mapping[str, Any]]) -> list[str]:
@@ -480,4 +500,5 @@ def _check_quotes(doc: Mapping[str, Any], by_institution: Mapping[str, Mapping[s
             )
     if doc.get("guarantee") != federation_guarantee(quoted):
         problems.append("guarantee does not follow from the quoted institutions")
+    problems += _check_selection_not_covered(doc, federation_selection_covered(quoted))
     return problems

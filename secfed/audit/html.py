@@ -523,6 +523,10 @@ class _Facts:
     dp_used: bool
     epsilon: float | None
     epsilon_rdp: float | None
+    # Only with DP coreset selection: the parts ``epsilon`` composes (training by PLD, selection by RDP).
+    selection_releases: tuple[Mapping[str, Any], ...]
+    epsilon_training: float | None
+    epsilon_selection: float | None
     delta: float | None
     budget: float | None
     rounds_trained: tuple[int, ...]
@@ -580,6 +584,9 @@ def _facts(report: Mapping[str, Any]) -> _Facts:
         dp_used=dp_used,
         epsilon=_num(privacy.get("epsilon")),
         epsilon_rdp=_num(privacy.get("epsilon_rdp")),
+        selection_releases=tuple(_maps(privacy.get("selection_releases"))),
+        epsilon_training=_num(privacy.get("epsilon_training")),
+        epsilon_selection=_num(privacy.get("epsilon_selection")),
         delta=_num(privacy.get("delta")),
         budget=_num(privacy.get("budget")),
         rounds_trained=_rounds_trained(privacy, mechanism),
@@ -655,7 +662,12 @@ def _institution_summary(report: Mapping[str, Any], facts: _Facts) -> tuple[list
         )
         if _finite(facts.epsilon):
             text = f"Its total privacy loss is ε{_EQ}{fmt_eps(facts.epsilon)} at δ{_EQ}{fmt_sci(facts.delta)}"
-            if _finite(facts.epsilon_rdp):
+            if facts.selection_releases:
+                text += (
+                    f" (training ε{_EQ}{fmt_eps(facts.epsilon_training)} and coreset selection "
+                    f"ε{_EQ}{fmt_eps(facts.epsilon_selection)}, composed)"
+                )
+            elif _finite(facts.epsilon_rdp):
                 text += f" (RDP cross-check {fmt_eps(facts.epsilon_rdp)})"
             used = _used(facts.epsilon, facts.budget)
             if used is not None and facts.budget is not None:
@@ -670,6 +682,11 @@ def _institution_summary(report: Mapping[str, Any], facts: _Facts) -> tuple[list
         sentences.append(
             "This institution's updates were <strong>not</strong> protected by differential privacy, so "
             f"there is no bound on its privacy loss: ε{_EQ}{INFINITE_EPSILON}."
+        )
+    if facts.selection_releases:
+        sentences.append(
+            "Its coreset selection statistics were released with differential privacy (Skellam noise "
+            f"through secure aggregation): ε{_EQ}{fmt_eps(facts.epsilon_selection)} by themselves."
         )
     if facts.refusals:
         sentences.append(
@@ -885,6 +902,37 @@ def _over_rounds(value: Any) -> tuple[tuple[float, float | None, float | None], 
     return tuple(sorted(points, key=lambda p: p[0]))
 
 
+def _selection_table(facts: _Facts) -> str:
+    """The coreset selection releases made under DP: what noise each stage's sum carried."""
+    rows = [
+        [
+            esc(fmt_int(r.get("round"))),
+            esc(_text(st.get("what")) or "—"),
+            esc(fmt_num(st.get("lam"))),
+            esc(fmt_num(st.get("l1"))),
+            esc(fmt_num(st.get("l2"))),
+        ]
+        for r in facts.selection_releases
+        for st in _maps(r.get("stages"))
+    ]
+    intro = (
+        "<p>The coreset selection statistics were released with distributed differential privacy: before "
+        "each masked vector left, the institution added its share of Skellam noise (integer noise, added "
+        "before masking), so every sum the server decoded through secure aggregation carried Skellam noise "
+        "of at least the variance 2λ in each coordinate, as long as no more institutions than the "
+        "colluding bound colluded with the server. By themselves these releases cost "
+        f"ε{_EQ}{esc(fmt_eps(facts.epsilon_selection))} at δ{_EQ}{esc(fmt_sci(facts.delta))}; a larger λ "
+        "and smaller sensitivities mean more privacy.</p>"
+    )
+    return intro + _table(
+        ["Round", "Stage", "Skellam λ (sum)", "Sensitivity L1", "Sensitivity L2"],
+        rows,
+        numeric=[0, 2, 3, 4],
+        caption="Coreset selection releases under DP (sensitivities in ring units)",
+        cls="compact",
+    )
+
+
 def _refusals_table(refusals: Sequence[Mapping[str, Any]]) -> str:
     rows = [[esc(fmt_int(r.get("round"))), esc(_text(r.get("reason")) or "—")] for r in refusals]
     return _table(
@@ -902,7 +950,8 @@ def _records_table(privacy: Mapping[str, Any]) -> str:
         [
             esc(_text(d.get("data")) or "—"),
             f"<code>{esc((_text(d.get('dataset')) or '')[:16])}…</code>",
-            esc(fmt_int(d.get("dp_rounds"))),
+            # Training rounds and DP selection releases (rows of older reports have no "dp_selection").
+            esc(fmt_int((_int(d.get("dp_rounds")) or 0) + (_int(d.get("dp_selection")) or 0))),
             esc(fmt_int(d.get("non_dp"))),
         ]
         for d in _maps(privacy.get("datasets"))
@@ -946,11 +995,18 @@ def _institution_privacy(report: Mapping[str, Any], facts: _Facts) -> str:
             f"{other}</div>"
         )
     else:
-        cards = [
-            _card("ε (PLD accountant)", esc(fmt_eps(facts.epsilon)), "the reported figure"),
-            _card("ε (RDP cross-check)", esc(fmt_eps(facts.epsilon_rdp)), "conservative upper bound"),
-            _card("δ", esc(fmt_sci(facts.delta)), "probability the bound may fail"),
-        ]
+        if facts.selection_releases:
+            cards = [
+                _card("ε total", esc(fmt_eps(facts.epsilon)), "training and selection, composed"),
+                _card("ε training (PLD)", esc(fmt_eps(facts.epsilon_training)), "DP-SGD rounds alone"),
+                _card("ε coreset selection", esc(fmt_eps(facts.epsilon_selection)), "Skellam releases alone"),
+            ]
+        else:
+            cards = [
+                _card("ε (PLD accountant)", esc(fmt_eps(facts.epsilon)), "the reported figure"),
+                _card("ε (RDP cross-check)", esc(fmt_eps(facts.epsilon_rdp)), "conservative upper bound"),
+            ]
+        cards.append(_card("δ", esc(fmt_sci(facts.delta)), "probability the bound may fail"))
         budget_left = _num(privacy.get("budget_left"))
         if facts.budget is not None:
             cards.append(
@@ -960,12 +1016,22 @@ def _institution_privacy(report: Mapping[str, Any], facts: _Facts) -> str:
                     f"left: {esc(fmt_num(budget_left))}" if budget_left is not None else "",
                 )
             )
-        parts.append(
-            "<p>The privacy loss ε says how much the released updates can reveal about any one training "
-            "record: smaller is better, and values of a few units are common in practice. It is computed "
-            "with the privacy-loss-distribution (PLD) accountant; the Rényi-DP figure is an independent, "
-            "looser cross-check.</p>"
-        )
+        if facts.selection_releases:
+            parts.append(
+                "<p>The privacy loss ε says how much the released updates and coreset selection statistics "
+                "together can reveal about any one training record: smaller is better, and values of a few "
+                "units are common in practice. The training rounds alone are accounted with the "
+                "privacy-loss-distribution (PLD) accountant; the total composes them with the selection "
+                "releases by Rényi DP (the PLD accountant cannot take the Skellam mechanism): a valid upper "
+                "bound, though looser than PLD for the training part.</p>"
+            )
+        else:
+            parts.append(
+                "<p>The privacy loss ε says how much the released updates can reveal about any one training "
+                "record: smaller is better, and values of a few units are common in practice. It is computed "
+                "with the privacy-loss-distribution (PLD) accountant; the Rényi-DP figure is an independent, "
+                "looser cross-check.</p>"
+            )
         parts.append(f'<div class="cards">{"".join(cards)}</div>')
         used = _used(facts.epsilon, facts.budget)
         if used is not None and facts.budget is not None:
@@ -976,7 +1042,11 @@ def _institution_privacy(report: Mapping[str, Any], facts: _Facts) -> str:
         if points:
             name = facts.subject
             series = [
-                Series(f"{name}: ε (PLD)", tuple((x, e) for x, e, _ in points), PALETTE[0]),
+                Series(
+                    f"{name}: ε (reported)" if facts.selection_releases else f"{name}: ε (PLD)",
+                    tuple((x, e) for x, e, _ in points),
+                    PALETTE[0],
+                ),
                 Series(
                     f"{name}: ε (RDP cross-check)",
                     tuple((x, r) for x, _, r in points),
@@ -1000,13 +1070,18 @@ def _institution_privacy(report: Mapping[str, Any], facts: _Facts) -> str:
                 rules=rules,
                 point_label="ε",
             )
-            parts.append(
-                _figure(
-                    svg,
-                    "Privacy loss adds up over rounds. The solid line is the reported ε, the dashed line the "
-                    "RDP cross-check; the red dashed line is the budget, which the solid line must stay under.",
-                )
+            caption = (
+                "Privacy loss adds up over rounds. The solid line is the reported ε, the dashed line the "
+                "RDP cross-check; the red dashed line is the budget, which the solid line must stay under."
             )
+            if facts.selection_releases:
+                caption += (
+                    " From the first coreset selection release on, both lines carry the Rényi-DP composition "
+                    "of training and selection released so far."
+                )
+            parts.append(_figure(svg, caption))
+    if facts.selection_releases:
+        parts.append(_selection_table(facts))
     if facts.refusals:
         parts.append(_refusals_table(facts.refusals))
     parts.append(_records_table(privacy))
@@ -1020,6 +1095,8 @@ def _federation_privacy(report: Mapping[str, Any]) -> str:
     rows: list[list[str]] = []
     series: list[Series] = []
     budgets: dict[float, list[str]] = {}
+    # A column for the coreset selection epsilon only when some institution released selection under DP.
+    with_selection = any(_int(q.get("dp_selection_releases")) for q in institutions.values())
     for cid, q in sorted(institutions.items()):
         dp = bool(q.get("dp_used", _num(q.get("epsilon")) is not None))
         eps, budget = _num(q.get("epsilon")), _num(q.get("budget"))
@@ -1040,6 +1117,15 @@ def _federation_privacy(report: Mapping[str, Any]) -> str:
                 "yes" if dp else '<span class="bad">no</span>',
                 esc(fmt_eps(eps if dp else None)),
                 esc(fmt_eps(_num(q.get("epsilon_rdp")))) if dp else "—",
+                *(
+                    [
+                        esc(fmt_eps(_num(q.get("epsilon_selection"))))
+                        if _int(q.get("dp_selection_releases"))
+                        else "—"
+                    ]
+                    if with_selection
+                    else []
+                ),
                 esc(fmt_sci(q.get("delta"))) if dp else "—",
                 esc(fmt_num(budget)) if budget is not None else "none set",
                 bar + esc(fmt_pct(used)),
@@ -1066,8 +1152,9 @@ def _federation_privacy(report: Mapping[str, Any]) -> str:
             [
                 "Institution",
                 "DP used",
-                "ε (PLD)",
+                "ε (PLD)" if not with_selection else "ε (total)",
                 "ε (RDP)",
+                *(["ε coreset selection"] if with_selection else []),
                 "δ",
                 "Budget",
                 "Budget used",
@@ -1078,7 +1165,7 @@ def _federation_privacy(report: Mapping[str, Any]) -> str:
                 "Source report",
             ],
             rows,
-            numeric=[2, 3, 4, 5, 6, 7, 8, 9, 10],
+            numeric=list(range(2, 12 if with_selection else 11)),
             caption="Privacy loss per institution",
         ),
     ]

@@ -12,6 +12,13 @@ and rendered (:mod:`secfed.audit.html`):
 
 Every figure is recomputed from the ledgers here, never copied from logs; ``secfed audit verify``
 recomputes them again and compares.
+
+Coreset selection statistics released under distributed DP (``dp-selection`` ledger entries: Skellam
+noise added by every institution before its masked vector leaves) are accounted like training: the
+privacy section then carries the training and selection epsilons apart and their composition as
+``epsilon``, and the report says what covered them instead of listing them as not covered. Every field
+added for them appears only when the ledger has such an entry, so reports signed before they existed
+verify unchanged.
 """
 
 from __future__ import annotations
@@ -26,8 +33,9 @@ from pathlib import Path
 from typing import Any
 
 from secfed.chain import HashChain
-from secfed.dp.accounting import DpEvent, EpsilonReport, epsilon_report
-from secfed.dp.ledger import NON_DP_KINDS
+from secfed.dp.accounting import DpEvent, EpsilonReport
+from secfed.dp.ledger import NON_DP_KINDS, composed_report, epsilon_parts, selection_events_in
+from secfed.dp.skellam import SkellamEvent
 
 FORMAT = "secfed-audit-report"
 VERSION = 1
@@ -46,14 +54,19 @@ LIBRARIES = (
     "scikit-learn",
 )
 
+SELECTION_NOT_COVERED = (
+    "Coreset selection statistics (PCA sums, centroid histograms, election slots) are released as "
+    "secure-aggregation sums over the cohort without DP noise: the cohort sums themselves are not "
+    "covered by epsilon. They are shown to the cohort's members as well (with the evidence that lets "
+    "each verify them before it acts on the next plan), so every member learns what the server learns."
+)
+"""The item of :data:`NOT_COVERED` left out of a report whose selection releases were all DP."""
+
 NOT_COVERED = (
     "Evaluation metrics (loss, Rouge-L, accuracy) computed on held-out data and reported to the "
     "operator are not protected by the DP guarantee.",
     "Hyper-parameter choices and any tuning done by looking at results are not accounted for.",
-    "Coreset selection statistics (PCA sums, centroid histograms, election slots) are released as "
-    "secure-aggregation sums over the cohort without DP noise: the cohort sums themselves are not "
-    "covered by epsilon. They are shown to the cohort's members as well (with the evidence that lets "
-    "each verify them before it acts on the next plan), so every member learns what the server learns.",
+    SELECTION_NOT_COVERED,
     "The number of institutions with a centroid in each grid cell is released for every cell (it decides "
     "which cells are summed further, at least c + 2 institutions each).",
     "The base model and anything it memorised before federated tuning.",
@@ -68,6 +81,14 @@ NOT_COVERED = (
     "DP noise is drawn from AES-256-CTR under a fresh OS-random key (secfed/dp/csprng.py), but which "
     "records each DP step samples (Poisson sampling) comes from torch's generator seeded with 43 secret "
     "bits from the OS CSPRNG, not from a CSPRNG itself.",
+)
+
+
+ACCOUNTANT = "PLD (Google dp-accounting), RDP as a conservative cross-check"
+ACCOUNTANT_WITH_SELECTION = (
+    "Renyi DP composition of the DP-SGD rounds and the Skellam selection releases, converted at delta "
+    "with dp-accounting's RDP conversion (the PLD accountant cannot take the Skellam mechanism); the "
+    "training rounds alone by PLD"
 )
 
 
@@ -161,6 +182,8 @@ def privacy_section(
     mechanism: list[dict[str, Any]] = []
     over: list[dict[str, Any]] = []
     events: list[DpEvent] = []
+    selection: list[SkellamEvent] = []
+    selection_releases: list[dict[str, Any]] = []
     refusals: list[dict[str, Any]] = []
     non_dp: list[dict[str, Any]] = []
     retries: list[dict[str, Any]] = []
@@ -174,14 +197,14 @@ def privacy_section(
         row = datasets.setdefault(
             key, {"dataset": key, "data": body.get("data"), "dp_rounds": 0, "non_dp": 0}
         )
-        row[what] += 1
+        row[what] = row.get(what, 0) + 1  # "dp_selection" only in rows that have any (older reports)
 
     for entry in entries:
         if entry.kind == "dp-round":
             event = DpEvent.from_mapping(entry.body)
             events.append(event)
             about(entry.body, "dp_rounds")
-            spent = epsilon_report(events, delta)
+            spent = composed_report(events, selection, delta)  # the selection released so far included
             over.append(
                 {"round": event.round, "epsilon": _finite(spent.pld), "epsilon_rdp": _finite(spent.rdp)}
             )
@@ -200,6 +223,17 @@ def privacy_section(
                     )
                 }
             )
+        elif entry.kind == "dp-selection":
+            stage_events = selection_events_in(entry)
+            selection += stage_events
+            about(entry.body, "dp_selection")
+            selection_releases.append(
+                {
+                    "round": entry.body.get("round"),
+                    "stages": [{"what": e.what, "lam": e.lam, "l1": e.l1, "l2": e.l2} for e in stage_events],
+                    "dataset": entry.body.get("dataset"),
+                }
+            )
         elif entry.kind == "budget-refusal":
             refusals.append({"round": entry.body.get("round"), "reason": entry.body.get("reason")})
         elif entry.kind == "non-dp-release":
@@ -208,17 +242,18 @@ def privacy_section(
         elif entry.kind == "dp-resubmission":
             retries.append({"round": entry.body.get("round"), "dataset": entry.body.get("dataset")})
     unbounded = any(r["release"] == "update" for r in non_dp)
-    total = epsilon_report(events, delta)
+    total = composed_report(events, selection, delta)
     if unbounded:  # an update left without DP: no bound, whatever the DP rounds compose to
         total = EpsilonReport(pld=math.inf, rdp=math.inf, delta=delta)
+    any_dp = bool(events or selection)
     budget = PrivacyLedger.budget_in(entries) if entries else None
-    section = {
+    section: dict[str, Any] = {
         "dp_used": bool(events),
         "delta": delta,
         # No DP release: no bound at all (null), not "epsilon 0".
-        "epsilon": _finite(total.pld) if events and not unbounded else None,
-        "epsilon_rdp": _finite(total.rdp) if events and not unbounded else None,
-        "accountant": "PLD (Google dp-accounting), RDP as a conservative cross-check",
+        "epsilon": _finite(total.pld) if any_dp and not unbounded else None,
+        "epsilon_rdp": _finite(total.rdp) if any_dp and not unbounded else None,
+        "accountant": ACCOUNTANT_WITH_SELECTION if selection else ACCOUNTANT,
         "budget": budget,
         "budget_left": None
         if budget is None or not math.isfinite(total.pld)
@@ -237,12 +272,47 @@ def privacy_section(
         # institution's, shared by its federations, and epsilon composes over all of them.
         "datasets": list(datasets.values()),
     }
+    if selection:
+        parts = epsilon_parts(events, selection, delta, unbounded=unbounded)
+        section.update(
+            # The training rounds alone (PLD, null without any), the selection releases alone (RDP);
+            # "epsilon" above is their composition, the figure the budget is held to.
+            epsilon_training=_finite(parts.training) if events else None,
+            epsilon_selection=_finite(parts.selection),
+            selection_releases=selection_releases,
+        )
     return section, mechanism
+
+
+def selection_dp_covered(privacy: Mapping[str, Any]) -> bool:
+    """Whether every coreset selection release the privacy section lists was DP: it has DP selection
+    releases and no selection statistics left without DP noise."""
+    non_dp = privacy.get("non_dp_releases") or []
+    return bool(privacy.get("selection_releases")) and not any(
+        isinstance(r, Mapping) and r.get("release") == "selection" for r in non_dp
+    )
+
+
+def not_covered(*, selection_covered: bool) -> list[str]:
+    """What the guarantee does not protect; the selection item only while selection is not known to
+    have been DP throughout (it would otherwise claim covered releases uncovered)."""
+    return [item for item in NOT_COVERED if not (selection_covered and item == SELECTION_NOT_COVERED)]
+
+
+def _stages(releases: Sequence[Mapping[str, Any]]) -> str:
+    """The stage names of selection releases, each once, in order of first release."""
+    names = (str(st.get("what")) for r in releases for st in r.get("stages") or [] if st.get("what"))
+    return ", ".join(dict.fromkeys(names)) or "unnamed stages"
+
+
+def _eps_text(value: Any, unbounded: str = "an unbounded epsilon") -> str:
+    return f"epsilon = {value:.3g}" if isinstance(value, float | int) else unbounded
 
 
 def guarantee_section(privacy: Mapping[str, Any], *, institution: str | None) -> dict[str, Any]:
     who = f"institution {institution}" if institution else "each institution"
     since = privacy.get("no_dp_guarantee_since_round")
+    dp_selection = [r for r in privacy.get("selection_releases") or [] if isinstance(r, Mapping)]
     if since is not None:
         plain = (
             f"{who.capitalize()} released model updates trained WITHOUT differential privacy from round {since} "
@@ -252,14 +322,20 @@ def guarantee_section(privacy: Mapping[str, Any], *, institution: str | None) ->
             "institutions colluded with it."
         )
     elif privacy.get("dp_used"):
-        eps = privacy.get("epsilon")
-        eps_text = f"epsilon = {eps:.3g}" if isinstance(eps, float | int) else "an unbounded epsilon"
+        eps_text = _eps_text(privacy.get("epsilon"))
+        seen = "those updates and its DP coreset selection statistics" if dp_selection else "those updates"
+        parts = (
+            f" (training alone: {_eps_text(privacy.get('epsilon_training'))}; coreset selection alone: "
+            f"{_eps_text(privacy.get('epsilon_selection'))}; composed by Renyi DP)"
+            if dp_selection
+            else ""
+        )
         plain = (
             f"The adapter updates that {who} sent were trained with differentially private SGD. Whether "
             f"or not any single training record of {who} was used changes the probability of anything "
-            f"the other parties could see from those updates by at most a factor e^epsilon, except with "
-            f"probability delta: here {eps_text} at delta = {privacy.get('delta'):g}. In addition, the "
-            "server only ever saw sums over the whole cohort (secure aggregation), never one "
+            f"the other parties could see from {seen} by at most a factor e^epsilon, except with "
+            f"probability delta: here {eps_text} at delta = {privacy.get('delta'):g}{parts}. In addition, "
+            "the server only ever saw sums over the whole cohort (secure aggregation), never one "
             "institution's update."
         )
     else:
@@ -267,6 +343,15 @@ def guarantee_section(privacy: Mapping[str, Any], *, institution: str | None) ->
             f"No differential privacy was applied to the updates of {who}: there is no epsilon bound. "
             "Secure aggregation still ensured the server only saw sums over the whole cohort, never one "
             "institution's update, as long as fewer than the colluding bound of institutions colluded with it."
+        )
+    if dp_selection:
+        plain += (
+            f" The coreset selection statistics of {who} ({len(dp_selection)} releases: {_stages(dp_selection)}) "
+            f"were released with distributed differential privacy: before each masked vector left, {who} "
+            "added its share of Skellam noise, so that every sum decoded through secure aggregation carries "
+            "at least the accounted noise as long as no more than the colluding bound of institutions "
+            "collude with the server. By themselves they cost "
+            f"{_eps_text(privacy.get('epsilon_selection'))} at delta = {privacy.get('delta'):g}."
         )
     selection = [r for r in privacy.get("non_dp_releases") or [] if r.get("release") == "selection"]
     if selection:
@@ -282,16 +367,35 @@ def guarantee_section(privacy: Mapping[str, Any], *, institution: str | None) ->
             "carry no DP guarantee; with secure aggregation the server saw them only summed with the whole "
             "cohort's."
         )
+    covered = [
+        "every adapter update the institution released in a round it trained, composed over those rounds",
+        "the global adapter and everything computed from the updates (post-processing)",
+    ]
+    adjacency = "add-or-remove-one record (Poisson-subsampled Gaussian mechanism)"
+    accountant = (
+        "privacy loss distribution (PLD), with Renyi DP as a cross-check; never the GDP/CLT approximation"
+    )
+    if dp_selection:
+        covered.append(
+            f"the coreset selection statistics it released with Skellam noise through secure aggregation "
+            f"({_stages(dp_selection)}), composed with its training releases"
+        )
+        adjacency = (
+            "add-or-remove-one record (Poisson-subsampled Gaussian mechanism for training; Skellam "
+            "mechanism for coreset selection statistics)"
+        )
+        accountant = (
+            "Renyi DP composition of the training rounds and the Skellam selection releases (the PLD "
+            "accountant cannot take the Skellam mechanism), training alone by privacy loss distribution "
+            "(PLD); never the GDP/CLT approximation"
+        )
     return {
         "dp_used": bool(privacy.get("dp_used")) and since is None,
         "plain": plain,
         "privacy_unit": "one training sequence (one instruction record) held by one institution",
-        "adjacency": "add-or-remove-one record (Poisson-subsampled Gaussian mechanism)",
-        "covered": [
-            "every adapter update the institution released in a round it trained, composed over those rounds",
-            "the global adapter and everything computed from the updates (post-processing)",
-        ],
-        "accountant": "privacy loss distribution (PLD), with Renyi DP as a cross-check; never the GDP/CLT approximation",
+        "adjacency": adjacency,
+        "covered": covered,
+        "accountant": accountant,
     }
 
 
@@ -430,7 +534,7 @@ def institution_report(
         "privacy": privacy,
         "secure_aggregation": sessions,
         "rounds": _round_rows(server, institution),
-        "not_covered": list(NOT_COVERED),
+        "not_covered": not_covered(selection_covered=selection_dp_covered(privacy)),
         "empirical_audit": dict(empirical) if empirical else None,
         "ledgers": [ref.to_json() for ref in ledgers],
     }
@@ -440,7 +544,7 @@ def quote_institution(report: Mapping[str, Any]) -> dict[str, Any]:
     """What the federation report says of one institution: taken from its verified report only (also
     what ``audit verify`` recomputes to check the quote)."""
     privacy = report.get("privacy") or {}
-    return {
+    quote = {
         "dp_used": bool(privacy.get("dp_used")),
         "epsilon": privacy.get("epsilon"),
         "epsilon_rdp": privacy.get("epsilon_rdp"),
@@ -458,6 +562,20 @@ def quote_institution(report: Mapping[str, Any]) -> dict[str, Any]:
         "over_rounds": privacy.get("over_rounds", []),
         "report_verified": True,
     }
+    if privacy.get("selection_releases"):  # only then: quotes of older reports stay as they were
+        quote.update(
+            epsilon_training=privacy.get("epsilon_training"),
+            epsilon_selection=privacy.get("epsilon_selection"),
+            dp_selection_releases=len(privacy.get("selection_releases") or []),
+            selection_dp_covered=selection_dp_covered(privacy),
+        )
+    return quote
+
+
+def federation_selection_covered(quoted: Mapping[str, Mapping[str, Any]]) -> bool:
+    """Whether every quoted institution's selection releases were all DP (the federation report then
+    leaves the selection item out of what is not covered, as each of those reports does)."""
+    return bool(quoted) and all(q.get("selection_dp_covered") is True for q in quoted.values())
 
 
 def federation_guarantee(quoted: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
@@ -476,6 +594,13 @@ def federation_guarantee(quoted: Mapping[str, Mapping[str, Any]]) -> dict[str, A
             "privacy: their records have no DP guarantee (see each one's report)."
             if without
             else " Every institution trained with differentially private SGD."
+        )
+    with_selection = sorted(cid for cid, q in quoted.items() if q.get("dp_selection_releases"))
+    if with_selection:
+        guarantee["plain"] += (
+            f" The coreset selection statistics of institution(s) {', '.join(with_selection)} were released "
+            "with distributed differential privacy (Skellam noise added by each institution through secure "
+            "aggregation); each one's epsilon includes them."
         )
     return guarantee
 
@@ -505,7 +630,7 @@ def federation_report(
             "state_database_ok": not server.integrity_problems,
             "problems": list(server.integrity_problems),
         },
-        "not_covered": list(NOT_COVERED),
+        "not_covered": not_covered(selection_covered=federation_selection_covered(quoted)),
         "empirical_audit": dict(empirical) if empirical else None,
         "ledgers": [LedgerRef("server-state", server.state_path, **server.ledger_head).to_json()],
     }

@@ -53,6 +53,7 @@ __all__ = [
     "epsilon_pld",
     "epsilon_rdp",
     "epsilon_report",
+    "rdp_curve",
     "validate_delta",
 ]
 
@@ -245,6 +246,27 @@ def _rdp_epsilon(groups: _Groups, delta: float, orders: tuple[float, ...]) -> fl
     accountant = rdp_privacy_accountant.RdpAccountant(orders=list(orders))
     accountant.compose(_dp_event(groups))
     return max(0.0, float(accountant.get_epsilon(delta)))
+
+
+@functools.lru_cache(maxsize=256)
+def _rdp_curve(groups: _Groups) -> tuple[float, ...]:
+    if not groups:
+        return (0.0,) * len(RDP_ORDERS)
+    if any(noise == 0.0 for noise, _, _ in groups):
+        return (math.inf,) * len(RDP_ORDERS)
+    from dp_accounting.rdp import rdp_privacy_accountant
+
+    accountant = rdp_privacy_accountant.RdpAccountant(orders=list(RDP_ORDERS))
+    accountant.compose(_dp_event(groups))
+    return tuple(float(r) for r in accountant.rdp)
+
+
+def rdp_curve(events: Iterable[DpEvent]) -> tuple[float, ...]:
+    """The RDP of ``events`` composed, one value per order of ``RDP_ORDERS`` (the curve
+    :func:`epsilon_rdp` converts), so that other mechanisms' RDP can be added to it before the
+    conversion: the ledger composes DP-SGD with the Skellam selection releases this way, which the
+    PLD accountant cannot take."""
+    return _rdp_curve(_groups(events))
 
 
 def epsilon_pld(events: Iterable[DpEvent], delta: float) -> float:

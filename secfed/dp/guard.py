@@ -1,31 +1,34 @@
 """The budget guard: an institution refuses a round that would take it past its privacy budget.
 
 The decision is made locally from the institution's own :class:`PrivacyLedger` (never from anything
-the server says), *before* training, from the planned mechanism parameters: the PLD epsilon of
-everything already recorded composed with the planned round must stay within the budget.  A refusal
-is written to the ledger, and its ``reason`` is a plain sentence meant both for the log and for the
-refusal message sent to the server.
+the server says), *before* training (or before coreset selection statistics are computed), from the
+planned mechanism parameters: the epsilon of everything already recorded, DP-SGD rounds and Skellam
+selection releases alike, composed with the planned release must stay within the budget
+(:meth:`PrivacyLedger.epsilon_with`: PLD while the ledger holds no selection release, RDP composition
+once it does).  A refusal is written to the ledger, and its ``reason`` is a plain sentence meant both
+for the log and for the refusal message sent to the server.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from secfed.dp.accounting import DpEvent
-from secfed.dp.ledger import PrivacyLedger
+from secfed.dp.ledger import PrivacyLedger, stage_names
+from secfed.dp.skellam import SkellamEvent
 
 __all__ = ["BudgetGuard", "GuardDecision"]
 
 
 @dataclass(frozen=True)
 class GuardDecision:
-    """Whether the planned round may run, and the figures behind the answer.
+    """Whether the planned round (or selection release) may run, and the figures behind the answer.
 
-    ``budget`` is ``inf`` when the ledger has no budget.  ``epsilon_after`` is the PLD epsilon if the
-    planned round is trained (``inf`` for a noiseless round).
+    ``budget`` is ``inf`` when the ledger has no budget.  ``epsilon_after`` is the ledger's epsilon
+    if the planned release is made (``inf`` for a noiseless one).
     """
 
     allowed: bool
@@ -63,7 +66,8 @@ def _formatter(after: float, budget: float) -> Callable[[float], str]:
 
 
 class BudgetGuard:
-    """Checks planned rounds against the ledger's budget and records refusals in it."""
+    """Checks planned rounds and selection releases against the ledger's budget and records refusals
+    in it."""
 
     def __init__(self, ledger: PrivacyLedger) -> None:
         self.ledger = ledger
@@ -80,14 +84,51 @@ class BudgetGuard:
         """
         if not isinstance(planned, DpEvent):
             raise ValueError(f"planned must be a DpEvent, got {type(planned).__name__}")
+        which = "the next round" if planned.round is None else f"round {planned.round}"
+        noiseless = " (the planned round adds no noise)" if planned.noise_multiplier == 0 else ""
+        return self._decide(
+            planned.round, [planned], (), which, "training it", noiseless, record_refusal, extra
+        )
+
+    def check_selection(
+        self,
+        round_: int,
+        events: Sequence[SkellamEvent],
+        *,
+        record_refusal: bool = True,
+        extra: Mapping[str, Any] | None = None,
+    ) -> GuardDecision:
+        """Decide whether the selection release ``events`` (one Skellam event per stage) of ``round_``
+        fits the budget, before any of its statistics is computed; refusals are recorded as in
+        :meth:`check`."""
+        if not events or not all(isinstance(e, SkellamEvent) for e in events):
+            raise ValueError("events must be a non-empty sequence of SkellamEvents")
+        which = f"the coreset selection of round {round_} ({stage_names(events)})"
+        noiseless = " (a planned stage adds no noise)" if any(e.lam == 0 and e.l1 > 0 for e in events) else ""
+        return self._decide(
+            round_, (), events, which, "releasing its statistics", noiseless, record_refusal, extra
+        )
+
+    def _decide(
+        self,
+        round_: int | None,
+        planned: Sequence[DpEvent],
+        selection: Sequence[SkellamEvent],
+        which: str,
+        doing: str,
+        noiseless: str,
+        record_refusal: bool,
+        extra: Mapping[str, Any] | None,
+    ) -> GuardDecision:
+        """The decision for ``planned`` rounds and ``selection`` releases, in sentences naming the
+        release (``which``) and what refusing it avoids (``doing``)."""
         ledger = self.ledger
         entries = ledger.entries()
         budget_or_none = ledger.budget_epsilon
         budget = math.inf if budget_or_none is None else budget_or_none
         now = ledger.epsilon_with((), entries)
-        after = ledger.epsilon_with([planned], entries)
+        after = ledger.epsilon_with(planned, entries, planned_selection=selection)
         _fmt = _formatter(after, budget)
-        which = "the next round" if planned.round is None else f"round {planned.round}"
         who = f"institution {ledger.institution!r}"
         if budget_or_none is None:
             return GuardDecision(
@@ -104,14 +145,13 @@ class BudgetGuard:
                 now,
                 after,
                 budget,
-                f"{which.capitalize()} fits the privacy budget of {who}: epsilon would go from "
+                f"{which[0].upper()}{which[1:]} fits the privacy budget of {who}: epsilon would go from "
                 f"{_fmt(now)} to {_fmt(after)} of {_fmt(budget)} (delta {ledger.delta:g}).",
             )
-        noiseless = " (the planned round adds no noise)" if planned.noise_multiplier == 0 else ""
         reason = (
-            f"Institution {ledger.institution!r} refuses {which}: training it would raise its epsilon from {_fmt(now)} to "
+            f"Institution {ledger.institution!r} refuses {which}: {doing} would raise its epsilon from {_fmt(now)} to "
             f"{_fmt(after)}{noiseless}, above its privacy budget of {_fmt(budget)} (delta {ledger.delta:g})."
         )
         if record_refusal:
-            ledger.record_refusal(planned.round, reason, after, extra)
+            ledger.record_refusal(round_, reason, after, extra)
         return GuardDecision(False, now, after, budget, reason)

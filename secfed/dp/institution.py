@@ -7,25 +7,32 @@ whether that round still fits the institution's budget, and either returns the D
 with or raises :class:`PrivacyRefusal` (already written to the ledger) so the client tells the
 server it sits this round out. After training, :meth:`record` writes what was actually released.
 
+Coreset selection under distributed DP takes the same two steps: ``plan_selection`` with all of a
+round's stages before any selection statistic is computed (refusing when their Skellam releases cannot
+fit the budget), then ``record_selection`` for each stage (or several at once) before its masked
+vector leaves.
+
 Rounds the institution did not train in (refused, not sampled, dropped before training) cost it
-nothing: only ``dp-round`` entries enter the composition.
+nothing: only ``dp-round`` and ``dp-selection`` entries enter the composition.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 from secfed import logs
 from secfed.dp.accounting import DpEvent, calibrate_noise
 from secfed.dp.guard import BudgetGuard
-from secfed.dp.ledger import NON_DP, ROUND, BudgetExceeded, PrivacyLedger
+from secfed.dp.ledger import NON_DP, ROUND, SELECTION, BudgetExceeded, PrivacyLedger, stage_names
 from secfed.dp.policy import DpOptions, PrivacyPolicy
 from secfed.home import default_privacy_ledger
 
 if TYPE_CHECKING:
     from secfed.dp.sgd import DpRoundEvent, DpSettings
+    from secfed.dp.skellam import SkellamEvent
 
 log = logging.getLogger("secfed.dp")
 
@@ -79,7 +86,7 @@ class InstitutionPrivacy:
     def _log_opened(self, ledger: PrivacyLedger) -> None:
         """Say, locally, where the ledger is and what it already holds about these records."""
         entries = ledger.entries()
-        tagged = [e for e in entries if e.kind in (ROUND, NON_DP)]
+        tagged = [e for e in entries if e.kind in (ROUND, SELECTION, NON_DP)]
         mine = [
             e for e in tagged if self.dataset is not None and e.body.get("dataset") == self.dataset.sha256
         ]
@@ -173,6 +180,67 @@ class InstitutionPrivacy:
         )
         ledger.record_refusal(round_, reason, after, extra=self._tag())
         raise PrivacyRefusal(f"{reason} {self._where()}")
+
+    def plan_selection(self, round_: int, events: Sequence[SkellamEvent]) -> None:
+        """Check, before any selection statistic of ``round_`` is computed, that its Skellam releases
+        (``events``, one per stage) fit the budget with everything already recorded.
+
+        Raises :class:`PrivacyRefusal`, after writing the refusal to the ledger, when they do not, so
+        the institution sits the selection out instead of stopping between two stages. Without a
+        ledger there is no budget to check."""
+        if self.ledger is None:
+            return
+        decision = BudgetGuard(self.ledger).check_selection(round_, events, extra=self._tag())
+        logs.event(
+            log,
+            "privacy-check",
+            institution=self.institution,
+            round=round_,
+            release="selection",
+            stages=stage_names(events),
+            allowed=decision.allowed,
+            epsilon_now=f"{decision.epsilon_now:.3f}",
+            epsilon_after=f"{decision.epsilon_after:.3f}",
+        )
+        if not decision.allowed:
+            raise PrivacyRefusal(f"{decision.reason} {self._where()}")
+
+    def record_selection(self, round_: int, events: Sequence[SkellamEvent]) -> None:
+        """Ledger a selection release (one Skellam event per stage) before its masked vector leaves;
+        without a ledger (in-process tests) only log it.
+
+        As for :meth:`record`, the budget is checked again as the entry is written, under the ledger's
+        lock (another federation over the same records may have recorded releases since
+        :meth:`plan_selection`). Raises :class:`PrivacyRefusal` (a refusal written, the release not,
+        and the vector must not leave) when it no longer fits."""
+        if self.ledger is None:
+            logs.event(
+                log,
+                "dp-selection-unledgered",
+                logging.WARNING,
+                institution=self.institution,
+                round=round_,
+                stages=stage_names(events),
+                lam=[e.lam for e in events],
+            )
+            return
+        try:
+            self.ledger.record_selection(round_, events, extra=self._tag(), within_budget=True)
+        except BudgetExceeded as exc:
+            self.ledger.record_refusal(round_, str(exc), exc.epsilon_after, extra=self._tag())
+            raise PrivacyRefusal(str(exc)) from None
+        parts = self.ledger.spent_parts()
+        logs.event(
+            log,
+            "privacy-spent",
+            institution=self.institution,
+            round=round_,
+            release="selection",
+            stages=stage_names(events),
+            epsilon_selection=f"{parts.selection:.3f}",
+            epsilon=f"{parts.total:.3f}",
+            delta=self.ledger.delta,
+        )
 
     def record_non_dp(self, round_: int, *, release: str, what: str) -> None:
         """Ledger, before it leaves, a release with no DP guarantee (an update trained without DP-SGD,

@@ -12,50 +12,86 @@ Entry kinds (``body`` fields):
 * ``dp-round``      one DP release: ``round``, ``noise_multiplier``, ``sample_rate``, ``steps`` and the
   run's details passed as ``extra`` (``max_grad_norm``, ``expected_batch_size``, ``n_records``,
   ``empty_batches``, ...).
-* ``budget-refusal`` a round this institution refused to train: ``round``, ``reason``,
+* ``budget-refusal`` a round this institution refused to train (or whose selection statistics it
+  refused to release): ``round``, ``reason``,
   ``would_be_epsilon``, ``epsilon_now``, ``budget_epsilon``.
 * ``budget-change`` ``from``, ``to``, ``reason``: budgets can change, but never silently.
 * ``dp-resubmission`` a retry of ``round`` re-sent the DP update already recorded for it: no new
   release, no cost; listed in the reports as a retry.
+* ``dp-selection`` coreset selection statistics released with distributed DP: ``round`` and
+  ``events``, one :class:`secfed.dp.skellam.SkellamEvent` mapping per stage (``mechanism``
+  ``skellam``, ``lam``: the Skellam noise every coordinate of the *sum* carries at least, ``l1``,
+  ``l2``: the stage's sensitivities in ring units, ``what``: the stage, e.g. ``coreset-dp-mean``,
+  ``round``), written before the stage's masked vector leaves.
 * ``non-dp-release`` something computed from the institution's records left it *without* a DP
   guarantee: ``round``, ``release`` (``update``: a model update trained without DP-SGD; ``selection``:
   coreset statistics), ``what`` (the task's name for it) and ``dataset`` (a content hash of the
   records). One non-DP ``update`` makes the training epsilon unbounded from then on (the guard and the
-  reports treat it so); ``selection`` releases are listed in the reports, with no bound claimed.
+  reports treat it so); ``selection`` releases (coreset statistics without DP noise; with noise they
+  are ``dp-selection`` entries) are listed in the reports, with no bound claimed.
 
-``dp-round``, ``non-dp-release``, ``dp-resubmission`` and ``budget-refusal`` entries also name the
-records they are about: ``dataset`` (a SHA-256 of their content) and ``data`` (a name for people).
-The ledger is the institution's, shared by every federation over its records (:mod:`secfed.home`), and
-epsilon composes over all of it: datasets may share records, and composing everything is the only
-bound that holds without knowing which.
+``dp-round``, ``dp-selection``, ``non-dp-release``, ``dp-resubmission`` and ``budget-refusal`` entries
+also name the records they are about: ``dataset`` (a SHA-256 of their content) and ``data`` (a name
+for people).  The ledger is the institution's, shared by every federation over its records
+(:mod:`secfed.home`), and epsilon composes over all of it: datasets may share records, and composing
+everything is the only bound that holds without knowing which.
 
-Epsilon composes over the ``dp-round`` entries only, i.e. over the rounds this institution actually
-trained in.  Record a round *before* its update leaves the institution: a recorded round whose update
-was never sent only over-counts, and a round recorded twice is counted twice (never under-counts).
+Epsilon composes over the ``dp-round`` and ``dp-selection`` entries only, i.e. over the rounds this
+institution actually trained in and the selection statistics it actually released.  Record a release
+*before* it leaves the institution: a recorded release that was never sent only over-counts, and one
+recorded twice is counted twice (never under-counts).
+
+How they compose (:func:`compose_epsilon`): without ``dp-selection`` entries, exactly as for DP-SGD
+alone, by the PLD accountant (RDP as the cross-check).  With them, by Renyi DP: the DP-SGD rounds'
+RDP curve (``dp_accounting``'s RDP accountant over ``RDP_ORDERS``) plus the Skellam releases' curves,
+converted at the ledger's delta by the conversion the RDP cross-check uses.  The PLD accountant cannot
+take the Skellam mechanism (``dp_accounting`` has no PLD for it), and RDP composition of the two is a
+valid upper bound; it is looser than PLD for the training part, so a ledger's epsilon can jump when its
+first selection release is recorded, by more than the release itself costs.  The training and
+selection figures alone are kept too (:meth:`PrivacyLedger.spent_parts`) for the reports.
+
 ``delta`` and ``institution`` are fixed for the life of the ledger: epsilons at different deltas do not
 compose into one figure, so reopening with another delta is an error.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import os
+from collections import Counter
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from secfed.chain import ChainError, Entry, HashChain
 from secfed.dp.accounting import (
     PLD_DISCRETIZATION,
+    RDP_ORDERS,
     DpEvent,
     DpRelease,
     EpsilonReport,
     epsilon_pld,
     epsilon_report,
+    rdp_curve,
     validate_delta,
 )
+from secfed.dp.skellam import SkellamEvent, skellam_events_rdp
 
-__all__ = ["LEDGER_FORMAT", "BudgetExceeded", "ChainError", "LedgerError", "PrivacyLedger"]
+__all__ = [
+    "LEDGER_FORMAT",
+    "BudgetExceeded",
+    "ChainError",
+    "EpsilonParts",
+    "LedgerError",
+    "PrivacyLedger",
+    "compose_epsilon",
+    "composed_report",
+    "epsilon_parts",
+    "selection_events_in",
+    "stage_names",
+]
 
 LEDGER_FORMAT = 1
 
@@ -65,7 +101,8 @@ REFUSAL = "budget-refusal"
 BUDGET_CHANGE = "budget-change"
 NON_DP = "non-dp-release"
 RESUBMISSION = "dp-resubmission"
-_KINDS = frozenset({OPEN, ROUND, REFUSAL, BUDGET_CHANGE, NON_DP, RESUBMISSION})
+SELECTION = "dp-selection"
+_KINDS = frozenset({OPEN, ROUND, REFUSAL, BUDGET_CHANGE, NON_DP, RESUBMISSION, SELECTION})
 #: What a non-DP release can be: a model update, coreset statistics, a loss-curve point (training, or
 #: evaluation of the received adapter on held-out records: its ``what`` tells them apart; one kind, so
 #: reports signed before evaluation curves existed still verify).
@@ -110,7 +147,7 @@ def _validate_budget(budget: float | None) -> float | None:
     return float(budget)
 
 
-def _validate_round(round_: int) -> int:
+def _validate_round(round_: object) -> int:
     if isinstance(round_, bool) or not isinstance(round_, int) or round_ < 0:
         raise ValueError(f"round must be an integer >= 0, got {round_!r}")
     return round_
@@ -118,6 +155,125 @@ def _validate_round(round_: int) -> int:
 
 def _json_epsilon(value: float) -> float | None:
     return None if math.isinf(value) else value
+
+
+def selection_events_in(entry: Entry) -> list[SkellamEvent]:
+    """The Skellam releases one ``dp-selection`` entry records (``ValueError`` if it is malformed: no
+    events, an event that is not a Skellam release, or one that names another round)."""
+    if entry.kind != SELECTION:
+        raise ValueError(f"entry {entry.seq} is a {entry.kind!r} entry, not {SELECTION!r}")
+    round_ = entry.body.get("round")
+    _validate_round(round_)
+    listed = entry.body.get("events")
+    if not isinstance(listed, list) or not listed:
+        raise ValueError(f"a selection release needs a non-empty list of events, got {listed!r}")
+    events: list[SkellamEvent] = []
+    for item in listed:
+        if not isinstance(item, Mapping):
+            raise ValueError(f"a selection event must be a mapping, got {item!r}")
+        event = SkellamEvent.from_mapping(item)
+        if event.round is not None and event.round != round_:
+            raise ValueError(f"event {event.what!r} is for round {event.round}, not round {round_}")
+        events.append(event)
+    return events
+
+
+def stage_names(events: Sequence[SkellamEvent]) -> str:
+    """The stages of a selection release for a sentence (``coreset-dp-mean, coreset-dp-hist``)."""
+    named = ", ".join(dict.fromkeys(e.what for e in events if e.what))
+    return named or f"{len(events)} unnamed stage(s)"
+
+
+@functools.lru_cache(maxsize=256)
+def _skellam_curve(lam: float, l1: float, l2: float) -> tuple[float, ...]:
+    return tuple(skellam_events_rdp([SkellamEvent(lam, l1, l2)], RDP_ORDERS))
+
+
+def _selection_curve(events: Sequence[SkellamEvent]) -> list[float]:
+    """The RDP curve of ``events`` composed; equal releases are counted, not recomputed (a ledger holds
+    a few stages per round, each with the same noise and sensitivities round after round)."""
+    for event in events:
+        if not isinstance(event, SkellamEvent):
+            raise ValueError(f"expected SkellamEvent, got {type(event).__name__}")
+    curve = [0.0] * len(RDP_ORDERS)
+    for (lam, l1, l2), count in Counter((e.lam, e.l1, e.l2) for e in events).items():
+        for i, value in enumerate(_skellam_curve(lam, l1, l2)):
+            curve[i] += count * value
+    return curve
+
+
+def _rdp_to_epsilon(curve: Sequence[float], delta: float) -> float:
+    """Epsilon at ``delta`` of an RDP curve over ``RDP_ORDERS``: ``dp_accounting``'s conversion, the
+    one its RDP accountant (our cross-check) applies."""
+    if not any(curve):
+        return 0.0
+    from dp_accounting.rdp import rdp_privacy_accountant
+
+    epsilon, _ = rdp_privacy_accountant.compute_epsilon(list(RDP_ORDERS), list(curve), delta)
+    return max(0.0, float(epsilon))
+
+
+def compose_epsilon(training: Sequence[DpEvent], selection: Sequence[SkellamEvent], delta: float) -> float:
+    """Epsilon at ``delta`` of DP-SGD rounds and Skellam selection releases composed (module
+    docstring): the PLD of ``training`` when there is no selection release, so a ledger without one
+    reads exactly as before; else the RDP composition of both, which the PLD accountant cannot do."""
+    delta = validate_delta(delta)
+    if not selection:
+        return epsilon_pld(training, delta)
+    curve = [t + s for t, s in zip(rdp_curve(training), _selection_curve(selection), strict=True)]
+    return _rdp_to_epsilon(curve, delta)
+
+
+def composed_report(
+    training: Sequence[DpEvent], selection: Sequence[SkellamEvent], delta: float
+) -> EpsilonReport:
+    """The :class:`EpsilonReport` of these releases: PLD with the RDP cross-check while there is no
+    selection release (as for DP-SGD alone); else the RDP composition (:func:`compose_epsilon`) in both
+    fields, since it is the one figure that bounds them all and callers read ``pld`` as "the epsilon"."""
+    if not selection:
+        return epsilon_report(training, delta)
+    total = compose_epsilon(training, selection, delta)
+    return EpsilonReport(pld=total, rdp=total, delta=validate_delta(delta))
+
+
+@dataclass(frozen=True)
+class EpsilonParts:
+    """A ledger's epsilon at ``delta`` and the two kinds of release it is made of, for the reports.
+
+    ``training``: the DP-SGD rounds alone (PLD, the figure a ledger without selection releases
+    reports); ``selection``: the Skellam selection releases alone (RDP); ``total``: both composed
+    (:func:`compose_epsilon`), the figure the budget is enforced on.  ``total`` is at least
+    ``selection`` and at least the training rounds' RDP figure (RDP adds, and the conversion grows with
+    the curve), but is not the sum of the parts.  Once an update left without DP, ``training`` and
+    ``total`` are infinite; ``selection`` still says what the selection releases cost by themselves.
+    """
+
+    training: float
+    selection: float
+    total: float
+    delta: float
+
+    def to_mapping(self) -> dict[str, float | None]:
+        """JSON-ready form (infinite epsilon becomes ``None``)."""
+        return {
+            "epsilon_training": _json_epsilon(self.training),
+            "epsilon_selection": _json_epsilon(self.selection),
+            "epsilon": _json_epsilon(self.total),
+            "delta": self.delta,
+        }
+
+
+def epsilon_parts(
+    training: Sequence[DpEvent], selection: Sequence[SkellamEvent], delta: float, *, unbounded: bool = False
+) -> EpsilonParts:
+    """The :class:`EpsilonParts` of these releases; ``unbounded``: an update also left without DP."""
+    delta = validate_delta(delta)
+    return EpsilonParts(
+        training=math.inf if unbounded else epsilon_pld(training, delta),
+        selection=_rdp_to_epsilon(_selection_curve(selection), delta),
+        total=math.inf if unbounded else compose_epsilon(training, selection, delta),
+        delta=delta,
+    )
 
 
 class PrivacyLedger:
@@ -276,6 +432,24 @@ class PrivacyLedger:
                 raise LedgerError(f"{self.path}: entry {entry.seq} is not a valid DP round: {exc}") from None
         return events
 
+    def selection_events(self) -> list[SkellamEvent]:
+        """The Skellam selection releases recorded so far, in order (every event of every
+        ``dp-selection`` entry)."""
+        return self._selection_events(self.entries())
+
+    def _selection_events(self, entries: list[Entry]) -> list[SkellamEvent]:
+        events: list[SkellamEvent] = []
+        for entry in entries:
+            if entry.kind != SELECTION:
+                continue
+            try:
+                events += selection_events_in(entry)
+            except ValueError as exc:
+                raise LedgerError(
+                    f"{self.path}: entry {entry.seq} is not a valid selection release: {exc}"
+                ) from None
+        return events
+
     def rounds_trained(self) -> list[int]:
         """Round numbers this institution trained (released an update) in, in ledger order."""
         return [e.round for e in self.events() if e.round is not None]
@@ -291,25 +465,49 @@ class PrivacyLedger:
         ]
 
     def spent(self) -> EpsilonReport:
-        """Epsilon spent so far at the ledger's delta (PLD, with the RDP cross-check); unbounded once an
-        update left without DP (no composition of DP rounds can bound what a non-DP update revealed)."""
+        """Epsilon spent so far at the ledger's delta; unbounded once an update left without DP (no
+        composition of DP rounds can bound what a non-DP update revealed).
+
+        Without selection releases: PLD, with the RDP cross-check, as for DP-SGD alone.  With them,
+        ``pld`` and ``rdp`` both carry the RDP composition of everything (:func:`composed_report`).
+        :meth:`spent_parts` has the training and selection figures apart."""
         entries = self.entries()
         if _unbounded(entries):
             return EpsilonReport(pld=math.inf, rdp=math.inf, delta=self.delta)
-        return epsilon_report(self._events(entries), self.delta)
+        return composed_report(self._events(entries), self._selection_events(entries), self.delta)
 
-    def epsilon_with(self, planned: Sequence[DpEvent] = (), entries: list[Entry] | None = None) -> float:
-        """The PLD epsilon of everything recorded (``entries``, else the file) composed with ``planned``;
-        infinite once an update left without DP. What the guard, the headroom check and the check at
-        writing time all compare with the budget."""
+    def spent_parts(self) -> EpsilonParts:
+        """Training epsilon, selection epsilon and their composition (see :class:`EpsilonParts`)."""
+        entries = self.entries()
+        return epsilon_parts(
+            self._events(entries), self._selection_events(entries), self.delta, unbounded=_unbounded(entries)
+        )
+
+    def epsilon_with(
+        self,
+        planned: Sequence[DpEvent] = (),
+        entries: list[Entry] | None = None,
+        *,
+        planned_selection: Sequence[SkellamEvent] = (),
+    ) -> float:
+        """The epsilon of everything recorded (``entries``, else the file) composed with the planned
+        rounds and selection releases (:func:`compose_epsilon`: PLD while no selection release is
+        recorded or planned); infinite once an update left without DP. What the guard, the headroom
+        check and the check at writing time all compare with the budget."""
         entries = self.entries() if entries is None else entries
         if _unbounded(entries):
             return math.inf
-        return epsilon_pld([*self._events(entries), *planned], self.delta)
+        return compose_epsilon(
+            [*self._events(entries), *planned],
+            [*self._selection_events(entries), *planned_selection],
+            self.delta,
+        )
 
     def verify(self) -> None:
         """Check the chain and that every entry parses (raises ChainError / LedgerError)."""
-        self.events()
+        entries = self.entries()
+        self._events(entries)
+        self._selection_events(entries)
 
     # -- writing -------------------------------------------------------------------------------
 
@@ -341,24 +539,74 @@ class PrivacyLedger:
             if key in body and body[key] != value:
                 raise ValueError(f"extra[{key!r}] = {body[key]!r} contradicts the event's {value!r}")
             body[key] = value
+        lead = (
+            f"refuses to release round {round_}: its privacy ledger ({self.path}) changed while it trained, "
+            "and the release would now take"
+        )
         return self.chain.append(
             ROUND,
             body,
-            precondition=(lambda entries: self._fits(entries, planned)) if within_budget else None,
+            precondition=(lambda entries: self._fits(entries, [planned], (), lead))
+            if within_budget
+            else None,
         )
 
-    def _fits(self, entries: list[Entry], planned: DpEvent) -> None:
+    def _fits(
+        self, entries: list[Entry], planned: Sequence[DpEvent], selection: Sequence[SkellamEvent], lead: str
+    ) -> None:
+        """Raise :class:`BudgetExceeded` (``Institution ... <lead> its epsilon to ...``) unless ``entries``
+        composed with the planned releases stay within the budget in force."""
         budget = self._in_force(entries)
         if budget is None:
             return
-        after = self.epsilon_with([planned], entries)
+        after = self.epsilon_with(planned, entries, planned_selection=selection)
         if after > budget:
             raise BudgetExceeded(
-                f"Institution {self.institution!r} refuses to release round {planned.round}: its privacy ledger "
-                f"({self.path}) changed while it trained, and the release would now take its epsilon to "
-                f"{after:.3f}, above its privacy budget of {budget:.3f} (delta {self.delta:g}).",
+                f"Institution {self.institution!r} {lead} its epsilon to {after:.3f}, above its privacy "
+                f"budget of {budget:.3f} (delta {self.delta:g}).",
                 after,
             )
+
+    def record_selection(
+        self,
+        round_: int,
+        events: Sequence[SkellamEvent],
+        extra: Mapping[str, Any] | None = None,
+        *,
+        within_budget: bool = False,
+    ) -> Entry:
+        """Record, before it leaves, one DP selection release of ``round_``: one Skellam event per stage.
+
+        ``extra`` carries the dataset tag; it may repeat ``round`` and ``events`` only with the same
+        values (a body never says two things about the noise). Events naming another round are refused;
+        the others are recorded with ``round_``. With ``within_budget`` the entry is written only if the
+        ledger, as it stands under the file's lock, composed with these events stays within the budget;
+        otherwise :class:`BudgetExceeded` and nothing is written (as :meth:`record_round`)."""
+        _validate_round(round_)
+        if not events:
+            raise ValueError("a selection release needs a non-empty sequence of Skellam events")
+        planned: list[SkellamEvent] = []
+        for event in events:
+            if not isinstance(event, SkellamEvent):
+                raise ValueError(f"events must be SkellamEvents, got {type(event).__name__}")
+            if event.round is not None and event.round != round_:
+                raise ValueError(f"event {event.what!r} is for round {event.round}, not round {round_}")
+            planned.append(replace(event, round=round_))
+        body: dict[str, Any] = dict(extra or {})
+        for key, value in (("round", round_), ("events", [e.to_mapping() for e in planned])):
+            if key in body and body[key] != value:
+                raise ValueError(f"extra[{key!r}] = {body[key]!r} contradicts the release's {value!r}")
+            body[key] = value
+        stages = stage_names(planned)
+        lead = (
+            f"refuses to release the coreset selection statistics of round {round_} ({stages}): "
+            f"recording them in its privacy ledger ({self.path}) would take"
+        )
+        return self.chain.append(
+            SELECTION,
+            body,
+            precondition=(lambda entries: self._fits(entries, (), planned, lead)) if within_budget else None,
+        )
 
     def record_release(
         self,
@@ -393,13 +641,15 @@ class PrivacyLedger:
         would_be_epsilon: float,
         extra: Mapping[str, Any] | None = None,
     ) -> Entry:
-        """Record that this institution refused to train ``round_`` (``None`` if not known)."""
+        """Record that this institution refused to train ``round_`` (``None`` if not known), or to
+        release its selection statistics; ``epsilon_now`` is the ledger's composed epsilon (not
+        counting an update that left without DP, as before selection releases existed)."""
         if round_ is not None:
             _validate_round(round_)
         if not (isinstance(reason, str) and reason.strip()):
             raise ValueError("a refusal needs a reason")
         entries = self.entries()
-        spent = epsilon_report(self._events(entries), self.delta)
+        now = compose_epsilon(self._events(entries), self._selection_events(entries), self.delta)
         return self.chain.append(
             REFUSAL,
             {
@@ -407,7 +657,7 @@ class PrivacyLedger:
                 "round": round_,
                 "reason": reason,
                 "would_be_epsilon": _json_epsilon(float(would_be_epsilon)),
-                "epsilon_now": _json_epsilon(spent.pld),
+                "epsilon_now": _json_epsilon(now),
                 "budget_epsilon": self.budget_in(entries),
             },
         )
