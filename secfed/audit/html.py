@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-__all__ = ["Bars", "Rule", "Series", "bar_chart", "line_chart", "render_html"]
+__all__ = ["Bars", "Rule", "Series", "bar_chart", "line_chart", "render_html", "standalone_svg"]
 
 INFINITE_EPSILON = "∞ (no privacy)"
 # Okabe–Ito colours: distinguishable with the common colour-vision deficiencies and in greyscale print.
@@ -374,6 +374,14 @@ def line_chart(
         parts.extend(markers)
     parts.append(legend)
     return _svg(chart_id, title, desc, height, "".join(parts))
+
+
+def standalone_svg(chart: str) -> str:
+    """A chart of this module as a standalone SVG file (its own namespace and font style), for READMEs."""
+    svg = chart[chart.index("<svg") :]
+    svg = svg[: svg.rindex("</svg>") + len("</svg>")]
+    style = "<style>text{font-family:sans-serif;font-size:12px;fill:#222}</style>"
+    return svg.replace("<svg ", '<svg xmlns="http://www.w3.org/2000/svg" ', 1).replace(">", ">" + style, 1)
 
 
 def bar_chart(

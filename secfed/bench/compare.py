@@ -602,7 +602,7 @@ def _plaintext_fedhds(bench: _Bench) -> Outcome:
 
 def plot_svg(result: Mapping[str, Any]) -> str:
     """A standalone SVG: Rouge-L on the test records and on the held-out category, per method."""
-    from secfed.audit.html import Bars, bar_chart
+    from secfed.audit.html import Bars, bar_chart, standalone_svg
 
     names = list(result["results"])
     chart = bar_chart(
@@ -616,10 +616,7 @@ def plot_svg(result: Mapping[str, Any]) -> str:
         x_label="method",
         y_label="Rouge-L",
     )
-    svg = chart[chart.index("<svg") :]
-    svg = svg[: svg.rindex("</svg>") + len("</svg>")]
-    style = "<style>text{font-family:sans-serif;font-size:12px;fill:#222}</style>"
-    return svg.replace("<svg ", '<svg xmlns="http://www.w3.org/2000/svg" ', 1).replace(">", ">" + style, 1)
+    return standalone_svg(chart)
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

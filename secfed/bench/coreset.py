@@ -119,8 +119,10 @@ class CoresetBenchSettings:
     refresh: bool = False
     threads: int | None = None
     coreset: Mapping[str, Any] = field(default_factory=dict)
-    # secfed.coreset.dp_config.DpSelection fields: also run DP selection (--selection-epsilon)
-    selection_dp: Mapping[str, Any] | None = None
+    # Also run DP selection at each of these selection epsilons (--selection-epsilon), with these
+    # secfed.coreset.dp_config.DpSelection overrides (--selection-dp).
+    selection_epsilons: tuple[float, ...] = ()
+    selection_dp: Mapping[str, Any] = field(default_factory=dict)
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -136,14 +138,17 @@ class CoresetBenchSettings:
             raise ValueError(f"--train-client must be in [0, {self.clients})")
         if "feature_blocks" in self.coreset:
             raise ValueError("feature_blocks is set from --layers (one block per layer, as in FedHDS)")
-        if self.selection_dp is not None:
-            self.dp_config()
+        if self.selection_dp and not self.selection_epsilons:
+            raise ValueError("--selection-dp needs --selection-epsilon")
+        if "epsilon" in self.selection_dp:
+            raise ValueError("give the selection epsilon with --selection-epsilon, not in --selection-dp")
+        self.dp_configs()
 
-    def dp_config(self) -> DpSelection | None:
-        """The DP selection settings, or None (no DP selection run)."""
+    def dp_configs(self) -> list[DpSelection]:
+        """The DP selection settings to run, one per selection epsilon (none: no DP selection run)."""
         from secfed.coreset.dp_config import DpSelection
 
-        return None if self.selection_dp is None else DpSelection.from_json(dict(self.selection_dp))
+        return [DpSelection.from_json({**self.selection_dp, "epsilon": e}) for e in self.selection_epsilons]
 
     def coreset_config(self) -> CoresetConfig:
         """The federation's config: one feature block per layer (``SelectionOptions.coreset_config``)."""
@@ -582,9 +587,8 @@ def run_benchmark(settings: CoresetBenchSettings) -> dict[str, Any]:
                 flush=True,
             )
 
-    dp = settings.dp_config()
-    dp_fields: dict[str, Any] = {}
-    if dp is not None:
+    sweep = []
+    for dp in settings.dp_configs():
         from secfed.bench.coreset_dp import dp_round, dp_summary
 
         dp_rounds = []
@@ -602,19 +606,22 @@ def run_benchmark(settings: CoresetBenchSettings) -> dict[str, Any]:
             if settings.progress:
                 d = dp_rounds[-1]
                 print(
-                    f"release {r}: DP selected {d['dp_selected']}/{d['records']}, coverage DP "
+                    f"epsilon {dp.epsilon:g}, release {r}: DP selected {d['dp_selected']}/{d['records']}, coverage DP "
                     f"{d['coverage_secure_dp']}, secure {d['coverage_secure_in_dp_reference']} (same space)",
                     file=sys.stderr,
                     flush=True,
                 )
-        dp_fields = dp_summary(dp, dp_rounds, settings.clients)
+        entry = dp_summary(dp, dp_rounds, settings.clients)
         target = TARGET_COVERAGE_DP.get(dp.epsilon)
-        dp_fields["target_coverage_secure_dp"] = target
-        dp_fields["coverage_secure_dp_within_target"] = (
+        entry["target_coverage_secure_dp"] = target
+        entry["coverage_secure_dp_within_target"] = (
             None
-            if target is None or dp_fields["coverage_secure_dp"] is None
-            else dp_fields["coverage_secure_dp"] <= target
+            if target is None or entry["coverage_secure_dp"] is None
+            else entry["coverage_secure_dp"] <= target
         )
+        sweep.append(entry)
+    # One epsilon: its fields at the top level; several: the sweep (and each entry has the same fields).
+    dp_fields: dict[str, Any] = dict(sweep[0]) if len(sweep) == 1 else ({"dp_sweep": sweep} if sweep else {})
 
     first_round = rounds[0]["stage_s_all"]
     selection_all = [f + s for f, s in zip(feats.seconds, first_round, strict=True)]
@@ -742,8 +749,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument(
         "--selection-epsilon",
         type=float,
-        help="also run DP selection at this selection epsilon (per institution, whole federation)",
+        nargs="+",
+        default=[],
+        metavar="E",
+        help="also run DP selection at each selection epsilon (per institution, whole federation)",
     )
+    p.add_argument("--plot", type=Path, help="with --selection-epsilon: an SVG of coverage per epsilon here")
     p.add_argument(
         "--selection-dp", default="{}", help="JSON object of DpSelection overrides (with --selection-epsilon)"
     )
@@ -758,8 +769,8 @@ def _main(args: argparse.Namespace) -> int:
     dp_overrides = json.loads(args.selection_dp)
     if not isinstance(dp_overrides, dict):
         raise ValueError("--selection-dp must be a JSON object")
-    if dp_overrides and args.selection_epsilon is None:
-        raise ValueError("--selection-dp needs --selection-epsilon")
+    if args.plot is not None and not args.selection_epsilon:
+        raise ValueError("--plot needs --selection-epsilon")
     settings = CoresetBenchSettings(
         data=args.data,
         model=args.model,
@@ -776,12 +787,15 @@ def _main(args: argparse.Namespace) -> int:
         refresh=args.refresh,
         threads=args.threads,
         coreset=overrides,
-        selection_dp=None
-        if args.selection_epsilon is None
-        else {**dp_overrides, "epsilon": args.selection_epsilon},
+        selection_epsilons=tuple(args.selection_epsilon),
+        selection_dp=dp_overrides,
         progress=not args.json,
     )
     result = run_benchmark(settings)
+    if args.plot is not None:
+        from secfed.bench.coreset_dp import plot_svg
+
+        args.plot.write_text(plot_svg(result.get("dp_sweep") or [result], result["clients"]))
     if emit(result, args.out, args.json):
         return 0
     print(summary_table(result))
@@ -862,18 +876,22 @@ def summary_table(result: Mapping[str, Any]) -> str:
             _ok(t["single_institution_cells_suppressed"]),
         ),
     ]
-    if "selection_epsilon" in result:
-        target = result["target_coverage_secure_dp"]
+    for entry in result.get("dp_sweep") or ([result] if "selection_epsilon" in result else []):
+        target = entry["target_coverage_secure_dp"]
         rows += [
             (
-                f"coverage DP (epsilon {result['selection_epsilon']:g})",
-                _fmt(result["coverage_secure_dp"]),
-                "fixed reference space" + ("" if target is None else f"; <= {target}"),
-                "" if target is None else _ok(result["coverage_secure_dp_within_target"]),
+                f"coverage DP (epsilon {entry['selection_epsilon']:g})",
+                _fmt(entry["coverage_secure_dp"]),
+                f"selects {_fmt(entry['dp_selected_fraction'])}"
+                + ("" if target is None else f"; <= {target}"),
+                "" if target is None else _ok(entry["coverage_secure_dp_within_target"]),
             ),
-            ("  secure (non-DP) in that space", _fmt(result["coverage_secure_in_dp_reference"]), "", ""),
-            ("  random in that space", _fmt(result["coverage_random_in_dp_reference"]), "~1", ""),
-            ("  DP selected fraction", _fmt(result["dp_selected_fraction"]), "<= max_fraction", ""),
+        ]
+    if result.get("dp_sweep") or "selection_epsilon" in result:
+        entry = (result.get("dp_sweep") or [result])[0]
+        rows += [
+            ("  secure (non-DP), same space", _fmt(entry["coverage_secure_in_dp_reference"]), "", ""),
+            ("  random, same space", _fmt(entry["coverage_random_in_dp_reference"]), "~1", ""),
         ]
     head = (
         f"secure coreset selection: {result['clients']} clients x {result['records_per_client']} records "

@@ -25,7 +25,7 @@ from numpy.typing import NDArray
 from secfed.coreset.dp_config import DpSelection, calibrated_lambda, segment_scales
 from secfed.secagg.config import default_colluding, required_threshold
 
-__all__ = ["dp_round", "dp_summary", "noise_std_per_coordinate"]
+__all__ = ["dp_round", "dp_summary", "noise_std_per_coordinate", "plot_svg"]
 
 FloatArray = NDArray[np.float64]
 IntArray = NDArray[np.int64]
@@ -129,3 +129,28 @@ def dp_summary(cfg: DpSelection, rounds: Sequence[Mapping[str, Any]], n_clients:
         "dp_selected_fraction_max": max(float(r["dp_selected_fraction"]) for r in rounds),
         "dp_per_round": list(rounds),
     }
+
+
+def plot_svg(sweep: Sequence[Mapping[str, Any]], n_clients: int) -> str:
+    """A standalone SVG: coverage of DP selection per selection epsilon, beside today's secure (non-DP)
+    selection and random ones in the same reference space (lower is better)."""
+    from secfed.audit.html import Bars, bar_chart, standalone_svg
+
+    ordered = sorted(sweep, key=lambda e: float(e["selection_epsilon"]))
+    names = [f"eps {float(e['selection_epsilon']):g}" for e in ordered] + ["off (secure, no DP)", "random"]
+    values = [float(e["coverage_secure_dp"] or 0.0) for e in ordered]
+    values += [
+        float(ordered[0]["coverage_secure_in_dp_reference"] or 0.0),
+        float(ordered[0]["coverage_random_in_dp_reference"] or 0.0),
+    ]
+    chart = bar_chart(
+        chart_id="coreset-dp",
+        title=f"Coverage of the selection ({n_clients} institutions; lower is better)",
+        desc="Median coverage over releases of DP selection per selection epsilon, today's secure selection "
+        "without DP and a random selection of the same size, in one fixed reference space",
+        categories=names,
+        layers=[Bars("coverage (median over releases)", tuple(values), "#1f6fb2")],
+        x_label="selection",
+        y_label="coverage",
+    )
+    return standalone_svg(chart)

@@ -13,12 +13,18 @@ public matrix ``R`` to ``k0`` dimensions, norm about 1):
 
 * ``coreset-dp-mean``: ``sum`` = clip(x, bound) (L2 <= bound); ``count`` = 1.
 * ``coreset-dp-moments``: z = clip(x - m, centred_clip) with m the released mean (public after the
-  first stage): ``sum`` = z (L2 <= C); ``outer`` = upper triangle of z z^T (L2 <= |z|^2 <= C^2, since the
-  upper triangle is part of the whole matrix whose Frobenius norm is |z|^2).
-* ``coreset-dp-hist``: y = (x - c) V (coordinates in the released principal plane), its grid cell k:
-  ``counts[k]`` = 1; ``offsets[k]`` = (y - centre of k) / half-width per axis, clipped to [-1, 1]
-  (L2 <= sqrt(dims)). Offsets in half-widths keep the sensitivity independent of the grid, so the whole
-  release is calibrated before any of it is seen.
+  first stage): ``sum`` = z (L2 <= C); ``outer`` = the upper triangle of z z^T with the off-diagonal
+  entries times sqrt(2), whose L2 norm is exactly the Frobenius norm of z z^T, |z|^2 <= C^2 (the same
+  bound as the plain triangle, with half the noise variance on every off-diagonal entry).
+* ``coreset-dp-hist``, with y = (x - c) V the record's coordinates in the released principal plane:
+
+  - density ``"gauss"``: ``var`` = min(y_a^2, v_a) / |v| per axis, v = (var_cap * s0)^2 from the plane's
+    noisy standard deviations s0 (public after the second stage): a vector of L2 norm <= 1.
+  - density ``"histogram"``, k the record's grid cell: ``counts[k]`` = 1; ``offsets[k]`` = (y - centre of
+    k) / half-width per axis, clipped to [-1, 1] (L2 <= sqrt(dims)).
+
+  Both are normalised by public values, so their sensitivity does not depend on the plane or the grid
+  and the whole release is calibrated before any of it is seen.
 
 The server (:func:`next_release_stage`) only post-processes the decoded sums, deterministically from
 the sums and public settings, so every institution recomputes each plan and the final
@@ -64,6 +70,8 @@ __all__ = [
 #: it (which cannot happen in practice) stops the institution rather than wrap the ring or clip noise.
 _NOISE_CAP_SIGMAS = 64.0
 _MIN_VARIANCE = 1e-6
+#: The Gaussian model's variance per axis is at least this fraction of the moments' estimate.
+_MIN_SPREAD = 0.05
 
 
 @dataclass(frozen=True)
@@ -102,6 +110,8 @@ def _segment_specs(cfg: DpSelection, stage: str) -> list[tuple[str, int, float, 
     if stage == DP_MOMENTS_STAGE:
         c = cfg.centred_clip
         return [("sum", cfg.k0, c, cfg.k0), ("outer", cfg.upper_length, c * c, cfg.upper_length)]
+    if stage == DP_HIST_STAGE and cfg.density == "gauss":
+        return [("var", cfg.dims, 1.0, cfg.dims)]
     if stage == DP_HIST_STAGE:
         return [("counts", cfg.n_cells, 1.0, 0), ("offsets", cfg.n_cells * cfg.dims, 1.0, cfg.dims)]
     raise ValueError(f"not a DP release stage: {stage!r}")
@@ -129,15 +139,18 @@ def _clip_rows(rows: Float, radius: float) -> Float:
 
 
 def _upper(z: Float) -> Float:
-    """Per row, the upper triangle (diagonal included, row-major) of ``z_i z_i^T``."""
+    """Per row, the upper triangle (diagonal included, row-major) of ``z_i z_i^T``, off-diagonal entries
+    times sqrt(2) (so the vector's norm is the whole matrix's Frobenius norm)."""
     rows, cols = np.triu_indices(z.shape[1])
-    out: Float = z[:, rows] * z[:, cols]
+    out: Float = z[:, rows] * z[:, cols] * np.where(rows == cols, 1.0, math.sqrt(2.0))
     return out
 
 
 def _unupper(values: Float, k: int) -> Float:
+    """The symmetric matrix whose :func:`_upper` vector is ``values``."""
+    rows, cols = np.triu_indices(k)
     full = np.zeros((k, k), dtype=np.float64)
-    full[np.triu_indices(k)] = values
+    full[rows, cols] = values / np.where(rows == cols, 1.0, math.sqrt(2.0))
     out: Float = full + np.triu(full, 1).T
     return out
 
@@ -151,23 +164,35 @@ def _rounded(scaled: Float, stream: AesCtrGaussian) -> Float:
 
 
 class _Plane:
-    """The released principal plane and its grid (public after the moments stage)."""
+    """The released principal plane, its noisy standard deviation per axis and its grid (public after
+    the moments stage)."""
 
-    def __init__(self, centre: Float, basis: Float, grid: Grid) -> None:
-        self.centre, self.basis, self.grid = centre, basis, grid
+    def __init__(self, centre: Float, basis: Float, std: Float, grid: Grid) -> None:
+        self.centre, self.basis, self.std, self.grid = centre, basis, std, grid
 
     def coords(self, rows: Float) -> Float:
         out: Float = (rows - self.centre) @ self.basis
         return out
 
+    def var_caps(self, cfg: DpSelection) -> Float:
+        """The public per-axis cap ``v`` of a record's squared coordinate (density ``"gauss"``)."""
+        out: Float = (cfg.var_cap * self.std) ** 2
+        return out
+
     def to_json(self) -> dict[str, Any]:
-        return {"centre": self.centre.tolist(), "basis": self.basis.tolist(), "grid": self.grid.to_json()}
+        return {
+            "centre": self.centre.tolist(),
+            "basis": self.basis.tolist(),
+            "std": self.std.tolist(),
+            "grid": self.grid.to_json(),
+        }
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> _Plane:
         return cls(
             np.asarray(data["centre"], dtype=np.float64),
             np.asarray(data["basis"], dtype=np.float64),
+            np.asarray(data["std"], dtype=np.float64),
             Grid.from_json(dict(data["grid"])),
         )
 
@@ -204,6 +229,11 @@ def contribution(
             "outer": _upper(z) * scales[(stage, "outer")],
         }
         values = {name: _rounded(v, stream).sum(axis=0) for name, v in per_record.items()}
+    elif stage == DP_HIST_STAGE and cfg.density == "gauss":
+        plane = _Plane.from_json(dict(plan["plane"]))
+        caps = plane.var_caps(cfg)
+        spread = np.minimum(plane.coords(rows) ** 2, caps) / np.linalg.norm(caps)
+        values = {"var": _rounded(spread * scales[(stage, "var")], stream).sum(axis=0)}
     elif stage == DP_HIST_STAGE:
         plane = _Plane.from_json(dict(plan["plane"]))
         y = plane.coords(rows)
@@ -298,7 +328,7 @@ def _plane(cfg: DpSelection, mean: Float, records: float, moments: CohortSum) ->
     basis = basis * np.where(signs == 0, 1.0, signs)
     std = np.sqrt(np.maximum(values[order], _MIN_VARIANCE))
     grid = Grid(lo=-cfg.range_std * std, hi=cfg.range_std * std, bins=cfg.bins)
-    return _Plane(mean + mu, basis, grid)
+    return _Plane(mean + mu, basis, std, grid)
 
 
 def _lloyd(points: Float, weights: Float, k: int, gen: np.random.Generator) -> tuple[Float, float]:
@@ -335,6 +365,29 @@ def _weighted_kmeans(points: Float, weights: Float, k: int, seed: int, *, starts
     runs = [_lloyd(points, weights, k, gen) for _ in range(starts)]
     best: Float = min(runs, key=lambda run: run[1])[0]
     return best
+
+
+def _gauss_release(
+    cfg: DpSelection, plane: _Plane, records: float, hist: CohortSum, *, max_fraction: float, seed: int
+) -> DpRelease:
+    """Centres for a Gaussian model of the plane: its spread per axis from the ``var`` sum (at least
+    a fraction of the moments' estimate, so noise cannot collapse it), weighted k-means on a lattice of
+    the model's density, and each centre's share of the noisy record count."""
+    decoded = _decoded(hist, DP_HIST_STAGE, cfg)
+    caps = plane.var_caps(cfg)
+    spread = decoded["var"] * np.linalg.norm(caps) / records
+    std = np.sqrt(np.maximum(spread, _MIN_SPREAD * plane.std**2))
+    axes = [np.linspace(-cfg.model_range * s, cfg.model_range * s, cfg.model_bins) for s in std]
+    lattice = np.stack(np.meshgrid(*axes, indexing="ij"), axis=-1).reshape(-1, cfg.dims)
+    density = np.exp(-0.5 * ((lattice / std) ** 2).sum(axis=1))
+    weights = records * density / density.sum()
+    keep = weights > 1e-6 * weights.max()
+    budget = max(1, math.floor(max_fraction * records))
+    k = max(1, min(round(cfg.centres_per_budget * budget), int(keep.sum())))
+    centres = _weighted_kmeans(lattice[keep], weights[keep], k, derive_seed(seed, "dp-centres"))
+    nearest = np.argmin(((lattice[:, None, :] - centres[None]) ** 2).sum(axis=2), axis=1)
+    region = np.bincount(nearest, weights=weights, minlength=len(centres)).astype(np.float64)
+    return DpRelease(plane.to_json(), centres, region, records, int(keep.sum()))
 
 
 def _release(
@@ -398,6 +451,8 @@ def next_release_stage(
     plane = _plane(cfg, mean, records, released[1])
     if len(released) == 2:
         return DpStagePlan(DP_HIST_STAGE, {"plane": plane.to_json()})
+    if cfg.density == "gauss":
+        return _gauss_release(cfg, plane, records, released[2], max_fraction=max_fraction, seed=release_seed)
     if hist_share is None:
         raise ValueError("the final release needs the histogram stage's noise share")
     return _release(
