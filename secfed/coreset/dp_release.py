@@ -70,6 +70,8 @@ __all__ = [
 #: it (which cannot happen in practice) stops the institution rather than wrap the ring or clip noise.
 _NOISE_CAP_SIGMAS = 64.0
 _MIN_VARIANCE = 1e-6
+#: Lloyd iterations of the server's k-means at most (it converges in a few dozen on these sizes).
+_LLOYD_STEPS = 100
 #: The Gaussian model's variance per axis is at least this fraction of the moments' estimate.
 _MIN_SPREAD = 0.05
 
@@ -333,25 +335,32 @@ def _plane(cfg: DpSelection, mean: Float, records: float, moments: CohortSum) ->
 
 def _lloyd(points: Float, weights: Float, k: int, gen: np.random.Generator) -> tuple[Float, float]:
     """One weighted k-means run (k-means++ start, Lloyd to convergence): centres and weighted inertia."""
-    p = weights / weights.sum()
-    chosen = [points[gen.choice(len(points), p=p)]]
+    chosen = [int(gen.choice(len(points), p=weights / weights.sum()))]
+    nearest = ((points - points[chosen[0]]) ** 2).sum(axis=1)
     for _ in range(1, k):
-        d2 = np.min(((points[:, None, :] - np.asarray(chosen)[None]) ** 2).sum(axis=2), axis=1)
-        mass = weights * d2
+        mass = weights * nearest
         if not mass.sum() > 0:
             break
-        chosen.append(points[gen.choice(len(points), p=mass / mass.sum())])
-    centres = np.asarray(chosen)
-    for _ in range(300):
+        chosen.append(int(gen.choice(len(points), p=mass / mass.sum())))
+        nearest = np.minimum(nearest, ((points - points[chosen[-1]]) ** 2).sum(axis=1))
+    centres = points[chosen].copy()
+    for _ in range(_LLOYD_STEPS):
         label = np.argmin(((points[:, None, :] - centres[None]) ** 2).sum(axis=2), axis=1)
-        moved = centres.copy()
-        for g in range(len(centres)):
-            mine = label == g
-            if weights[mine].sum() > 0:
-                moved[g] = (weights[mine, None] * points[mine]).sum(axis=0) / weights[mine].sum()
+        mass = np.bincount(label, weights=weights, minlength=len(centres))
+        sums = np.stack(
+            [
+                np.bincount(label, weights=weights * points[:, a], minlength=len(centres))
+                for a in range(points.shape[1])
+            ],
+            axis=1,
+        )
+        moved = np.where(
+            mass[:, None] > 0, sums / np.maximum(mass, np.finfo(np.float64).tiny)[:, None], centres
+        )
         if np.array_equal(moved, centres):
             break
         centres = moved
+    label = np.argmin(((points[:, None, :] - centres[None]) ** 2).sum(axis=2), axis=1)
     inertia = float((weights * ((points - centres[label]) ** 2).sum(axis=1)).sum())
     return centres, inertia
 
@@ -383,7 +392,7 @@ def _gauss_release(
     weights = records * density / density.sum()
     keep = weights > 1e-6 * weights.max()
     budget = max(1, math.floor(max_fraction * records))
-    k = max(1, min(round(cfg.centres_per_budget * budget), int(keep.sum())))
+    k = max(1, min(round(cfg.centres_per_budget * budget), cfg.max_centres, int(keep.sum())))
     centres = _weighted_kmeans(lattice[keep], weights[keep], k, derive_seed(seed, "dp-centres"))
     nearest = np.argmin(((lattice[:, None, :] - centres[None]) ** 2).sum(axis=2), axis=1)
     region = np.bincount(nearest, weights=weights, minlength=len(centres)).astype(np.float64)
@@ -417,7 +426,7 @@ def _release(
     keep = counts > cfg.threshold_sigmas * sigma
     weights = np.where(keep, counts, 0.0)
     budget = max(1, math.floor(max_fraction * records))
-    k = max(1, min(round(cfg.centres_per_budget * budget), int(keep.sum())))
+    k = max(1, min(round(cfg.centres_per_budget * budget), cfg.max_centres, int(keep.sum())))
     if not keep.any():
         return DpRelease(plane.to_json(), np.zeros((0, cfg.dims)), np.zeros(0), records, 0)
     centres = _weighted_kmeans(position[keep], weights[keep], k, derive_seed(seed, "dp-centres"))

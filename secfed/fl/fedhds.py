@@ -359,6 +359,7 @@ class FedhdsClient(FeditClient):
         )
         self._dp_share: Any = None
         self._dp_admitted_key: str | None = None
+        self._dp_derived: tuple[tuple[str, tuple[str, ...]], Any] | None = None
         self._dp_round: tuple[Any, tuple[str, ...], int, NDArray[np.float64]] | None = None
 
     def preload_features(self, indices: NDArray[np.int64], features: NDArray[np.float64]) -> None:
@@ -450,17 +451,26 @@ class FedhdsClient(FeditClient):
 
         dp = ins.fedhds.selection_dp
         assert dp is not None
+        # Shapes the server chooses are bounded like the non-DP ones (they size every computation an
+        # institution repeats to verify a plan); epsilon is bounded by the institution's budget.
+        within(dp.k0, 1, policy.max_k0, "selection_dp.k0")
+        within(dp.dims, 1, policy.max_dims, "selection_dp.dims")
+        within(dp.bins, 1, policy.max_bins, "selection_dp.bins")
         self.check_instruction(ins, policy)
         self._ensure_model(ins)
-        try:
-            expected = derive_release(
-                dp,
-                self._dp_store.sums(self._dp_key(ins)),
-                max_fraction=ins.coreset.max_fraction,
-                seed=release_seed(ins.init_seed),
-            )
-        except ValueError as exc:
-            raise Refused(RefusalCategory.INCONSISTENCY, f"no DP selection plan follows: {exc}") from exc
+        key = self._dp_key(ins)
+        sums = self._dp_store.sums(key)
+        # Derived once per state of the release (every later round re-checks the same release).
+        memo = (key, tuple(sorted(sums)))
+        if self._dp_derived is None or self._dp_derived[0] != memo:
+            try:
+                derived = derive_release(
+                    dp, sums, max_fraction=ins.coreset.max_fraction, seed=release_seed(ins.init_seed)
+                )
+            except ValueError as exc:
+                raise Refused(RefusalCategory.INCONSISTENCY, f"no DP selection plan follows: {exc}") from exc
+            self._dp_derived = (memo, derived)
+        expected = self._dp_derived[1]
         plan = ins.plan.wire() if ins.plan is not None else {}
         if ins.stage in DP_STAGES:
             if not isinstance(expected, DpStagePlan) or expected.name != ins.stage:

@@ -145,3 +145,34 @@ def test_an_institution_whose_budget_cannot_hold_the_selection_refuses_before_an
     for cid in clients:  # refused and ledgered as such; nothing about the records was released
         ledger = PrivacyLedger.open_existing(tmp_path / f"{cid}.jsonl")
         assert ledger.selection_events() == [] and len(ledger.refusals()) == 1
+
+
+def test_dp_shapes_beyond_the_institutions_bounds_are_refused(tiny_model_dir: Path) -> None:
+    """Attack: the server picks DP selection shapes that make every institution's check of its plan
+    expensive or its statistics finer (k0 = 64 here): bounded by each institution's own policy."""
+    from secfed.fl.policy import InstitutionPolicy
+
+    server = FedhdsServer(_options(tiny_model_dir, selection_dp={"epsilon": 2.0, "k0": 64}))
+    run = run_inprocess(
+        server, _clients(tiny_model_dir, {}), rounds=1, seed=3, policy=InstitutionPolicy(max_k0=32)
+    )
+    assert not run.stage_results or not run.stage_results[0]
+    assert {category for _round, _client, category in run.refusals} == {"bounds"}, run.refusals
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"epsilon": 1.0, "model_bins": 100}, "model_bins"),
+        ({"epsilon": 1.0, "density": "histogram", "bins": 70}, r"\(bins \+ 2\) \*\* dims"),
+        ({"epsilon": 1.0, "max_centres": 10_000}, "max_centres"),
+        ({"epsilon": 1.0, "density": "kde"}, "density"),
+        ({"epsilon": 0.0}, "epsilon"),
+        ({"k0": 8}, "needs epsilon"),
+    ],
+)
+def test_dp_settings_that_would_stall_every_institutions_check_are_refused(
+    tiny_model_dir: Path, settings: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(ValueError, match=message):
+        FedhdsServer(_options(tiny_model_dir, selection_dp=settings))
