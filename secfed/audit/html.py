@@ -1336,13 +1336,38 @@ def _coreset(report: Mapping[str, Any]) -> str:
         return ""
     table_rows: list[list[str]] = []
     fractions: list[float] = []
+    private = 0
     for rnd, sel in rows:
         selected, records = _num(sel.get("selected")), _num(sel.get("records"))
         fraction = _num(sel.get("fraction"))
         if fraction is None and selected is not None and records:
             fraction = selected / records
+        if sel.get("mode") == "fedhds-dp" and selected is None:
+            # DP selection: each institution chose its records privately; the server never knew how many.
+            private += 1
+            table_rows.append([esc(rnd), "chosen privately", esc(fmt_int(records)), "—"])
+            continue
         fractions.append(fraction or 0.0)
         table_rows.append([esc(rnd), esc(fmt_int(selected)), esc(fmt_int(records)), esc(fmt_pct(fraction))])
+    table = _table(
+        ["Round", "Selected", "Records", "Fraction"],
+        table_rows,
+        numeric=[0, 1, 2, 3],
+        caption="Coreset selection",
+        cls="compact",
+    )
+    if private == len(rows):
+        return (
+            "<p>In these rounds each institution chose a small, representative subset of its records to "
+            "train on, locally, from statistics released once under differential privacy; the server never "
+            "learned which records or how many (the record counts below are the noisy released ones).</p>"
+            + table
+        )
+    rows = [
+        (rnd, sel)
+        for rnd, sel in rows
+        if not (sel.get("mode") == "fedhds-dp" and sel.get("selected") is None)
+    ]
     svg = bar_chart(
         chart_id="chart-coreset",
         title="Share of records selected per round",
@@ -1359,13 +1384,7 @@ def _coreset(report: Mapping[str, Any]) -> str:
         "<p>In these rounds a coreset — a small, representative subset of the training records — was "
         "selected before training, from statistics that were themselves securely aggregated.</p>"
         + _figure(svg, "The share of all records that was selected for training in each round.")
-        + _table(
-            ["Round", "Selected", "Records", "Fraction"],
-            table_rows,
-            numeric=[0, 1, 2, 3],
-            caption="Coreset selection",
-            cls="compact",
-        )
+        + table
     )
 
 

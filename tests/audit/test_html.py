@@ -485,3 +485,23 @@ def test_render_pdf_reports_chromium_failure(tmp_path: Path) -> None:
     with pytest.raises(ReportRenderError, match=r"exit code 3(.|\n)*cannot open display"):
         render_pdf("<p>x</p>", tmp_path / "r.pdf", chromium=str(fake))
     assert not (tmp_path / "r.pdf").exists()
+
+
+def test_dp_selection_rounds_say_the_choice_was_private_not_zero() -> None:
+    """Under DP selection the server never learns how many records were chosen: the report must not show
+    a 0 % bar (what a missing count would become), but say the choice was private."""
+    report = institution_report()
+    for r in report["rounds"]:
+        r["selection"] = {"selected": None, "records": 803, "fraction": None, "mode": "fedhds-dp"}
+    page = _plain(render_html(report))
+    assert page.count("chosen privately") == len(report["rounds"])
+    assert 'chart-coreset-title' not in page
+    mixed = institution_report()
+    mixed["rounds"][0]["selection"] = {
+        "selected": None,
+        "records": 803,
+        "fraction": None,
+        "mode": "fedhds-dp",
+    }
+    page = _plain(render_html(mixed))
+    assert page.count("chosen privately") == 1 and 'chart-coreset-title' in page
