@@ -5,8 +5,10 @@ slot, and any ballot that depends on data would itself be a release. So after th
 no further message about selection at all:
 
 * **Offer.** Each centre is offered to exactly one institution of the round's cohort, by a balanced
-  assignment drawn from the public round seed (every institution recomputes it; the server cannot pick
-  it). Public on purpose: it says who *may* take a centre, computed before and without any data.
+  assignment drawn from a seed the institution derives itself (the federation's release seed and the
+  round number, never a seed the server sends, so the server cannot grind seeds for an assignment it
+  likes; it still picks the cohort, as it does in every round). Public on purpose: it says who *may*
+  take a centre, computed before and without any data.
 * **Accept.** The institution accepts an offered centre ``g`` with probability
   ``min(1, oversample * m * n_ig / N_g)`` drawn from its own CSPRNG, where ``n_ig`` is how many of its
   records lie nearest ``g`` and ``N_g`` the released noisy count of ``g``'s region: one holding its fair
@@ -14,11 +16,14 @@ no further message about selection at all:
   never does. It then trains on its record nearest ``g``, at most ``max_fraction`` of its records in all
   (the most probable centres first).
 
+* **Fixed work.** The records it trains on are then padded, with its records nearest any centre, to a
+  fixed number (``max_fraction`` of its records, at least one), so neither the train stage's weight
+  (public, equal for everyone) nor the time its training takes depends on how many centres it took.
+
 Why the server cannot tell who won: whether an institution accepted is a private coin on private
-counts, and nothing about it is ever sent; the train stage's weight is public and equal for everyone,
-and every member trains on at least one record (a non-acceptor on its record nearest any centre), so
-the secure sum of updates has the same shape whoever accepted. What the server sees of the choice is
-covered by the training update's own protection (secure aggregation, and DP-SGD when on).
+counts, and nothing about it is ever sent; the secure sum of updates has the same shape and every
+member does the same work whoever accepted. What the server sees of the choice is covered by the
+training update's own protection (secure aggregation, and DP-SGD when on).
 """
 
 from __future__ import annotations
@@ -34,12 +39,17 @@ from secfed.coreset.layout import Float
 from secfed.coreset.space import derive_seed
 from secfed.dp.csprng import AesCtrGaussian
 
-__all__ = ["fallback_record", "local_choice", "offers"]
+__all__ = ["local_choice", "offer_seed", "offers", "padded_choice"]
+
+
+def offer_seed(release_seed: int, round_: int) -> int:
+    """The seed of a round's offers, from values every institution knows without the server's word."""
+    return derive_seed(release_seed, f"dp-offers/round/{int(round_)}")
 
 
 def offers(n_centres: int, roster: Sequence[str], round_seed: int) -> list[str]:
     """The institution each centre is offered to in this round: balanced (each gets ``n_centres / m``
-    up to one), shuffled by the public round seed, over the sorted roster."""
+    up to one), shuffled by ``round_seed`` (:func:`offer_seed`), over the sorted roster."""
     members = sorted(roster)
     if not members:
         raise ValueError("an empty roster cannot be offered centres")
@@ -92,11 +102,23 @@ def local_choice(
     return np.asarray(taken, dtype=np.int64)
 
 
-def fallback_record(rows: Float, release: DpRelease) -> NDArray[np.int64]:
-    """The record nearest any centre (or the first record without centres): what an institution that
-    accepted nothing trains on, so every member's update holds real data."""
+def padded_choice(
+    rows: Float, release: DpRelease, chosen: NDArray[np.int64], *, max_fraction: float
+) -> NDArray[np.int64]:
+    """``chosen`` padded with the institution's other records nearest any centre (in order of that
+    distance) to exactly ``max(1, floor(max_fraction * n))`` records: every member trains on real data,
+    the same amount whoever accepted what."""
+    size = min(len(rows), max(1, math.floor(max_fraction * len(rows))))
     if not len(rows):
         return np.zeros(0, dtype=np.int64)
-    if not len(release.centres):
-        return np.zeros(1, dtype=np.int64)
-    return np.asarray([int(np.argmin(_distances(rows, release).min(axis=1)))], dtype=np.int64)
+    taken = [int(r) for r in chosen][:size]
+    if len(release.centres):
+        order = np.argsort(_distances(rows, release).min(axis=1), kind="stable")
+    else:
+        order = np.arange(len(rows))
+    for row in order:
+        if len(taken) >= size:
+            break
+        if int(row) not in taken:
+            taken.append(int(row))
+    return np.asarray(taken, dtype=np.int64)

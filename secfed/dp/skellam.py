@@ -301,7 +301,11 @@ def calibrate_skellam_events(
         high *= 4
         if high > _MAX_LAMBDA:
             raise ValueError(f"epsilon {epsilon} is out of reach for these sensitivities")
-    low = high / 4 if high > 1.0 else 0.0
+    low = high / 4
+    while fits(low):  # a large epsilon fits far less noise: bracket it from below too
+        high, low = low, low / 4
+        if low < 1e-9:
+            return high
     while high - low > tolerance * high:
         middle = (low + high) / 2
         if fits(middle):

@@ -343,6 +343,7 @@ class FedhdsClient(FeditClient):
         self._coreset: Any = None
         self._features_round: int | None = None
         self.last_selected: NDArray[np.int64] = np.zeros(0, dtype=np.int64)
+        self.last_accepted = 0  # DP selection: centres this institution accepted (never sent)
         self.selection_s = 0.0
         self.records_trained = 0  # summed over rounds
         self.features: tuple[NDArray[np.int64], NDArray[np.float64]] | None = None
@@ -359,7 +360,10 @@ class FedhdsClient(FeditClient):
         )
         self._dp_share: Any = None
         self._dp_admitted_key: str | None = None
-        self._dp_derived: tuple[tuple[str, tuple[str, ...]], Any] | None = None
+        self._dp_derived: tuple[tuple[str, tuple[str, ...], float], Any] | None = None
+        # The t - c each release stage's noise was drawn for, by (stage, release key, round seed): the
+        # participant reuses a computed input for the same instruction in a later session.
+        self._dp_drawn: dict[tuple[str, str, int], int] = {}
         self._dp_round: tuple[Any, tuple[str, ...], int, NDArray[np.float64]] | None = None
 
     def preload_features(self, indices: NDArray[np.int64], features: NDArray[np.float64]) -> None:
@@ -420,12 +424,12 @@ class FedhdsClient(FeditClient):
         from secfed.fl.fedhds_dp import release_key, release_seed
 
         assert ins.fedhds.selection_dp is not None
+        # Only what shapes the released statistics: a post-processing setting (max_fraction) or a
+        # layout bound (max_records) must not rename the release, or it could be released again.
         features = {
             "base": ins.base_hash,
             "layers": list(ins.fedhds.feature_layers),
             "max_length": ins.fedhds.feature_max_length,
-            "max_records": ins.coreset.max_records,
-            "max_fraction": ins.coreset.max_fraction,
         }
         return release_key(
             self.dataset_hash(),
@@ -445,6 +449,7 @@ class FedhdsClient(FeditClient):
     ) -> int | None:
         """A DP release stage or a train stage on the release: each plan is the one this institution
         derives from the sums it verified itself, and its noise share assumes no fewer colluders than it does."""
+        from secfed.coreset.dp_choice import offer_seed
         from secfed.coreset.dp_config import DP_MEAN_STAGE, DP_STAGES, calibrated_lambda, selection_events
         from secfed.coreset.dp_release import DpRelease, DpStagePlan, NoiseShare, release_layout
         from secfed.fl.fedhds_dp import derive_release, release_seed
@@ -461,7 +466,7 @@ class FedhdsClient(FeditClient):
         key = self._dp_key(ins)
         sums = self._dp_store.sums(key)
         # Derived once per state of the release (every later round re-checks the same release).
-        memo = (key, tuple(sorted(sums)))
+        memo = (key, tuple(sorted(sums)), ins.coreset.max_fraction)
         if self._dp_derived is None or self._dp_derived[0] != memo:
             try:
                 derived = derive_release(
@@ -507,8 +512,20 @@ class FedhdsClient(FeditClient):
                 )
             if ins.stage == DP_MEAN_STAGE:  # refuse now, not halfway through, if the whole release cannot fit
                 self.privacy.plan_selection(round_, list(selection_events(dp, round_).values()))
-            self._dp_share = NoiseShare(calibrated_lambda(dp), session.threshold - session.n_colluding)
-            self._dp_admitted_key = self._dp_key(ins)
+            honest = session.threshold - session.n_colluding
+            drawn = self._dp_drawn.get((ins.stage, key, ins.round_seed))
+            if drawn is not None and honest < drawn:
+                # The same instruction's vector, already computed, carries noise for `drawn` honest
+                # contributors and would be re-sent as is: in a session guaranteeing fewer, the sum
+                # would hold less than the target noise.
+                raise Refused(
+                    RefusalCategory.BOUNDS,
+                    f"this stage's noise was drawn for {drawn} honest contributors; this session "
+                    f"guarantees only {honest} (t - c)",
+                    field="threshold",
+                )
+            self._dp_share = NoiseShare(calibrated_lambda(dp), honest)
+            self._dp_admitted_key = key
             return None
         if ins.stage != TRAIN_STAGE:
             raise Refused(RefusalCategory.INCONSISTENCY, f"unknown stage {ins.stage!r} under DP selection")
@@ -526,7 +543,9 @@ class FedhdsClient(FeditClient):
                 f"differs from the release the verified sums give ({mismatch})",
                 field="plan.release",
             )
-        self._dp_round = (expected, tuple(session.roster), ins.round_seed, self._dp_rows(round_, model, ins))
+        # The offers' seed is the institution's own (release seed and round): never the server's round_seed.
+        offers_from = offer_seed(release_seed(ins.init_seed), round_)
+        self._dp_round = (expected, tuple(session.roster), offers_from, self._dp_rows(round_, model, ins))
         return super().admit(round_, model, task_config, session, policy)
 
     def observe_sum(self, round_: int, stage: str, result: AggregateResult) -> None:
@@ -712,6 +731,7 @@ class FedhdsClient(FeditClient):
             out = contribution(
                 dp, ins.stage, rows, plan, self._dp_share, stream, max_records=ins.coreset.max_records
             )
+        self._dp_drawn[(ins.stage, self._dp_admitted_key, ins.round_seed)] = self._dp_share.honest
         self._last_identity = release_identity("fedhds-dp-stage", ins.stage.encode(), self._dp_admitted_key)
         self.privacy.record_selection(round_, [selection_events(dp, round_)[ins.stage]])
         self.selection_s += time.perf_counter() - started
@@ -719,26 +739,26 @@ class FedhdsClient(FeditClient):
 
     def _dp_selected_indices(self, ins: FedhdsInstruction) -> NDArray[np.int64]:
         """Representatives chosen locally from the verified release (:mod:`secfed.coreset.dp_choice`)."""
-        from secfed.coreset.dp_choice import fallback_record, local_choice
+        from secfed.coreset.dp_choice import local_choice, padded_choice
         from secfed.dp.csprng import AesCtrGaussian
 
         dp = ins.fedhds.selection_dp
         if dp is None or self._dp_round is None or self.features is None:
             raise Refused(RefusalCategory.INCONSISTENCY, "a train stage without a verified DP release")
-        release, roster, round_seed, rows = self._dp_round
+        release, roster, offer_seed, rows = self._dp_round
         with AesCtrGaussian() as stream:
             picked = local_choice(
                 rows,
                 release,
                 me=self.client_id,
                 roster=roster,
-                round_seed=round_seed,
+                round_seed=offer_seed,
                 oversample=dp.oversample,
                 max_fraction=ins.coreset.max_fraction,
                 stream=stream,
             )
-        if not len(picked):
-            picked = fallback_record(rows, release)
+        self.last_accepted = len(picked)
+        picked = padded_choice(rows, release, picked, max_fraction=ins.coreset.max_fraction)
         indices: NDArray[np.int64] = self.features[0][picked]
         return indices
 

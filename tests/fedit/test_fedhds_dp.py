@@ -49,7 +49,7 @@ def _clients(model: Path, pool: ModelPool) -> dict[str, FedhdsClient]:
 
 
 def test_release_runs_once_and_later_rounds_train_on_it(tiny_model_dir: Path) -> None:
-    server = FedhdsServer(_options(tiny_model_dir))
+    server = FedhdsServer(_options(tiny_model_dir, coreset={"max_fraction": 0.5}))
     clients = _clients(tiny_model_dir, {})
     run = run_inprocess(server, clients, rounds=2, seed=3)
     assert run.finished_reason == "completed 2 rounds", run.aborted
@@ -61,8 +61,10 @@ def test_release_runs_once_and_later_rounds_train_on_it(tiny_model_dir: Path) ->
         assert summary["selection_epsilon"] == 2.0
         train = run.stage_results[round_][-1].result
         assert len(train.contributors) == N and float(train.values["weight"][0]) == 8.0 * N
-    for client in clients.values():
-        assert 1 <= len(client.last_selected) <= max(1, int(0.1 * len(client.records)))
+    for client in clients.values():  # the same work for everyone, whatever each one accepted
+        assert len(client.records) >= 6 and client.last_accepted <= len(client.last_selected)
+        assert len(client.last_selected) == max(1, int(0.5 * len(client.records)))
+        assert len(set(client.last_selected.tolist())) == len(client.last_selected)
     assert not np.array_equal(run.model, server.initial_model())
 
 
@@ -176,3 +178,115 @@ def test_dp_settings_that_would_stall_every_institutions_check_are_refused(
 ) -> None:
     with pytest.raises(ValueError, match=message):
         FedhdsServer(_options(tiny_model_dir, selection_dp=settings))
+
+
+def test_a_computed_share_is_not_reused_in_a_session_with_fewer_honest_contributors(
+    tiny_model_dir: Path,
+) -> None:
+    """Attack (found by review): the participant reuses an input computed for the same instruction.
+    The server opens session A for a release stage with t - c = 6 (small shares), lets the input be
+    computed, aborts before it is sent, and opens session B with the same instruction and t - c = 2: B
+    would carry A's vector, a third of the noise B's sum needs. The institution refuses B."""
+    from secfed.bench.inprocess import make_consortium
+    from secfed.fl.instruction import instruction_hash
+    from secfed.fl.participant import Participant, StageStart
+    from secfed.fl.policy import Refusal
+    from secfed.fl.vectors import model_hash
+    from secfed.secagg.config import SessionConfig
+
+    ids = [f"inst{i:02d}" for i in range(9)]
+    server = FedhdsServer(_options(tiny_model_dir))
+    data = {
+        "data": "builtin",
+        "n_clients": 9,
+        "train_per_category": 6,
+        "test_per_category": 1,
+        "partition": "iid",
+    }
+    victim = FedhdsClient(ids[0], {"model": str(tiny_model_dir), **data, "client_index": 0})
+    consortium = make_consortium(ids)
+    model = np.asarray(server.initial_model(), np.float32)
+    plan = server.next_stage(0, model, [], colluders=3, attempt=1)
+    assert plan is not None and plan.name == DP_STAGES[0]
+    refusals: list[str] = []
+    member = Participant(
+        consortium.identities[ids[0]],
+        consortium.trust,
+        victim,
+        on_refusal=lambda r, c, e: refusals.append(str(c)),
+    )
+
+    def start(roster: list[str], t: int, c: int) -> StageStart:
+        config = SessionConfig(
+            round=0,
+            roster=tuple(roster),
+            threshold=t,
+            n_colluding=c,
+            min_cohort=3,
+            spec=plan.spec,
+            model_hash=model_hash(model),
+            label=plan.name,
+            instruction_hash=instruction_hash("fedhds-lora", plan.config),
+            consortium=consortium.trust.consortium_id,
+        )
+        return StageStart(config, "fedhds-lora", plan.config, model)
+
+    first = start(ids, 9, 3)
+    assert not isinstance(member.start(first), Refusal)
+    member._compute(first)
+    assert isinstance(member.start(start(ids[:3], 3, 1)), Refusal)
+    assert refusals == ["bounds"]
+
+
+def test_the_offers_never_follow_the_servers_round_seed(
+    tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Attack (found by review): the server grinds the train stage's round_seed until the public offers
+    give a centre to the institution it likes. The institution draws the offers from its own seed
+    (release seed and round), so a rewritten round_seed changes nothing."""
+    from secfed.bench.inprocess import drive, make_consortium
+    from secfed.bench.lying import Lie, resign
+    from secfed.coreset import dp_choice
+    from secfed.fl.fedhds_dp import release_seed
+    from secfed.fl.participant import StageStart
+
+    seen: list[int] = []
+    original = dp_choice.local_choice
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        seen.append(int(kwargs["round_seed"]))
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(dp_choice, "local_choice", spy)
+
+    class Grind(Lie):
+        accept_any_advert = True
+
+        def start(self, cid: str, start: StageStart) -> StageStart:
+            if start.task_config.get("stage") != "train":
+                return start
+            return resign(start, {**start.task_config, "round_seed": 199})
+
+    server = FedhdsServer(_options(tiny_model_dir))
+    clients = _clients(tiny_model_dir, {})
+    drive(server, clients, make_consortium(tuple(clients)), rounds=1, lie=Grind(), max_attempts=1)
+    assert seen and set(seen) == {dp_choice.offer_seed(release_seed(0), 0)}
+
+
+def test_a_post_processing_setting_does_not_rename_the_release(tiny_model_dir: Path) -> None:
+    """Attack (found by review): a release named by settings that do not shape its statistics
+    (max_fraction, max_records) could be released again, with fresh noise, under each new value."""
+    from secfed.fl.fedhds import FedhdsInstruction
+
+    client = _clients(tiny_model_dir, {})["inst00"]
+
+    def key(**coreset: Any) -> str:
+        server = FedhdsServer(_options(tiny_model_dir, coreset=coreset))
+        return client._dp_key(FedhdsInstruction.parse(server.stage_instruction(DP_STAGES[0], 0, None).wire()))
+
+    assert key(max_fraction=0.1) == key(max_fraction=0.3) == key(max_fraction=0.1, max_records=500)
+    server = FedhdsServer(_options(tiny_model_dir, seed=7))
+    other_seed = client._dp_key(
+        FedhdsInstruction.parse(server.stage_instruction(DP_STAGES[0], 0, None).wire())
+    )
+    assert other_seed != key(max_fraction=0.1)
