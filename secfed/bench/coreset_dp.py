@@ -71,6 +71,7 @@ def dp_round(
 ) -> dict[str, Any]:
     """One federation's DP release and one round of choices; coverage of it, of today's secure selection
     (``secure_rows``, pooled row numbers) and of random, all in the same reference space."""
+    from secfed.coreset.dp_choice import offer_seed
     from secfed.coreset.dp_pipeline import choose, run_dp_release
     from secfed.coreset.dp_release import projected_rows
     from secfed.coreset.metrics import coverage
@@ -84,7 +85,7 @@ def dp_round(
         max_fraction=max_fraction,
         release_seed=release_seed,
     )
-    chosen = choose(rows, run.release, cfg, round_seed=release_seed, max_fraction=max_fraction)
+    chosen = choose(rows, run.release, cfg, round_seed=offer_seed(release_seed, 0), max_fraction=max_fraction)
     offsets = np.cumsum([0] + [len(r) for r in rows])
     pooled = np.concatenate([offsets[i] + c for i, c in enumerate(chosen)]).astype(np.int64)
     reference = _reference(rows)
