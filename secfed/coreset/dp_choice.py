@@ -55,9 +55,13 @@ def offers(n_centres: int, roster: Sequence[str], round_seed: int) -> list[str]:
         raise ValueError("an empty roster cannot be offered centres")
     if len(set(members)) != len(members):
         raise ValueError("the roster names an institution twice")
-    slots = np.tile(np.arange(len(members)), -(-n_centres // len(members)))
-    order = np.random.default_rng(derive_seed(round_seed, "dp-offers")).permutation(len(slots))
-    return [members[int(i)] for i in slots[order][:n_centres]]
+    gen = np.random.default_rng(derive_seed(round_seed, "dp-offers"))
+    # Every member gets floor(n / m) centres and a random n mod m of them one more; then the centres
+    # are shuffled among those slots (cutting a shuffled longer list would leave some with fewer).
+    full, extra = divmod(n_centres, len(members))
+    lucky = gen.permutation(len(members))[:extra]
+    slots = np.concatenate([np.repeat(np.arange(len(members)), full), lucky]).astype(np.int64)
+    return [members[int(i)] for i in slots[gen.permutation(len(slots))]]
 
 
 def _distances(rows: Float, release: DpRelease) -> Float:

@@ -100,7 +100,10 @@ class NoiseShare:
 def projected_rows(features: Float, feature_blocks_n: int, cfg: DpSelection, release_seed: int) -> Float:
     """Each record's block-normalised features under the federation's public projection (not clipped:
     every stage clips what it releases itself)."""
-    unit = feature_blocks(np.asarray(features, dtype=np.float64), feature_blocks_n)
+    features = np.asarray(features, dtype=np.float64)
+    if not np.all(np.isfinite(features)):
+        raise ValueError("feature rows must be finite to take part in a DP release")
+    unit = feature_blocks(features, feature_blocks_n)
     out: Float = unit @ projection_matrix(unit.shape[1], cfg.k0, release_seed)
     return out
 
@@ -289,11 +292,18 @@ class DpRelease:
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> DpRelease:
+        plane = dict(data["plane"])
+        dims = np.asarray(plane["basis"], dtype=np.float64).shape[-1]
+        # An empty centre list comes back from JSON as shape (0,): give it the plane's dimensions.
         centres = np.asarray(data["centres"], dtype=np.float64)
+        if centres.size == 0:
+            centres = centres.reshape(0, dims)
+        if centres.ndim != 2 or centres.shape[1] != dims:
+            raise ValueError(f"DP release centres must be points of the plane's {dims} dimensions")
         counts = np.asarray(data["region_counts"], dtype=np.float64)
         if centres.ndim != 2 or counts.shape != (len(centres),):
             raise ValueError("a DP release needs one region count per centre")
-        return cls(dict(data["plane"]), centres, counts, float(data["records"]), int(data["kept_cells"]))
+        return cls(plane, centres, counts, float(data["records"]), int(data["kept_cells"]))
 
     def coords(self, rows: Float) -> Float:
         return _Plane.from_json(self.plane).coords(rows)
