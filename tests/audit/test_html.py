@@ -495,7 +495,7 @@ def test_dp_selection_rounds_say_the_choice_was_private_not_zero() -> None:
         r["selection"] = {"selected": None, "records": 803, "fraction": None, "mode": "fedhds-dp"}
     page = _plain(render_html(report))
     assert page.count("chosen privately") == len(report["rounds"])
-    assert 'chart-coreset-title' not in page
+    assert "chart-coreset-title" not in page
     mixed = institution_report()
     mixed["rounds"][0]["selection"] = {
         "selected": None,
@@ -504,4 +504,4 @@ def test_dp_selection_rounds_say_the_choice_was_private_not_zero() -> None:
         "mode": "fedhds-dp",
     }
     page = _plain(render_html(mixed))
-    assert page.count("chosen privately") == 1 and 'chart-coreset-title' in page
+    assert page.count("chosen privately") == 1 and "chart-coreset-title" in page
