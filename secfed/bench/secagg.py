@@ -126,6 +126,59 @@ def mask_floor(streams: int, dim: int) -> dict[str, float]:
     return {"floor_keystream_s": floor, "client_mask_add_s": time.perf_counter() - started}
 
 
+def encode_seconds(dim: int, seed: int) -> float:
+    """Encoding one client's vector into the ring (clip, scale, stochastic rounding), apart from masking."""
+    from secfed.secagg.fixedpoint import encode
+
+    spec = VectorSpec((Segment("x", dim, clip=1.0, frac_bits=16),))
+    values = dict(_SeededInput(dim, seed))  # generated before the clock starts
+    started = time.perf_counter()
+    encode(values, spec)
+    return time.perf_counter() - started
+
+
+def _status_bytes(field: str) -> int:
+    """A ``/proc/self/status`` memory figure (``VmRSS``, ``VmHWM``) in bytes."""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError(f"no {field} in /proc/self/status")
+
+
+def _client_memory(dim: int, streams: int, out: Any) -> None:
+    """In a fresh process: one client's peak RSS increase while it encodes and masks its vector, over
+    what it holds before (its input). The peak is reset first (``clear_refs`` 5), so it is the step's."""
+    from secfed.secagg.fixedpoint import encode
+
+    spec = VectorSpec((Segment("x", dim, clip=1.0, frac_bits=16),))
+    values = dict(_SeededInput(dim, 1))
+    before = _status_bytes("VmRSS")
+    with open("/proc/self/clear_refs", "w") as refs:
+        refs.write("5")
+    ring, _ = encode(values, spec)
+    seeds = [os.urandom(SEED_BYTES) for _ in range(streams)]
+    MaskAccumulator(ring).add_all(
+        [Stream(s, b"bench", b"stream", 1 if i % 2 else -1) for i, s in enumerate(seeds)]
+    )
+    out.put(_status_bytes("VmHWM") - before)
+
+
+def client_peak_rss_delta(dim: int, streams: int) -> int | None:
+    """:func:`_client_memory` in its own process (None where /proc cannot reset the peak: not Linux)."""
+    import multiprocessing
+
+    if not os.path.exists("/proc/self/clear_refs"):
+        return None
+    ctx = multiprocessing.get_context("spawn")
+    queue = ctx.Queue()
+    proc = ctx.Process(target=_client_memory, args=(dim, streams, queue))
+    proc.start()
+    delta = int(queue.get(timeout=3600))
+    proc.join()
+    return delta
+
+
 def run_benchmark(
     clients: int, dim: int, dropout: float, repeats: int, compare_flower: bool, progress: bool = True
 ) -> dict[str, Any]:
@@ -144,6 +197,7 @@ def run_benchmark(
         runs.append(_one_round(clients, dim, dropout, identities, trust, seed=rep + 1))
         # A client adds one mask per peer and its own self mask.
         runs[-1].update(mask_floor(clients, dim))
+        runs[-1]["client_encode_s"] = encode_seconds(dim, seed=rep + 1)
         # The server regenerates every survivor's self mask and each dropped client's pairwise masks
         # with the survivors: its floor is that many streams at the keystream rate just measured.
         dropped, survivors = runs[-1]["dropped"], clients - runs[-1]["dropped"]
@@ -154,7 +208,9 @@ def run_benchmark(
 
             vec = np.random.default_rng(rep).uniform(-1, 1, dim)
             flower_runs.append(flower_client_mask_seconds(vec, clients - 1))
-    ours = median_of_dicts(runs)
+    ours: dict[str, Any] = dict(median_of_dicts(runs))
+    # Measured once, in a process of its own (the benchmark's own arrays would hide it here).
+    ours["client_peak_rss_delta_bytes"] = client_peak_rss_delta(dim, clients)
     result: dict[str, Any] = {
         "benchmark": "secagg",
         "clients": clients,
@@ -170,6 +226,9 @@ def run_benchmark(
         "mask_add_over_floor": median([r["client_mask_add_s"] / r["floor_keystream_s"] for r in runs]),
         "server_floor_keystream_s": ours["server_floor_keystream_s"],
         "unmask_over_floor": median([r["server_unmask_s"] / r["server_floor_keystream_s"] for r in runs]),
+        "client_peak_rss_over_vector_bytes": None
+        if ours["client_peak_rss_delta_bytes"] is None
+        else ours["client_peak_rss_delta_bytes"] / (4 * dim),
     }
     if compare_flower:
         result["flower"] = {"client_mask_s": median(flower_runs)}
@@ -217,6 +276,13 @@ def _main(args: argparse.Namespace) -> int:
         f"server unmasking: {ours['server_unmask_s']:.4f} s, {result['unmask_over_floor']:.2f}x the keystream "
         f"of the masks it must regenerate ({result['server_floor_keystream_s']:.4f} s at the measured rate)"
     )
+    print(f"encoding one client's vector (apart from masking): {ours['client_encode_s']:.4f} s")
+    if ours["client_peak_rss_delta_bytes"] is not None:
+        print(
+            f"one client's peak memory increase to encode and mask (own process): "
+            f"{ours['client_peak_rss_delta_bytes'] / 2**20:.1f} MiB, "
+            f"{result['client_peak_rss_over_vector_bytes']:.2f}x the 32-bit vector"
+        )
     if "flower" in result:
         print(
             f"Flower SecAgg+ client masking: {result['flower']['client_mask_s']:.4f} s "

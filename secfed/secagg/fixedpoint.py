@@ -23,6 +23,8 @@ from secfed.crypto.prg import mask_vector
 from secfed.secagg.spec import VectorSpec
 
 _ROUNDING_SALT = b"secfed/stochastic-rounding/v1"
+#: Coordinates encoded at a time (each chunk draws its rounding bits from a fresh OS seed).
+ENCODE_CHUNK = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -70,17 +72,21 @@ def encode(
         x = np.asarray(values[seg.name], dtype=np.float64)
         if x.shape != (seg.length,):
             raise ValueError(f"segment {seg.name!r}: expected shape ({seg.length},), got {x.shape}")
-        if not np.all(np.isfinite(x)):
-            raise ValueError(f"segment {seg.name!r}: input has NaN or infinite values")
-        over = np.abs(x) > seg.clip
-        clipped[seg.name] = int(np.count_nonzero(over))
+        clipped[seg.name] = 0
         total[seg.name] = seg.length
-        scaled = np.clip(x, -seg.clip, seg.clip)
-        scaled *= 2.0**seg.frac_bits
-        rounded = np.floor(scaled)
-        np.subtract(scaled, rounded, out=scaled)  # scaled now holds the fractional parts
-        rounded += _round_up_mask(scaled)
-        out[start:stop] = rounded.astype(signed).view(spec.dtype)
+        # In chunks: the temporaries (clipped, scaled, floors, rounding words) stay O(chunk) instead of
+        # several times the vector, which at adapter scale (10^8 coordinates) is gigabytes.
+        for a in range(0, seg.length, ENCODE_CHUNK):
+            part = x[a : a + ENCODE_CHUNK]
+            if not np.all(np.isfinite(part)):
+                raise ValueError(f"segment {seg.name!r}: input has NaN or infinite values")
+            clipped[seg.name] += int(np.count_nonzero(np.abs(part) > seg.clip))
+            scaled = np.clip(part, -seg.clip, seg.clip)
+            scaled *= 2.0**seg.frac_bits
+            rounded = np.floor(scaled)
+            np.subtract(scaled, rounded, out=scaled)  # scaled now holds the fractional parts
+            rounded += _round_up_mask(scaled)
+            out[start + a : start + a + len(part)] = rounded.astype(signed).view(spec.dtype)
     return out, EncodeReport(clipped=clipped, total=total)
 
 

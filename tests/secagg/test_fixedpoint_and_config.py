@@ -120,3 +120,22 @@ def test_config_digest_covers_every_field() -> None:
     ]
     digests = {v.digest() for v in variants}
     assert cfg.digest() not in digests and len(digests) == len(variants)
+
+
+def test_encoding_in_chunks_is_the_same_encoding(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Chunks of 7 coordinates (segments of 50 and 3 straddle them): exactly representable values encode
+    to the same ring, every clip is counted once, and a non-finite value in a later chunk is refused."""
+    from secfed.secagg import fixedpoint
+
+    spec = VectorSpec((Segment("a", 50, clip=2.0, frac_bits=8), Segment("b", 3, clip=1.0, frac_bits=0)), 32)
+    gen = np.random.default_rng(5)
+    values = {"a": np.round(gen.uniform(-3, 3, 50) * 256) / 256, "b": np.array([2.0, -1.0, 0.0])}
+    whole, whole_report = encode(values, spec)
+    monkeypatch.setattr(fixedpoint, "ENCODE_CHUNK", 7)
+    chunked, chunked_report = encode(values, spec)
+    np.testing.assert_array_equal(chunked, whole)
+    assert chunked_report == whole_report
+    assert chunked_report.clipped["a"] == int(np.count_nonzero(np.abs(values["a"]) > 2.0)) > 0
+    bad = dict(values, a=np.where(np.arange(50) == 45, np.nan, values["a"]))
+    with pytest.raises(ValueError, match="'a'.*NaN"):
+        encode(bad, spec)
