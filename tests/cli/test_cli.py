@@ -59,6 +59,10 @@ def test_bench_secagg_json_keys(tmp_path: Path, capsys: pytest.CaptureFixture[st
     assert result["vector_bytes"] == 8000 and result["mask_add_over_floor"] > 0
     assert result["server_floor_keystream_s"] > 0 and result["unmask_over_floor"] > 0
     assert result["plaintext_bytes"] == 8000
+    assert result["ours"]["client_encode_s"] > 0
+    # measured in a fresh process: the encoded vector (8 KB) and its chunk temporaries, well under 64 MB
+    assert 0 <= result["ours"]["client_peak_rss_delta_bytes"] < 64 * 2**20
+    assert result["client_peak_rss_over_vector_bytes"] == result["ours"]["client_peak_rss_delta_bytes"] / 8000
     assert result["flower"]["client_mask_s"] > 0
     # key material is O(n): a handful of clients add at most a few KB on top of the vector
     assert result["plaintext_bytes"] < result["ours"]["upload_bytes"] < result["plaintext_bytes"] + 8 * 1024
