@@ -53,6 +53,11 @@ __all__ = [
 _MAX_POINTS = 4096
 MAX_CENTRES = 256
 
+#: Settings that only post-process the released sums or steer the local choice.
+_POST_PROCESSING = frozenset(
+    {"threshold_sigmas", "centres_per_budget", "max_centres", "oversample", "model_bins", "model_range"}
+)
+
 DP_MEAN_STAGE = "coreset-dp-mean"
 DP_MOMENTS_STAGE = "coreset-dp-moments"
 DP_HIST_STAGE = "coreset-dp-hist"
@@ -202,6 +207,12 @@ class DpSelection:
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
+
+    def release_fields(self) -> dict[str, Any]:
+        """The settings that shape what is released (the noise and every released value), without
+        those that only post-process it (centres, thresholds, lattice, acceptance): a release is named
+        by these, so changing a post-processing setting can never make the same statistics new."""
+        return {k: v for k, v in asdict(self).items() if k not in _POST_PROCESSING}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> DpSelection:

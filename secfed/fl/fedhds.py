@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import logging
 import secrets
 import time
@@ -360,7 +361,7 @@ class FedhdsClient(FeditClient):
         )
         self._dp_share: Any = None
         self._dp_admitted_key: str | None = None
-        self._dp_derived: tuple[tuple[str, tuple[str, ...], float], Any] | None = None
+        self._dp_derived: tuple[tuple[str, tuple[str, ...], str], Any] | None = None
         # The t - c each release stage's noise was drawn for, by (stage, release key, round seed): the
         # participant reuses a computed input for the same instruction in a later session.
         self._dp_drawn: dict[tuple[str, str, int], int] = {}
@@ -466,7 +467,11 @@ class FedhdsClient(FeditClient):
         key = self._dp_key(ins)
         sums = self._dp_store.sums(key)
         # Derived once per state of the release (every later round re-checks the same release).
-        memo = (key, tuple(sorted(sums)), ins.coreset.max_fraction)
+        memo = (
+            key,
+            tuple(sorted(sums)),
+            json.dumps([dp.to_json(), ins.coreset.max_fraction], sort_keys=True),
+        )
         if self._dp_derived is None or self._dp_derived[0] != memo:
             try:
                 derived = derive_release(

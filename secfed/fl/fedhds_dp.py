@@ -48,9 +48,9 @@ def release_seed(federation_seed: int) -> int:
 def release_key(
     features_digest: bytes, seed: int, cfg: DpSelection, feature_settings: Mapping[str, Any]
 ) -> str:
-    """Names one release: these features, this seed, these settings (hex SHA-256)."""
+    """Names one release: these features, this seed, the settings that shape it (hex SHA-256)."""
     blob = json.dumps(
-        {"seed": seed, "cfg": cfg.to_json(), "features": dict(feature_settings)}, sort_keys=True
+        {"seed": seed, "cfg": cfg.release_fields(), "features": dict(feature_settings)}, sort_keys=True
     ).encode()
     return hashlib.sha256(features_digest + blob).hexdigest()
 

@@ -66,7 +66,7 @@ def encode(
     signed = np.int32 if spec.ring_bits == 32 else np.int64
     clipped: dict[str, int] = {}
     total: dict[str, int] = {}
-    for seg, (start, stop) in zip(spec.segments, spec.offsets().values(), strict=True):
+    for seg, (start, _stop) in zip(spec.segments, spec.offsets().values(), strict=True):
         if seg.name not in values:
             raise ValueError(f"segment {seg.name!r} is missing from the input")
         x = np.asarray(values[seg.name], dtype=np.float64)

@@ -275,7 +275,8 @@ def test_the_offers_never_follow_the_servers_round_seed(
 
 def test_a_post_processing_setting_does_not_rename_the_release(tiny_model_dir: Path) -> None:
     """Attack (found by review): a release named by settings that do not shape its statistics
-    (max_fraction, max_records) could be released again, with fresh noise, under each new value."""
+    (max_fraction, max_records, post-processing and choice settings) could be released again, with
+    fresh noise, under each new value; a setting that does shape them (k0) names a new release."""
     from secfed.fl.fedhds import FedhdsInstruction
 
     client = _clients(tiny_model_dir, {})["inst00"]
@@ -285,6 +286,17 @@ def test_a_post_processing_setting_does_not_rename_the_release(tiny_model_dir: P
         return client._dp_key(FedhdsInstruction.parse(server.stage_instruction(DP_STAGES[0], 0, None).wire()))
 
     assert key(max_fraction=0.1) == key(max_fraction=0.3) == key(max_fraction=0.1, max_records=500)
+    post = {"epsilon": 2.0, "bins": 4, "oversample": 9.0, "centres_per_budget": 2.0, "model_bins": 20}
+    server = FedhdsServer(_options(tiny_model_dir, selection_dp=post))
+    assert (
+        client._dp_key(FedhdsInstruction.parse(server.stage_instruction(DP_STAGES[0], 0, None).wire()))
+        == key()
+    )
+    server = FedhdsServer(_options(tiny_model_dir, selection_dp={"epsilon": 2.0, "bins": 4, "k0": 6}))
+    assert (
+        client._dp_key(FedhdsInstruction.parse(server.stage_instruction(DP_STAGES[0], 0, None).wire()))
+        != key()
+    )
     server = FedhdsServer(_options(tiny_model_dir, seed=7))
     other_seed = client._dp_key(
         FedhdsInstruction.parse(server.stage_instruction(DP_STAGES[0], 0, None).wire())

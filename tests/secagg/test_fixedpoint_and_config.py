@@ -137,5 +137,5 @@ def test_encoding_in_chunks_is_the_same_encoding(monkeypatch: pytest.MonkeyPatch
     assert chunked_report == whole_report
     assert chunked_report.clipped["a"] == int(np.count_nonzero(np.abs(values["a"]) > 2.0)) > 0
     bad = dict(values, a=np.where(np.arange(50) == 45, np.nan, values["a"]))
-    with pytest.raises(ValueError, match="'a'.*NaN"):
+    with pytest.raises(ValueError, match=r"'a'.*NaN"):
         encode(bad, spec)
