@@ -645,31 +645,6 @@ def _shift_mean(plan: dict[str, Any]) -> dict[str, Any]:
     return {**plan, "mean": [x + 0.5 for x in plan["mean"]]}
 
 
-def _dp_release_again(world: World) -> tuple[str, str]:
-    """DP selection: the mean stage is released, the round then fails; a server that forgot (or pretends
-    to have forgotten) the release asks the other members for the mean stage again, without the victim.
-    The difference would be the victim's noise share and statistics: a share carries only 1 / (t - c)
-    of the target noise, so it must never be summed twice."""
-    server, clients, consortium = fedhds_world(world, **_DP_SELECTION)
-    first = drive(
-        server,
-        clients,
-        consortium,
-        rounds=1,
-        max_attempts=1,
-        drop=lambda cid, r, stage, msg: stage == "coreset-dp-moments" and cid == "inst04",
-    )
-    if not any(s.name == "coreset-dp-mean" for s in first.stages):
-        return "succeeded", "the honest mean stage did not complete"
-    fresh = fedhds_world(world, **_DP_SELECTION)[0]
-    others = {c: t for c, t in clients.items() if c != VICTIM}
-    participants = {c: first.members[c].participant for c in others}
-    again = drive(fresh, others, consortium, rounds=1, participants=participants, max_attempts=1)
-    if any(s.name == "coreset-dp-mean" for s in again.stages):
-        return "succeeded", "the mean stage was summed again over a cohort without the victim"
-    return "refused", _reactions(again)
-
-
 def _dp_fewer_colluders(world: World) -> tuple[str, str]:
     """DP selection: the server declares no colluders, so that noise shares are sized for t honest
     contributors; with colluders adding no noise, the sum would carry less than the target."""
@@ -687,32 +662,38 @@ def _dp_fewer_colluders(world: World) -> tuple[str, str]:
     return _refused_by_institutions(run, 0)
 
 
-def _differencing_pca(**changed: Any) -> Callable[[World], tuple[str, str]]:
-    """FedHDS: the PCA stage completes; the server restarts the round without the victim with the same
-    seed (so the same projection), optionally with other server options (``changed``) that do not
-    shape the PCA statistics: neither may rename them."""
+def _stage_rerun(
+    stage: str, then: str, options: Mapping[str, Any] | None = None, **changed: Any
+) -> Callable[[World], tuple[str, str]]:
+    """FedHDS: ``stage`` completes and the round then fails (a member is silent at ``then``); a fresh
+    server with the same seed (so the same projection), optionally with other options (``changed``)
+    that do not shape the statistics, asks the other members for ``stage`` again, without the victim.
+
+    Non-DP: the difference of the two sums would be the victim's statistics, and neither a retry nor a
+    setting may rename them. DP selection: a share carries only ``1 / (t - c)`` of the target noise,
+    and a server that forgot (or pretends to have forgotten) the release must not sum it twice."""
 
     def attack(world: World) -> tuple[str, str]:
-        server, clients, consortium = fedhds_world(world)
+        base = dict(options or {})
+        server, clients, consortium = fedhds_world(world, **base)
         first = drive(
             server,
             clients,
             consortium,
             rounds=1,
             max_attempts=1,
-            drop=lambda cid, r, stage, msg: stage == "coreset-occupancy" and cid == "inst04",
+            drop=lambda cid, r, name, msg: name == then and cid == "inst04",
         )
-        pca = [s for s in first.stages if s.name == "coreset-pca"]
-        if not pca:
-            return "succeeded", "the honest PCA stage did not complete"
-        rerun = fedhds_world(world, **changed)[0] if changed else server
+        if not any(s.name == stage for s in first.stages):
+            return "succeeded", f"the honest {stage} stage did not complete"
+        rerun = fedhds_world(world, **{**base, **changed})[0]
         others = {c: t for c, t in clients.items() if c != VICTIM}
         participants = {c: first.members[c].participant for c in others}
         again = drive(
             rerun, others, consortium, rounds=1, participants=participants, first_attempt=1, max_attempts=1
         )
-        if any(s.name == "coreset-pca" for s in again.stages):
-            return "succeeded", "the PCA statistics were summed again over a cohort without the victim"
+        if any(s.name == stage for s in again.stages):
+            return "succeeded", f"the {stage} statistics were summed again over a cohort without the victim"
         return "refused", _reactions(again)
 
     return attack
@@ -1017,14 +998,20 @@ ATTACKS: tuple[Attack, ...] = (
         "differencing",
         _unmask_then_retry_without_victim,
     ),
-    Attack("fedhds: completed PCA re-run without the victim", "differencing", _differencing_pca()),
+    Attack(
+        "fedhds: completed PCA re-run without the victim",
+        "differencing",
+        _stage_rerun("coreset-pca", "coreset-occupancy"),
+    ),
     Attack(
         "fedhds: completed PCA re-run without the victim, clip changed",
         "differencing",
-        _differencing_pca(clip=1.25),
+        _stage_rerun("coreset-pca", "coreset-occupancy", clip=1.25),
     ),
     Attack(
-        "fedhds-dp: released mean stage asked again without the victim", "differencing", _dp_release_again
+        "fedhds-dp: released mean stage asked again without the victim",
+        "differencing",
+        _stage_rerun("coreset-dp-mean", "coreset-dp-moments", _DP_SELECTION),
     ),
     Attack(
         "fedhds: honest dropout in the histogram, then the coordinator's retry",
