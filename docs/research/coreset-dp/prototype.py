@@ -451,6 +451,9 @@ def local_choice(x: np.ndarray, release: dict[str, Any], p: DPParams, me: int, a
             own = np.flatnonzero(lab == g)
             dd = np.sqrt(((y[own][:, None] - y[own][None]) ** 2).sum(2)).sum(1)
             cand = own[np.lexsort((d2[own, g], dd))]
+        elif p.choice == "lifted":  # nearest in the whole projected space to the centre lifted off the plane
+            lift = release["centre"] + release["V"] @ centres[g]
+            cand = np.argsort(((x - lift) ** 2).sum(1), kind="stable")
         else:
             cand = np.argsort(d2[:, g], kind="stable")
         for r in cand:
