@@ -41,6 +41,7 @@ from secfed.fl.policy import InstitutionPolicy, RefusalCategory, Refused, within
 from secfed.fl.releases import release_identity
 from secfed.fl.resubmit import RoundKey, UpdateStore
 from secfed.fl.vectors import model_hash
+from secfed.model.quantization import Quantization, QuantizationError, base_identity, check_scheme
 from secfed.model.settings import LoraSettings, TrainSettings
 from secfed.secagg.config import SessionConfig
 from secfed.secagg.messages import AggregateResult
@@ -78,6 +79,9 @@ class FeditOptions:
     # Ask every institution for the loss of the global adapter it receives on records it holds out of
     # training (its policy's eval_holdout), before it trains (summed securely, like report_loss).
     report_eval: bool = False
+    # QLoRA: every institution loads the base in 4 ("nf4") or 8 ("int8") bits on its GPU
+    # (secfed.model.quantization); part of the base identity, so the whole federation uses one scheme.
+    quantization: str | None = None
 
     @classmethod
     def from_mapping(cls, options: Mapping[str, Any]) -> FeditOptions:
@@ -94,6 +98,10 @@ class FeditOptions:
                 f"{NAME} task: {' and '.join(curves_asked)} with dp: a loss curve would be a release DP-SGD "
                 "does not cover (it would need noise of its own, which is not built yet); drop one of them"
             )
+        try:
+            check_scheme(opts.quantization, where=f"{NAME} task option quantization")
+        except QuantizationError as exc:
+            raise ValueError(str(exc)) from None
         lora_fields = set(LoraSettings.__dataclass_fields__)
         train_fields = set(TrainSettings.__dataclass_fields__) - {"seed"}
         if set(opts.lora) - lora_fields:
@@ -134,6 +142,7 @@ class FeditInstruction(RoundInstruction):
     dp: DpOptions | None
     report_loss: bool
     report_eval: bool
+    quantization: Quantization | None
 
 
 def update_spec(
@@ -184,9 +193,10 @@ class FeditServer:
 
     def instruction(self, stage: str) -> FeditInstruction:
         o = self.opts
+        quantization = check_scheme(o.quantization)
         return FeditInstruction(
             stage=stage,
-            base_hash=self.base.base_hash,
+            base_hash=base_identity(self.base.base_hash, quantization),
             lora=o.lora_settings(),
             train=o.train_settings(),
             max_weight=o.max_weight,
@@ -195,6 +205,7 @@ class FeditServer:
             dp=o.dp_options(),
             report_loss=o.report_loss,
             report_eval=o.report_eval,
+            quantization=quantization,
         )
 
     def task_config(self, round_: int) -> dict[str, Any]:
@@ -322,7 +333,8 @@ def split_holdout(records: list[Record], fraction: float) -> tuple[list[Record],
 #: In-process benchmarks run many institutions one after another in one process; they can share one
 #: loaded base model and adapter (each round starts by loading the global adapter, so nothing leaks
 #: from one institution's training into another's). Key: (model source, device).
-ModelPool = dict[tuple[str, str], tuple[Any, Any, Any]]
+#: Loaded bases shared by in-process institutions, keyed by (model source, device, quantization).
+ModelPool = dict[tuple[str, str, str | None], tuple[Any, Any, Any]]
 
 
 class FeditClient:
@@ -375,16 +387,14 @@ class FeditClient:
         self.last_compute_s = 0.0
 
     def _ensure_model(self, ins: FeditInstruction) -> Any:
-        from secfed.model.loading import load_base_model
         from secfed.model.lora import apply_lora
 
+        key = (self.model_source, self.device, ins.quantization)
         with _LOAD_LOCK:
             if self._base is None and self._pool is not None:
-                self._base, self._peft, self._lora = self._pool.get(
-                    (self.model_source, self.device), (None, None, None)
-                )
+                self._base, self._peft, self._lora = self._pool.get(key, (None, None, None))
             if self._base is None:
-                self._base = load_base_model(self.model_source, device=self.device)
+                self._base = self._load_base(ins)
             if ins.base_hash != self._base.base_hash:
                 raise Refused(
                     RefusalCategory.POLICY,
@@ -396,12 +406,24 @@ class FeditClient:
                 self._peft = apply_lora(self._base.model, ins.lora)
                 self._lora = ins.lora
                 if self._pool is not None:
-                    self._pool[(self.model_source, self.device)] = (self._base, self._peft, ins.lora)
+                    self._pool[key] = (self._base, self._peft, ins.lora)
             elif ins.lora != self._lora:
                 raise Refused(
                     RefusalCategory.INCONSISTENCY, "LoRA settings changed between rounds", field="lora"
                 )
             return self._peft
+
+    def _load_base(self, ins: FeditInstruction) -> Any:
+        """The base model as the instruction asks for it; an institution that cannot load a quantized
+        base (no GPU, no bitsandbytes) refuses the round with the reason instead of failing in training."""
+        from secfed.model.loading import ModelLoadError, load_base_model
+
+        try:
+            return load_base_model(self.model_source, device=self.device, quantization=ins.quantization)
+        except ModelLoadError as exc:
+            if ins.quantization is None:
+                raise
+            raise Refused(RefusalCategory.POLICY, str(exc), field="quantization") from None
 
     def admit(
         self,

@@ -35,6 +35,13 @@ import torch
 from secfed import logs
 from secfed.durable import fsync_dir, write_synced
 from secfed.model.device import select_device, select_dtype
+from secfed.model.quantization import (
+    Quantization,
+    QuantizationError,
+    base_identity,
+    bitsandbytes_config,
+    require_cuda,
+)
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -114,28 +121,36 @@ def load_base_model(
     device: str = "auto",
     dtype: str = "auto",
     cache_dir: Path | None = None,
+    quantization: Quantization | None = None,
 ) -> LoadedModel:
     """Load the base model named by ``source`` without touching the network.
 
     ``source`` is :data:`DEFAULT_MODEL` (the bundled SmolLM2-135M-Instruct GGUF, converted once into
     the cache), a local model directory, or a Hugging Face model id that is already in the local HF
     cache. Raises :class:`ModelLoadError` with an actionable message for anything else.
+
+    ``quantization`` loads the base in 4 or 8 bits (QLoRA, CUDA only; :mod:`secfed.model.quantization`);
+    the returned ``base_hash`` is then the identity of weights and scheme together.
     """
     torch_device = select_device(device)
     torch_dtype = select_dtype(torch_device, dtype)
+    if quantization is not None:
+        try:
+            require_cuda(torch_device, quantization)
+        except QuantizationError as exc:
+            raise ModelLoadError(str(exc)) from None
     cache = cache_dir if cache_dir is not None else default_cache_dir()
     label = str(source)
 
     if isinstance(source, str) and source.strip().lower() == DEFAULT_MODEL:
         directory, base_hash = _ensure_default_converted(cache)
-        model, tokenizer = _load_directory(directory, label, torch_device, torch_dtype)
-        return LoadedModel(model=model, tokenizer=tokenizer, source=label, base_hash=base_hash)
-
-    directory = _resolve_source(source)
-    _check_directory(directory, label)
-    model, tokenizer = _load_directory(directory, label, torch_device, torch_dtype)
-    base_hash = _directory_hash(directory, cache)
-    return LoadedModel(model=model, tokenizer=tokenizer, source=label, base_hash=base_hash)
+    else:
+        directory = _resolve_source(source)
+        _check_directory(directory, label)
+        base_hash = _directory_hash(directory, cache)
+    model, tokenizer = _load_directory(directory, label, torch_device, torch_dtype, quantization)
+    identity = base_identity(base_hash, quantization)
+    return LoadedModel(model=model, tokenizer=tokenizer, source=label, base_hash=identity)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -209,8 +224,14 @@ def _read_index(index: Path, label: str) -> dict[str, str]:
 
 
 def _load_directory(
-    directory: Path, label: str, device: torch.device, dtype: torch.dtype
+    directory: Path,
+    label: str,
+    device: torch.device,
+    dtype: torch.dtype,
+    quantization: Quantization | None = None,
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Model and tokenizer from a local directory; with ``quantization`` the weights are quantized
+    while loading, straight onto ``device`` (a quantized model cannot be moved afterwards)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     # Any: transformers' own annotations for the auto classes and Module methods are incomplete.
@@ -224,7 +245,19 @@ def _load_directory(
     hf_logging.set_verbosity_error()  # type: ignore[no-untyped-call]
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(directory), local_files_only=True)
-        model = AutoModelForCausalLM.from_pretrained(str(directory), local_files_only=True, dtype=dtype)
+        quantized: dict[str, Any] = {}
+        if quantization is not None:
+            quantized = {
+                "quantization_config": bitsandbytes_config(quantization, dtype),
+                # accelerate places every weight on the one device (an index for CUDA: "cuda" alone is
+                # not a placement it accepts everywhere).
+                "device_map": {"": (device.index or 0) if device.type == "cuda" else str(device)},
+            }
+        model = AutoModelForCausalLM.from_pretrained(
+            str(directory), local_files_only=True, dtype=dtype, **quantized
+        )
+    except QuantizationError as exc:
+        raise ModelLoadError(f"model {label!r}: {exc}") from None
     except (OSError, ValueError, KeyError, RuntimeError) as exc:
         raise ModelLoadError(f"could not load model {label!r} from {directory}: {exc}") from exc
     finally:
@@ -238,7 +271,8 @@ def _load_directory(
         raise ModelLoadError(
             f"model {label!r} from {directory}: lm_head is not tied to the embeddings as its config says"
         )
-    model.to(device)
+    if quantization is None:
+        model.to(device)
     model.eval()
     if tokenizer.pad_token is None:
         if tokenizer.eos_token is None:

@@ -57,8 +57,15 @@ def apply_lora(model: PreTrainedModel, settings: LoraSettings) -> PeftModel:
     most: applying twice would silently nest adapters and change the vector layout, hence the refusal.
     The train/eval mode of ``model`` is kept (new dropout layers would otherwise start in train mode
     and make "eval" logits random).
+
+    A quantized base (QLoRA) is first prepared the way peft recommends (its remaining float weights such
+    as norms in float32, input gradients enabled), without gradient checkpointing: recomputing the
+    forward pass would run Opacus' per-sample hooks twice under DP-SGD, and the 4-bit weights are where
+    the memory goes.
     """
-    from peft import LoraConfig, PeftModel, TaskType, get_peft_model
+    from peft import LoraConfig, PeftModel, TaskType, get_peft_model, prepare_model_for_kbit_training
+
+    from secfed.model.quantization import is_quantized
 
     candidate: object = model
     if isinstance(candidate, PeftModel) or _has_lora_layers(model):
@@ -72,6 +79,10 @@ def apply_lora(model: PreTrainedModel, settings: LoraSettings) -> PeftModel:
         bias="none",
     )
     was_training = model.training
+    if is_quantized(model):
+        model = prepare_model_for_kbit_training(  # type: ignore[no-untyped-call]
+            model, use_gradient_checkpointing=False
+        )
     peft_model = get_peft_model(model, config)
     if not isinstance(peft_model, PeftModel):
         raise TypeError(f"apply_lora: peft returned {type(peft_model).__name__}, expected a PeftModel")

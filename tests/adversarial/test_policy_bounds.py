@@ -43,6 +43,7 @@ def _fedit(**changes: Any) -> FeditInstruction:
         dp=None,
         report_loss=False,
         report_eval=False,
+        quantization=None,
     )
     return base.model_copy(update=changes)
 
