@@ -31,6 +31,7 @@ import numpy as np
 from secfed.bench.inprocess import Consortium, LyingRun, drive, make_consortium
 from secfed.bench.lying import Lie, resign
 from secfed.bench.stats import add_output_arguments, emit
+from secfed.fl.fedit import ModelPool
 from secfed.fl.participant import Relay, StageStart
 from secfed.fl.releases import ReleaseLog
 from secfed.fl.vectors import model_hash
@@ -67,7 +68,7 @@ class World:
     def __init__(self, workdir: Path) -> None:
         self.workdir = workdir
         self._model: Path | None = None
-        self.pool: dict[tuple[str, str], tuple[Any, Any, Any]] = {}
+        self.pool: ModelPool = {}
 
     @property
     def model(self) -> Path:
