@@ -219,7 +219,14 @@ class FeditServer:
         from secfed.model.lora import save_adapter, vector_to_adapter
 
         vector_to_adapter(self.peft, model)
-        save_adapter(self.peft, directory / "adapter", base_model=self.opts.model)
+        quantization = check_scheme(self.opts.quantization)
+        save_adapter(
+            self.peft,
+            directory / "adapter",
+            base_hash=base_identity(self.base.base_hash, quantization),
+            base_model=self.opts.model,
+            quantization=quantization,
+        )
 
 
 def weighted_mean_step(model: NDArray[np.float32], result: AggregateResult) -> NDArray[np.float32]:
@@ -610,7 +617,7 @@ class FeditClient:
             )
         self.check_global_model(rounds_completed, model, ins, InstitutionPolicy())
         vector_to_adapter(self._peft, model)
-        save_adapter(self._peft, directory, base_model=self.model_source)
+        save_adapter(self._peft, directory, base_model=self.model_source, quantization=ins.quantization)
 
     def update_identity(self, model: NDArray[np.float32]) -> bytes:
         """The release identity of an update trained from ``model`` on this institution's records.

@@ -226,7 +226,12 @@ def portable_base_reference(source: str) -> str:
 
 
 def save_adapter(
-    peft_model: PeftModel, path: Path, *, base_hash: str | None = None, base_model: str | None = None
+    peft_model: PeftModel,
+    path: Path,
+    *,
+    base_hash: str | None = None,
+    base_model: str | None = None,
+    quantization: str | None = None,
 ) -> None:
     """Write ``peft_model``'s adapter as a peft directory plus ``secfed_adapter.json``.
 
@@ -235,7 +240,9 @@ def save_adapter(
     loaded by secfed unless given) and a digest of the adapter vector, so a mismatched or altered
     adapter is refused by :func:`load_adapter` instead of producing plausible nonsense. With
     ``base_model`` (the source the base was loaded from), ``adapter_config.json`` names the base by
-    :func:`portable_base_reference` instead of this machine's path.
+    :func:`portable_base_reference` instead of this machine's path. ``quantization`` records the scheme
+    of a QLoRA federation's base (then ``base_hash`` is the identity of weights and scheme), so a refusal
+    can say how to load the base it belongs to.
     """
     resolved = base_hash if base_hash is not None else base_hash_of(peft_model.get_base_model())
     if resolved is None:
@@ -259,6 +266,7 @@ def save_adapter(
         "format": _META_FORMAT,
         "base_hash": resolved,
         "base_model": portable_base_reference(base_model) if base_model is not None else None,
+        "quantization": quantization,
         "settings": asdict(settings_of(peft_model)),
         "size": int(vector.shape[0]),
         "vector_sha256": _vector_digest(vector),
@@ -300,9 +308,11 @@ def load_adapter(base: LoadedModel, path: Path, *, trainable: bool = False) -> P
 
     meta = read_adapter_meta(path)
     if meta["base_hash"] != base.base_hash:
+        scheme = meta.get("quantization")
+        how = f" with quantization {scheme!r} (QLoRA, on a GPU)" if isinstance(scheme, str) else ""
         raise AdapterError(
             f"adapter {path} was trained on base model {meta['base_hash'][:16]}..., but the loaded base "
-            f"{base.source!r} is {base.base_hash[:16]}...; load the base model the federation used"
+            f"{base.source!r} is {base.base_hash[:16]}...; load the base model the federation used{how}"
         )
     weights = Path(path) / _ADAPTER_WEIGHTS
     try:

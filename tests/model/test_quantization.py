@@ -139,3 +139,18 @@ def test_dp_sgd_per_sample_gradients_are_exact_on_a_4bit_base(tiny_model_dir: Pa
         alone = per_sample_gradients(peft, [example], tokenizer.pad_token_id)[0]
         assert torch.allclose(rows[i], alone, rtol=1e-4, atol=1e-6)
     assert len({round(float(r.norm()), 6) for r in rows}) == len(rows)
+
+
+def test_the_exported_adapter_belongs_to_the_quantized_base(
+    quantized_federation: tuple[FeditServer, dict[str, Any]], tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """The federation's adapter was trained against the 4-bit base: its stamp is the federation's
+    identity, so loading it onto the full-precision base is refused with how to load the right one."""
+    from secfed.model.lora import AdapterError, load_adapter, read_adapter_meta
+
+    server, config = quantized_federation
+    server.export(server.initial_model(), tmp_path)
+    meta = read_adapter_meta(tmp_path / "adapter")
+    assert meta["base_hash"] == config["base_hash"] and meta["quantization"] == "nf4"
+    with pytest.raises(AdapterError, match=r"with quantization 'nf4' \(QLoRA, on a GPU\)"):
+        load_adapter(load_base_model(tiny_model_dir, device="cpu"), tmp_path / "adapter")
