@@ -33,12 +33,15 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from secfed.bench.stats import add_output_arguments, emit, paired_bootstrap
 from secfed.data.formats import Record, load_records
+
+if TYPE_CHECKING:  # the federation code is imported lazily: benchmarks compose the system
+    from secfed.fl.fedit import ModelPool
 
 HELD_OUT = "summarization"
 METHODS = (
@@ -222,7 +225,7 @@ class _Bench:
     client_files: list[Path]
     workdir: Path
     evaluate: _Evaluator
-    pool: dict[tuple[str, str], tuple[Any, Any, Any]]
+    pool: ModelPool
     features: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
 
     @property
@@ -353,7 +356,7 @@ def _run(
     # One base model + adapter for every institution, the evaluator and centralized training.
     base = load_base_model(model)
     peft = apply_lora(base.model, LoraSettings())
-    pool: dict[tuple[str, str], tuple[Any, Any, Any]] = {(model, "auto"): (base, peft, LoraSettings())}
+    pool: ModelPool = {(model, "auto", None): (base, peft, LoraSettings())}
     evaluator = _Evaluator(peft, base.tokenizer, test, preset)
     bench = _Bench(preset, model, files, workdir, evaluator, pool)
     from secfed.model.lora import adapter_to_vector, vector_to_adapter
@@ -602,7 +605,7 @@ def _plaintext_fedhds(bench: _Bench) -> Outcome:
 
 def plot_svg(result: Mapping[str, Any]) -> str:
     """A standalone SVG: Rouge-L on the test records and on the held-out category, per method."""
-    from secfed.audit.html import Bars, bar_chart, standalone_svg
+    from secfed.audit.charts import Bars, bar_chart, standalone_svg
 
     names = list(result["results"])
     chart = bar_chart(

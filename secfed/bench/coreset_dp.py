@@ -135,7 +135,7 @@ def dp_summary(cfg: DpSelection, rounds: Sequence[Mapping[str, Any]], n_clients:
 def plot_svg(sweep: Sequence[Mapping[str, Any]], n_clients: int) -> str:
     """A standalone SVG: coverage of DP selection per selection epsilon, beside today's secure (non-DP)
     selection and random ones in the same reference space (lower is better)."""
-    from secfed.audit.html import Bars, bar_chart, standalone_svg
+    from secfed.audit.charts import Bars, bar_chart, standalone_svg
 
     ordered = sorted(sweep, key=lambda e: float(e["selection_epsilon"]))
     names = [f"eps {float(e['selection_epsilon']):g}" for e in ordered] + ["off (secure, no DP)", "random"]

@@ -21,7 +21,8 @@ from typing import Any
 
 import pytest
 
-from secfed.audit.html import fmt_eps, fmt_sci, render_html
+from secfed.audit.fmt import fmt_eps, fmt_sci
+from secfed.audit.html import render_html
 from secfed.audit.pdf import ReportRenderError, find_chromium, inspect_page, render_pdf, screenshot
 
 pytestmark = pytest.mark.timeout(120)
@@ -375,6 +376,24 @@ def test_every_report_string_is_escaped() -> None:
     assert "<script" not in page.lower() and "<img" not in page.lower()
     assert html.escape(XSS) in page
     assert "&quot;&gt;&lt;img onerror=x&gt;" in page
+
+
+def test_the_page_template_escapes_report_strings_and_loads_nothing() -> None:
+    """The title comes from the report through the template, the refusal reason through a section builder:
+    both arrive escaped (the template's autoescaping is what escapes the title), and the page references
+    nothing outside itself."""
+    report = institution_report()
+    report["institution"] = XSS
+    report["privacy"]["refusals"] = [{"round": 3, "reason": XSS}]
+    page = render_html(report)
+    escaped = "&lt;script&gt;alert(1)&lt;/script&gt;"
+    assert "<script" not in page.lower()
+    assert f"<title>Privacy audit report — institution {escaped}</title>" in page
+    assert f"<td>{escaped}</td>" in page  # the refusal reason, in the refusals table
+    assert """<meta http-equiv="Content-Security-Policy" content="default-src 'none';""" in page
+    assert all(href.startswith("#") for href in re.findall(r'href="([^"]*)"', page))
+    for external in ("src=", "srcset=", "action=", "<link", "url(", "@import", "://"):
+        assert external not in page.lower(), external
 
 
 def test_wrong_types_and_unknown_keys_do_not_crash() -> None:

@@ -17,7 +17,8 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 
 from secfed.audit.commands import verify_reports
-from secfed.audit.html import fmt_eps, render_html
+from secfed.audit.fmt import fmt_eps
+from secfed.audit.html import render_html
 from secfed.audit.report import (
     NOT_COVERED,
     SELECTION_NOT_COVERED,
