@@ -1,6 +1,6 @@
 """Coreset selection (FedHDS) in which the server sees only secure-aggregated sums.
 
-Per round, for the sampled cohort (DESIGN.md section 4):
+Per round, for the sampled cohort (docs/design-notes.md section 4):
 
 1. ``features``: last-token hidden states of chosen layers, indices carried end to end.
 2. ``space``: a public random projection seeded by the round, then federated PCA from summed

@@ -1,6 +1,6 @@
 """An institution's privacy ledger: the persisted, tamper-evident record of every DP release.
 
-The ledger is the institution's source of truth for how much privacy it has spent (DESIGN.md §5):
+The ledger is the institution's source of truth for how much privacy it has spent (docs/design-notes.md §5):
 the server never tells a client its epsilon.  It lives on a :class:`secfed.chain.HashChain`, so the
 history cannot be edited or shortened in the middle without ``verify`` noticing, and every figure is
 recomputed from the file each time it is asked for.
