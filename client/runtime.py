@@ -10,6 +10,9 @@ peer's advert has been verified (the compute phase, between ShareKeys and Masked
 failures are retried with exponential back-off and jitter (a restarting server is normal, and an
 institution started before its coordinator waits for it); a protocol
 violation by the server ends that session (its secrets are erased) and the client goes on polling.
+
+Under torchrun (``WORLD_SIZE`` > 1, :mod:`secfed.model.distributed`) only rank 0 does all this; it
+trains with every rank of the group, and the other ranks serve its training jobs until it stops.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import secrets
 import threading
 import time
@@ -24,7 +28,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
 import numpy as np
@@ -55,6 +59,12 @@ from secfed.secagg.messages import (
     UnmaskResponse,
 )
 from secfed.wire import WireError, chunks, convert
+
+if TYPE_CHECKING:
+    import torch
+
+    from secfed.model.distributed import Launch
+    from secfed.model.loading import LoadedModel
 
 _MAX_FAULT_PROOFS = 32
 log = logging.getLogger("secfed.client")
@@ -226,7 +236,46 @@ class ClientRuntime:
     # -- main loop -----------------------------------------------------------------------------
     def run(self) -> ClientReport:
         """Take part until the federation finishes; :class:`ClientStopped` or
-        :class:`client.tls.ServerRefused` when the run cannot go on."""
+        :class:`client.tls.ServerRefused` when the run cannot go on.
+
+        Started by torchrun with several ranks, see :meth:`_run_ranks`; otherwise (no ``WORLD_SIZE``,
+        and torch is not even imported) one process does everything."""
+        if "WORLD_SIZE" in os.environ:
+            from secfed.model.distributed import Launch
+
+            launch = Launch.from_environ(os.environ)
+            if launch is not None:
+                return self._run_ranks(launch)
+        return self._run_linked()
+
+    def _run_ranks(self, launch: Launch) -> ClientReport:
+        """Rank 0 runs the client with the group behind its training; the other ranks serve it until it
+        stops. A failed or silent rank stops the client (:class:`ClientStopped`, naming it)."""
+        from secfed.model import distributed
+
+        device = distributed.rank_device(str(getattr(self.task, "device", "auto")), launch)
+        try:
+            with distributed.joined(launch, device) as group:
+                if launch.rank > 0:
+                    jobs = distributed.serve(group, self._base_loader(device))
+                    self.report.finished_reason = f"rank {launch.rank}: rank 0 stopped; trained {jobs} jobs"
+                    return self.report
+                with distributed.leading(group):
+                    return self._run_linked()
+        except distributed.RankError as exc:
+            raise ClientStopped(f"rank {launch.rank}: {exc}") from exc
+
+    def _base_loader(self, device: torch.device) -> Callable[[], LoadedModel] | None:
+        """How a rank > 0 loads the base model the task trains (the same config as rank 0's), on its
+        own device; None for a task without a model (the LoRA tasks name theirs ``model_source``)."""
+        source = getattr(self.task, "model_source", None)
+        if source is None:
+            return None
+        from secfed.model.loading import load_base_model
+
+        return partial(load_base_model, str(source), device=str(device))
+
+    def _run_linked(self) -> ClientReport:
         with self._open_link() as link:
             self._link = link
             try:

@@ -1,4 +1,4 @@
-"""DP-SGD local training of the LoRA adapter with Opacus (DESIGN.md section 5).
+"""DP-SGD local training of the LoRA adapter with Opacus (docs/design-notes.md section 5).
 
 One institution's round is the Sampled Gaussian Mechanism applied ``steps`` times: every logical step
 Poisson-samples each local training sequence with probability ``q`` (the privacy unit is one sequence),
@@ -38,6 +38,14 @@ How the Opacus pieces are put together, and why (each point is a way to lose the
   the sum of clipped gradients is zero and the noise is added as on every other step (skipping the
   step, or resampling, would change the mechanism the accountant assumes). They are counted.
 
+Several ranks of one institution (``torchrun``, :mod:`secfed.model.distributed`): the mechanism stays
+the single-process one. Every rank draws the same Poisson batches (the same seeded sampler; the secret
+seed travels to the ranks with the job) and keeps its share of each; each rank clips its own sequences'
+gradients and sums them; only rank 0 adds the noise, once per logical step, to its sum; the ranks' sums
+(divided by the global ``q * n``) are then added up. So the group releases ``(sum of every clipped
+gradient + one draw of N(0, (sigma C)^2)) / (q n)`` per step, which is what the accountant is told, with
+the global ``q``, ``n``, step count and empty batches: the ledger entry is the single-process one.
+
 Randomness and known limitations:
 
 * The batches are drawn from a torch generator seeded by ``(settings.seed, round_)``, so a run is
@@ -66,7 +74,7 @@ import math
 import sys
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -78,9 +86,16 @@ from secfed import cancel
 from secfed.data.formats import Record
 from secfed.data.prompts import TokenizedExample, collate, tokenize_example
 from secfed.dp.csprng import AesCtrGaussian
-from secfed.model.train import TrainSettings, TrainStats, sequence_mean_loss
+from secfed.model.train import (
+    ALONE,
+    DataParallel,
+    TrainSettings,
+    TrainStats,
+    seed_dropout,
+    sequence_mean_loss,
+)
 
-__all__ = ["DpRoundEvent", "DpSettings", "per_sample_gradients", "train_local_dp"]
+__all__ = ["DpRoundEvent", "DpSettings", "dp_train_steps", "per_sample_gradients", "train_local_dp"]
 
 # The first LoRA layer's input (the frozen embeddings) needs no gradient, so torch notes that the full
 # backward hook Opacus registers sees only output gradients, which is all Opacus uses. Filtered once, by
@@ -255,27 +270,56 @@ def _csprng_dp_optimizer() -> Any:
     ``noise_multiplier * max_grad_norm`` on every coordinate of ``summed_grad``, none when that std is
     0), so everything else (clipping, virtual steps, the step hook, ``scale_grad``'s divisor after the
     noise) stays Opacus's code. Built on first use: importing Opacus takes over a second.
+
+    In a group of ranks (``parallel``), as Opacus's ``DistributedDPOptimizer`` does: rank 0 alone holds
+    a noise source and adds the step's noise to its own sum, the other ranks pass their sums on
+    unnoised, and ``step`` adds up the ranks' (divided) gradients before the update. Unlike Opacus's,
+    the divisor is the global expected batch size, so nothing is divided by the world size afterwards.
     """
     from opacus.optimizers import DPOptimizer
     from opacus.optimizers.optimizer import _check_processed_flag, _mark_as_processed
 
     class CsprngDPOptimizer(DPOptimizer):  # type: ignore[misc]  # opacus is untyped
-        def __init__(self, *args: Any, noise_source: AesCtrGaussian, **kwargs: Any) -> None:
+        def __init__(
+            self,
+            *args: Any,
+            noise_source: AesCtrGaussian | None,
+            parallel: DataParallel = ALONE,
+            **kwargs: Any,
+        ) -> None:
             if kwargs.get("generator") is not None or kwargs.get("secure_mode"):
                 raise ValueError("the noise comes from noise_source; torch generators are not used")
+            if (noise_source is None) != (parallel.rank != 0):
+                raise ValueError(
+                    "rank 0 draws each step's noise for the whole group, and no other rank does: "
+                    f"rank {parallel.rank} was given {'no' if noise_source is None else 'a'} noise_source"
+                )
             super().__init__(*args, **kwargs)
             self.noise_source = noise_source
+            self.parallel = parallel
 
         def add_noise(self) -> None:
             std = float(self.noise_multiplier * self.max_grad_norm)
             for p in self.params:
                 _check_processed_flag(p.summed_grad)
                 summed: torch.Tensor = p.summed_grad
-                noise = self.noise_source.gaussian(
-                    summed.shape, std=std, dtype=summed.dtype, device=summed.device
-                )
-                p.grad = (summed + noise).view_as(p)
+                if self.noise_source is None:  # rank 0 adds this step's noise to the group's sum
+                    p.grad = summed.view_as(p)
+                else:
+                    noise = self.noise_source.gaussian(
+                        summed.shape, std=std, dtype=summed.dtype, device=summed.device
+                    )
+                    p.grad = (summed + noise).view_as(p)
                 _mark_as_processed(p.summed_grad)
+
+        def step(self, closure: Any = None) -> Any:
+            if closure is not None:
+                with torch.enable_grad():
+                    closure()
+            if not self.pre_step():
+                return None  # a physical batch inside a logical one: clipped and summed only
+            self.parallel.reduce_gradients(self.params)
+            return self.original_optimizer.step()
 
     return CsprngDPOptimizer
 
@@ -283,6 +327,26 @@ def _csprng_dp_optimizer() -> Any:
 def _sampling_generator(seed: int, round_: int) -> torch.Generator:
     state = np.random.SeedSequence([seed, round_, 0x5D9]).generate_state(1, dtype=np.uint64)[0]
     return torch.Generator().manual_seed(int(state) >> 1)
+
+
+class _Shares:
+    """The global Poisson batches, each cut to this rank's share; counts the empty *global* batches
+    (the ledger's count, the same on every rank and as in a single process)."""
+
+    def __init__(self, batches: Iterable[list[int]], parallel: DataParallel) -> None:
+        self._batches = batches
+        self._parallel = parallel
+        self.empty = 0
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for batch in self._batches:
+            if not batch:
+                self.empty += 1
+            yield self._parallel.share(batch)
+
+
+def _noise_source(noise_seed: int | None) -> AesCtrGaussian:
+    return AesCtrGaussian() if noise_seed is None else AesCtrGaussian.from_test_seed(noise_seed)
 
 
 def train_local_dp(
@@ -309,11 +373,59 @@ def train_local_dp(
     The noise is drawn from :class:`secfed.dp.csprng.AesCtrGaussian` under a fresh ``os.urandom`` key.
     ``noise_seed`` is for tests only: it keys the noise stream with a key derived from that integer,
     so the noise is reproducible by anyone who knows it and the round has no privacy.
+
+    In rank 0 of a torchrun group (:func:`secfed.model.distributed.leader_group`) every rank of the
+    group trains with it (see the module docstring); the noise is still drawn here, once per step.
     """
     if not isinstance(dp, DpSettings):
         raise TypeError(f"dp must be DpSettings, got {type(dp).__name__}")
     if not records:
         raise ValueError("no training records")
+    from secfed.model.distributed import leader_group
+
+    group = leader_group()
+    if group is not None:
+        return group.train_dp(
+            model,
+            tokenizer,
+            records,
+            settings,
+            dp,
+            round_=round_,
+            progress=progress,
+            desc=desc,
+            noise_seed=noise_seed,
+        )
+    return dp_train_steps(
+        model,
+        tokenizer,
+        records,
+        settings,
+        dp,
+        round_=round_,
+        parallel=ALONE,
+        progress=progress,
+        desc=desc,
+        noise_seed=noise_seed,
+    )
+
+
+def dp_train_steps(
+    model: torch.nn.Module,
+    tokenizer: object,
+    records: Sequence[Record],
+    settings: TrainSettings,
+    dp: DpSettings,
+    *,
+    round_: int,
+    parallel: DataParallel,
+    progress: bool,
+    desc: str,
+    noise_seed: int | None,
+) -> tuple[TrainStats, DpRoundEvent]:
+    """The DP-SGD loop of :func:`train_local_dp`, for this rank's share of every Poisson batch of
+    ``parallel``; only rank 0 draws noise (``noise_seed`` is ignored elsewhere). The statistics and the
+    event are the group's."""
     from opacus.utils.batch_memory_manager import BatchMemoryManager
     from opacus.utils.uniform_sampler import UniformWithReplacementSampler
     from torch.utils.data import DataLoader
@@ -332,16 +444,17 @@ def train_local_dp(
         generator=_sampling_generator(settings.seed, round_),
         steps=steps,
     )
+    shares = _Shares(sampler, parallel)
     # The dataset is the indices; each physical batch of indices is collated into tokens below.
     indices: Any = list(range(n))  # a map-style dataset; torch's stubs want a Dataset subclass
-    loader: DataLoader[int] = DataLoader(indices, batch_sampler=sampler, collate_fn=list)
-    noise_source = AesCtrGaussian() if noise_seed is None else AesCtrGaussian.from_test_seed(noise_seed)
-    torch.manual_seed(settings.seed * 1_000_003 + round_)  # LoRA dropout, as in train_local
+    loader: DataLoader[int] = DataLoader(indices, batch_sampler=shares, collate_fn=list)
+    noise_source = _noise_source(noise_seed) if parallel.rank == 0 else None
+    seed_dropout(settings.seed, round_, parallel.rank)
 
     frozen_before = _frozen_digest(model)
     step_hook = _StepHook()
-    losses: list[float] = []
-    sequences = tokens = empty = 0
+    step_losses: list[float] = []  # per logical step: this rank's loss sum, then its sequence count
+    sequences = tokens = 0
     bar = tqdm(total=steps, desc=desc, unit="step", disable=not progress, file=sys.stderr)
     hooks = _attach(model)  # from here on, the finally below removes them whatever happens
     started = time.perf_counter()
@@ -353,6 +466,7 @@ def train_local_dp(
             expected_batch_size=n * float(sampler.sample_rate),
             loss_reduction="mean",
             noise_source=noise_source,
+            parallel=parallel,
         )
         optimizer.attach_step_hook(step_hook)
         model.train()
@@ -370,24 +484,25 @@ def train_local_dp(
                     sequences += len(chunk)
                     tokens += n_tokens
                 else:
-                    # Empty Poisson batch: no forward (HF cannot run on 0 rows); zero-row per-sample
-                    # gradients make the step below clip nothing and add the noise as usual.
-                    empty += 1
+                    # No sequence of this rank in the Poisson batch: no forward (HF cannot run on 0
+                    # rows); zero-row per-sample gradients make the step below clip nothing and add the
+                    # noise as usual (the batch may be empty for the whole group: counted in shares).
                     for p in params:
                         p.grad_sample = torch.zeros((0, *p.shape), dtype=p.dtype, device=p.device)  # type: ignore[attr-defined]
                 done = step_hook.count
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
                 if step_hook.count > done:  # that physical batch ended a logical one
-                    if loss_count:
-                        losses.append(loss_sum / loss_count)
-                        bar.set_postfix(loss=f"{losses[-1]:.3f}")
+                    step_losses += [loss_sum, loss_count]
+                    if loss_count and parallel.world_size == 1:
+                        bar.set_postfix(loss=f"{loss_sum / loss_count:.3f}")
                     loss_sum, loss_count = 0.0, 0
                     bar.update(1)
         seconds = time.perf_counter() - started
     finally:
         bar.close()
-        noise_source.close()
+        if noise_source is not None:
+            noise_source.close()
         _detach(model, hooks)
         model.eval()
     if step_hook.count != steps:
@@ -396,10 +511,14 @@ def train_local_dp(
         )
     if _frozen_digest(model) != frozen_before:
         raise RuntimeError("frozen (non-adapter) weights changed during DP training; the round is invalid")
+    *step_losses, total_sequences, total_tokens = parallel.reduce_stats([*step_losses, sequences, tokens])
+    losses = [
+        total / count for total, count in zip(step_losses[::2], step_losses[1::2], strict=True) if count
+    ]
     stats = TrainStats(
         steps=steps,
-        sequences=sequences,
-        tokens=tokens,
+        sequences=int(total_sequences),
+        tokens=int(total_tokens),
         seconds=seconds,
         first_loss=losses[0] if losses else math.nan,
         last_loss=losses[-1] if losses else math.nan,
@@ -411,6 +530,6 @@ def train_local_dp(
         max_grad_norm=float(dp.max_grad_norm),
         expected_batch_size=dp.expected_batch_size,
         n_records=n,
-        empty_batches=empty,
+        empty_batches=shares.empty,
     )
     return stats, event

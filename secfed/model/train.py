@@ -6,6 +6,13 @@ depends on the other samples' lengths). Today that only changes the weighting sl
 it is what keeps per-sample gradients independent, so the trainer uses it from the start.
 Seeded and reproducible: batch order comes from a generator seeded by (seed, round).
 
+Data parallel across the ranks of one institution (``torchrun``, :mod:`secfed.model.distributed`): the
+step loop :func:`train_steps` takes a :class:`DataParallel`, which splits each global batch and sums the
+gradients over the ranks; :data:`ALONE` is the single process, and :func:`train_local` picks the group
+when this process leads one. Every rank draws the same global batches from the same seeded generator and
+trains on its own share, scaled by the *global* batch size, so the summed gradient is the one a single
+process computes on the whole batch (up to the order of float additions).
+
 :func:`evaluate_loss` measures the same loss, without gradients, on records the institution does not
 train on, so an evaluation curve and the training curve are in the same units.
 """
@@ -16,6 +23,7 @@ import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -42,6 +50,59 @@ class TrainStats:
     @property
     def tokens_per_s(self) -> float:
         return self.tokens / self.seconds if self.seconds > 0 else 0.0
+
+
+class DataParallel(Protocol):
+    """How one process takes part in a training step shared by ``world_size`` processes."""
+
+    @property
+    def rank(self) -> int: ...
+
+    @property
+    def world_size(self) -> int: ...
+
+    def share(self, batch: Sequence[int]) -> list[int]:
+        """This rank's part of a global batch (the parts of all ranks make up the batch, in order)."""
+        ...
+
+    def reduce_gradients(self, params: Sequence[torch.nn.Parameter]) -> None:
+        """Replace each ``p.grad`` by its sum over the ranks (a missing gradient counts as zeros)."""
+        ...
+
+    def reduce_stats(self, values: Sequence[float]) -> list[float]:
+        """The sums over the ranks of per-rank counters; the last exchange of a training run."""
+        ...
+
+
+class _Alone:
+    """The single process: the whole batch, and nothing to exchange."""
+
+    @property
+    def rank(self) -> int:
+        return 0
+
+    @property
+    def world_size(self) -> int:
+        return 1
+
+    def share(self, batch: Sequence[int]) -> list[int]:
+        return list(batch)
+
+    def reduce_gradients(self, params: Sequence[torch.nn.Parameter]) -> None:
+        return None
+
+    def reduce_stats(self, values: Sequence[float]) -> list[float]:
+        return list(values)
+
+
+#: Training in one process (no torchrun group).
+ALONE: DataParallel = _Alone()
+
+
+def seed_dropout(seed: int, round_: int, rank: int = 0) -> None:
+    """Seed torch's generators (LoRA dropout) from (seed, round); rank 0 draws what a single process
+    draws, other ranks their own streams, so two ranks never share a dropout mask."""
+    torch.manual_seed(seed * 1_000_003 + round_ + (rank << 32))
 
 
 def sequence_mean_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -123,9 +184,38 @@ def train_local(
     progress: bool = True,
     desc: str = "local training",
 ) -> TrainStats:
-    """Run ``settings.local_steps`` AdamW steps on batches drawn from ``records`` (with replacement across epochs)."""
+    """Run ``settings.local_steps`` AdamW steps on batches drawn from ``records`` (with replacement across epochs).
+
+    In rank 0 of a torchrun group (:func:`secfed.model.distributed.leader_group`) every rank of the
+    group trains with it, on its share of each batch."""
     if not records:
         raise ValueError("no training records")
+    from secfed.model.distributed import leader_group
+
+    group = leader_group()
+    if group is not None:
+        return group.train(model, tokenizer, records, settings, round_=round_, progress=progress, desc=desc)
+    return train_steps(
+        model, tokenizer, records, settings, round_=round_, parallel=ALONE, progress=progress, desc=desc
+    )
+
+
+def train_steps(
+    model: torch.nn.Module,
+    tokenizer: object,
+    records: Sequence[Record],
+    settings: TrainSettings,
+    *,
+    round_: int,
+    parallel: DataParallel,
+    progress: bool,
+    desc: str,
+) -> TrainStats:
+    """The step loop of :func:`train_local`, for this rank's share of every batch of ``parallel``.
+
+    Each micro-batch's loss is this rank's share of the batch mean (its sequences' mean times its share
+    of the batch), so the gradients summed by ``parallel`` are the single-process gradient. The
+    returned statistics are the group's (summed over the ranks)."""
     examples = _examples(records, tokenizer, settings)
     pad_id = _pad_id(tokenizer)
     trainable = [p for p in model.parameters() if p.requires_grad]
@@ -133,7 +223,7 @@ def train_local(
         raise ValueError("the model has no trainable parameters (apply LoRA first)")
     optimizer = torch.optim.AdamW(trainable, lr=settings.lr, weight_decay=settings.weight_decay)
     rng = np.random.default_rng([settings.seed, round_])
-    torch.manual_seed(settings.seed * 1_000_003 + round_)
+    seed_dropout(settings.seed, round_, parallel.rank)
     order = rng.permutation(len(examples))
     cursor = 0
     losses: list[float] = []
@@ -154,21 +244,28 @@ def train_local(
                     order, cursor = rng.permutation(len(examples)), 0
                 idx.append(int(order[cursor]))
                 cursor += 1
-            per_sequence, batch_tokens = _sequence_losses(model, [examples[i] for i in idx], pad_id)
-            loss = per_sequence.mean() / settings.grad_accum
+            mine = parallel.share(idx)
+            if not mine:
+                continue  # a batch smaller than the group: this rank's gradient share is zero
+            per_sequence, batch_tokens = _sequence_losses(model, [examples[i] for i in mine], pad_id)
+            loss = per_sequence.mean() * (len(mine) / len(idx)) / settings.grad_accum
             loss.backward()  # type: ignore[no-untyped-call]
             step_loss += float(loss.detach())
-            sequences += len(idx)
+            sequences += len(mine)
             tokens += batch_tokens
+        parallel.reduce_gradients(trainable)
         optimizer.step()
         losses.append(step_loss)
-        bar.set_postfix(loss=f"{step_loss:.3f}")
+        if parallel.world_size == 1:  # a rank's own share of the loss would read as a wrong loss
+            bar.set_postfix(loss=f"{step_loss:.3f}")
     model.eval()
+    seconds = time.perf_counter() - started
+    *losses, total_sequences, total_tokens = parallel.reduce_stats([*losses, sequences, tokens])
     return TrainStats(
         steps=steps,
-        sequences=sequences,
-        tokens=tokens,
-        seconds=time.perf_counter() - started,
+        sequences=int(total_sequences),
+        tokens=int(total_tokens),
+        seconds=seconds,
         first_loss=losses[0],
         last_loss=losses[-1],
     )
