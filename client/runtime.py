@@ -63,8 +63,9 @@ from secfed.wire import WireError, chunks, convert
 if TYPE_CHECKING:
     import torch
 
-    from secfed.model.distributed import Launch
+    from secfed.model.distributed import BaseLoader, Launch
     from secfed.model.loading import LoadedModel
+    from secfed.model.quantization import Quantization
 
 _MAX_FAULT_PROOFS = 32
 log = logging.getLogger("secfed.client")
@@ -265,15 +266,19 @@ class ClientRuntime:
         except distributed.RankError as exc:
             raise ClientStopped(f"rank {launch.rank}: {exc}") from exc
 
-    def _base_loader(self, device: torch.device) -> Callable[[], LoadedModel] | None:
-        """How a rank > 0 loads the base model the task trains (the same config as rank 0's), on its
-        own device; None for a task without a model (the LoRA tasks name theirs ``model_source``)."""
+    def _base_loader(self, device: torch.device) -> BaseLoader | None:
+        """How a rank > 0 loads the base model the task trains (the same config as rank 0's, the job's
+        quantization scheme), on its own device; None for a task without a model (the LoRA tasks name
+        theirs ``model_source``)."""
         source = getattr(self.task, "model_source", None)
         if source is None:
             return None
         from secfed.model.loading import load_base_model
 
-        return partial(load_base_model, str(source), device=str(device))
+        def load(quantization: Quantization | None) -> LoadedModel:
+            return load_base_model(str(source), device=str(device), quantization=quantization)
+
+        return load
 
     def _run_linked(self) -> ClientReport:
         with self._open_link() as link:

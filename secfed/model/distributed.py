@@ -43,8 +43,12 @@ How the pieces fit, and why:
   exchange fail (a closed connection at once, a hang after the collective timeout): :class:`RankLostError`,
   naming the ranks whose last progress report (also in the store) is behind. A cancelled computation
   on rank 0 (its session was abandoned) ends the job on every rank, and the group goes on.
-* **Not here: FSDP**, nor a quantized (QLoRA) base. Each rank holds the whole base model; a base that
-  does not fit one GPU needs sharding (FSDP), which this module does not do.
+* **A quantized (QLoRA) base** is loaded by every rank with the job's scheme (read from rank 0's model),
+  so the base identity each rank checks covers it. Each rank loads its base at its first job, not when
+  it starts: the scheme is only known then, and a full-precision copy loaded ahead "just in case" is
+  what a QLoRA institution's GPUs have no room for.
+* **Not here: FSDP.** Each rank holds the whole base model; a base that does not fit one GPU needs
+  sharding (FSDP), which this module does not do.
 
 Trust: the ranks are one institution's processes on its own machines; jobs travel between them as
 pickles, so torchrun's rendezvous endpoint must be reachable only by the institution (the default,
@@ -74,11 +78,12 @@ from secfed.dp.sgd import DpRoundEvent, DpSettings, dp_train_steps
 from secfed.model.device import select_device
 from secfed.model.loading import LoadedModel, base_hash_of
 from secfed.model.lora import LoraSettings, adapter_to_vector, apply_lora, settings_of, vector_to_adapter
-from secfed.model.quantization import is_quantized
+from secfed.model.quantization import Quantization, scheme_of
 from secfed.model.train import TrainSettings, TrainStats, train_steps
 
 __all__ = [
     "COLLECTIVE_TIMEOUT_S",
+    "BaseLoader",
     "Group",
     "JobAborted",
     "Launch",
@@ -214,6 +219,7 @@ class TrainingJob:
     records: tuple[Record, ...]
     settings: TrainSettings
     dp: DpSettings | None
+    quantization: Quantization | None
 
 
 def _job(
@@ -230,11 +236,6 @@ def _job(
             "under torchrun the trained model must be a LoRA (peft) model: the other ranks rebuild it "
             "from the base model and the adapter"
         )
-    if is_quantized(model.get_base_model()):
-        raise RuntimeError(
-            "a quantized (QLoRA) base model is not supported under torchrun yet (ranks > 0 load the base "
-            "unquantized); start this institution's client without torchrun"
-        )
     base_hash = base_hash_of(model.get_base_model())
     if base_hash is None:
         raise ValueError(
@@ -242,31 +243,53 @@ def _job(
             "hash that they train the same one"
         )
     return TrainingJob(
-        round_, adapter_to_vector(model), base_hash, settings_of(model), tuple(records), settings, dp
+        round_,
+        adapter_to_vector(model),
+        base_hash,
+        settings_of(model),
+        tuple(records),
+        settings,
+        dp,
+        scheme_of(model.get_base_model()),
     )
+
+
+#: How a rank > 0 loads its copy of the base model, with the job's quantization scheme.
+BaseLoader = Callable[[Quantization | None], LoadedModel]
 
 
 class _WorkerModel:
     """A rank's own copy of what rank 0 trains: the same base (checked by hash), LoRA layers of the
-    job's settings, and each job's starting adapter. The base is loaded once, when the rank starts,
-    while rank 0 is still talking to the coordinator."""
+    job's settings, and each job's starting adapter. The base is loaded at the first job, with the
+    job's quantization scheme, and kept for the following ones (which must use the same)."""
 
-    def __init__(self, load: Callable[[], LoadedModel] | None) -> None:
+    def __init__(self, load: BaseLoader | None) -> None:
+        self._load = load
         self._base: LoadedModel | None = None
-        self._problem = "this institution's task names no model, and ranks > 0 only train LoRA adapters"
+        self._scheme: Quantization | None = None
         self._peft: Any = None
         self._lora: LoraSettings | None = None
-        if load is not None:
+
+    def _loaded(self, job: TrainingJob) -> LoadedModel:
+        if self._load is None:
+            raise RuntimeError(
+                "this institution's task names no model, and ranks > 0 only train LoRA adapters"
+            )
+        if self._base is None:
             try:
-                self._base = load()
-            except Exception as exc:  # reported to rank 0 with the first job, which stops the client
-                self._problem = f"loading the base model failed: {type(exc).__name__}: {exc}"
+                self._base = self._load(job.quantization)
+            except Exception as exc:  # reported to rank 0 with this job, which stops the client
+                raise RuntimeError(f"loading the base model failed: {type(exc).__name__}: {exc}") from exc
+            self._scheme = job.quantization
+        elif job.quantization != self._scheme:
+            raise RuntimeError(
+                f"the base model's quantization changed between jobs ({self._scheme} -> {job.quantization})"
+            )
+        return self._base
 
     def prepare(self, job: TrainingJob) -> tuple[Any, Any]:
         """The peft model holding the job's adapter, and the tokenizer."""
-        base = self._base
-        if base is None:
-            raise RuntimeError(self._problem)
+        base = self._loaded(job)
         if base.base_hash != job.base_hash:
             raise RuntimeError(
                 f"this rank loaded base model {base.source!r} ({base.base_hash[:16]}...) but rank 0 trains "
@@ -633,7 +656,7 @@ def leading(group: Group) -> Iterator[Group]:
         _LEADER = None
 
 
-def serve(group: Group, load: Callable[[], LoadedModel] | None) -> int:
+def serve(group: Group, load: BaseLoader | None) -> int:
     """Ranks > 0: take part in every job rank 0 sends until it sends stop; returns how many completed.
 
     ``load`` loads this rank's copy of the base model onto its device (None: the institution's task has

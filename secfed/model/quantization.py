@@ -133,4 +133,14 @@ def bitsandbytes_config(quantization: Quantization, compute_dtype: torch.dtype) 
 
 def is_quantized(model: torch.nn.Module) -> bool:
     """Whether ``model`` was loaded with a bitsandbytes quantization config."""
-    return bool(getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False))
+    return scheme_of(model) is not None
+
+
+def scheme_of(model: torch.nn.Module) -> Quantization | None:
+    """The scheme ``model`` was loaded with (``None``: full precision), read from the flags transformers
+    sets on a bitsandbytes model; every 4-bit load of secfed is NF4 and every 8-bit one LLM.int8()."""
+    if getattr(model, "is_loaded_in_4bit", False):
+        return "nf4"
+    if getattr(model, "is_loaded_in_8bit", False):
+        return "int8"
+    return None

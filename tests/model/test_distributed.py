@@ -10,6 +10,7 @@ to keep the process starts, which dominate the time, to four pairs.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime
 import itertools
 import multiprocessing
@@ -121,7 +122,7 @@ def _train_rank(rank: int, _arg: str) -> dict[str, Any]:
             with _counting_noise() as draws, pytest.MonkeyPatch.context() as patch:
                 for name in ("train_steps", "dp_train_steps"):
                     patch.setattr(distributed, name, keeping(getattr(distributed, name)))
-                jobs = serve(group, _base)
+                jobs = serve(group, lambda _scheme: _base())
             return {"jobs": jobs, "adapters": adapters, "draws": draws}
         peft, tokenizer, start = _model()
         with leading(group):
@@ -175,7 +176,7 @@ def _failing_rank(rank: int, _arg: str) -> dict[str, Any]:
 
             with pytest.MonkeyPatch.context() as patch:
                 patch.setattr(train, "_sequence_losses", flaky)
-                return {"jobs": serve(group, lambda: base)}
+                return {"jobs": serve(group, lambda _scheme: base)}
         settings = TrainSettings(local_steps=3, batch_size=4, max_length=64, seed=1)
         abandoned = threading.Event()
 
@@ -203,7 +204,7 @@ def _hung_rank(rank: int, _arg: str) -> dict[str, Any]:
         if rank > 0:
             with pytest.MonkeyPatch.context() as patch:
                 patch.setattr(train, "_sequence_losses", lambda *_: time.sleep(600))
-                return {"jobs": serve(group, lambda: base)}
+                return {"jobs": serve(group, lambda _scheme: base)}
         with leading(group), pytest.raises(distributed.RankLostError) as caught:
             train_local(peft, tokenizer, _records(), SETTINGS, round_=ROUND, progress=False)
         return {"error": str(caught.value)}
@@ -465,9 +466,30 @@ def test_rank_0_refuses_a_model_the_other_ranks_cannot_rebuild() -> None:
     peft = apply_lora(base.model, LoraSettings())
     job = distributed._job(peft, _records(), SETTINGS, None, ROUND)
     assert (job.base_hash, job.lora, len(job.records)) == (base.base_hash, LoraSettings(), len(_records()))
+    assert job.quantization is None
+
+
+def test_the_other_ranks_load_the_base_with_rank_0s_quantization() -> None:
+    """QLoRA under torchrun: a rank that loaded the base in full precision would train another function
+    than rank 0's 4-bit one. The job carries rank 0's scheme; each rank loads its base with it at its
+    first job, and a later job with another scheme is refused."""
+    base = _base()
+    peft = apply_lora(base.model, LoraSettings())
     vars(base.model)["is_loaded_in_4bit"] = True  # how transformers marks a bitsandbytes 4-bit model
-    with pytest.raises(RuntimeError, match="QLoRA"):
-        distributed._job(peft, _records(), SETTINGS, None, ROUND)
+    job = distributed._job(peft, _records(), SETTINGS, None, ROUND)
+    assert job.quantization == "nf4"
+    asked: list[object] = []
+
+    def load(scheme: object) -> LoadedModel:
+        asked.append(scheme)
+        return _base()  # this rank's own copy (the same weights)
+
+    worker = distributed._WorkerModel(load)
+    worker.prepare(job)
+    worker.prepare(job)
+    assert asked == ["nf4"]
+    with pytest.raises(RuntimeError, match=r"quantization changed between jobs \(nf4 -> None\)"):
+        worker.prepare(dataclasses.replace(job, quantization=None))
 
 
 @pytest.mark.parametrize("world", [2, 3])
