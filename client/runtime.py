@@ -37,6 +37,7 @@ from client.channel import CoordinatorLink
 from client.config import RetryPolicy
 from client.faults import Fault
 from secfed import logs
+from secfed.audit.entries import session_entry
 from secfed.cancel import ComputeCancelled, cancellable
 from secfed.chain import HashChain
 from secfed.fl.participant import Participant, StageStart
@@ -518,22 +519,8 @@ class ClientRuntime:
     def _record_session(self, session: ClientSession) -> None:
         """After our unmask response: the session's public parameters and what encoding clipped."""
         config = self._session_config
-        if config is None:
-            return
-        report = session.encode_report
-        self._ledger(
-            "session",
-            round=config.round,
-            label=config.label,
-            session_id=session.session_id.hex(),
-            n=len(config.roster),
-            threshold=config.threshold,
-            colluding=config.n_colluding,
-            min_cohort=config.min_cohort,
-            ring_bits=config.spec.ring_bits,
-            segments={s.name: {"length": s.length, "frac_bits": s.frac_bits} for s in config.spec.segments},
-            clipped_fraction=report.clipped_fraction if report is not None else None,
-        )
+        if config is not None:
+            self._ledger("session", **session_entry(config, session))
 
     def _download(self, stub: pb_grpc.FederationStub, ref: pb.ModelRef) -> np.ndarray:
         if self._model is not None and self._model[0] == ref.hash:

@@ -20,6 +20,7 @@ from secfed.bench import fuzz as bench_fuzz
 from secfed.bench import load as bench_load
 from secfed.bench import round as bench_round
 from secfed.bench import secagg as bench_secagg
+from secfed.bench import simulate_scale as bench_simulate
 from secfed.bench import storage as bench_storage
 from secfed.bench import train as bench_train
 from secfed.harness import simulate as simulate_harness
@@ -45,7 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     simulate = sub.add_parser(
-        "simulate", help="run a complete local federation, one process per participant (the main job)"
+        "simulate",
+        help="run a complete local federation, one process per participant or Ray workers (the main job)",
     )
     simulate_harness.add_arguments(simulate)
     simulate.set_defaults(func=_simulate)
@@ -116,6 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench_crashresume.register(bench_sub)
     bench_fuzz.register(bench_sub)
     bench_deploy.register(bench_sub)
+    bench_simulate.register(bench_sub)
 
     cli_certs.register(sub)
     cli_audit.register(sub)

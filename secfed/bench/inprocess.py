@@ -1,22 +1,20 @@
-"""A whole federation in one process: the one in-process runner of benchmarks and adversarial tests.
+"""A whole federation in one process: the in-process runs of benchmarks and adversarial tests.
 
-The real coordinator and the real institutions (each a :class:`~secfed.fl.participant.Participant`,
-exactly as behind ``secfed client``: instruction checks, policy, compute phase, release log) exchange
-their messages by function call instead of gRPC, one client at a time. Training dominates the
-method benchmarks by orders of magnitude, so this measures what matters (quality, data used, training
+The driver itself is :mod:`secfed.harness.inprocess` (the real coordinator and the real institutions,
+each a :class:`~secfed.fl.participant.Participant` exactly as behind ``secfed client``, exchanging
+their messages by function call); ``secfed simulate --backend ray`` runs the same loop over Ray
+workers. Here the institutions answer one at a time in this process. Training dominates the method
+benchmarks by orders of magnitude, so this measures what matters (quality, data used, training
 time) on a 2-core machine without ten processes fighting over memory; the transport is measured by
 ``secfed bench round`` and ``secfed bench load``.
 
 :func:`drive` takes a :class:`~secfed.bench.lying.Lie`, a hook on every message the server sends,
 which the adversarial catalogue uses to play a lying server; :func:`run_inprocess` is the honest run.
-The coordinator's clock is simulated: when no institution has anything to do, it jumps past the open
-phase's deadline, as a real one would run out. The coordinator lives in the server package: imported
-lazily, as benchmarks compose the system.
+The coordinator lives in the server package: imported lazily, as benchmarks compose the system.
 """
 
 from __future__ import annotations
 
-import contextlib
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -25,16 +23,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from numpy.typing import NDArray
 
-from secfed.crypto.identity import Identity, TrustAnchor
-from secfed.fl.participant import Participant, StageStart, Upload
-from secfed.fl.plaintext import PlaintextInput
-from secfed.fl.policy import InstitutionPolicy, Refusal
+from secfed.fl.participant import Participant
+from secfed.fl.policy import InstitutionPolicy
 from secfed.fl.releases import ReleaseLog
 from secfed.fl.tasks import ClientTask, ServerTask, StageResult
-from secfed.pki.issue import CertificateAuthority, create_ca, issue_client
-from secfed.secagg.errors import SecAggError
-from secfed.secagg.messages import AdvertiseKeys, MaskedInputUpload
-from secfed.secagg.server import ServerSession
+from secfed.harness.inprocess import Clock, Consortium, Driver, LocalInstitutions, make_consortium
 
 if TYPE_CHECKING:
     from secfed.bench.lying import Lie
@@ -52,28 +45,6 @@ __all__ = [
 
 
 @dataclass
-class Clock:
-    """The coordinator's clock; the driver moves it past a deadline when nobody has anything to do."""
-
-    now: float = 0.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-@dataclass
-class Consortium:
-    ca: CertificateAuthority
-    trust: TrustAnchor
-    identities: dict[str, Identity]
-
-
-def make_consortium(ids: list[str] | tuple[str, ...]) -> Consortium:
-    ca = create_ca("secfed in-process CA")
-    return Consortium(ca, TrustAnchor(ca.certificate), {cid: issue_client(ca, cid) for cid in ids})
-
-
-@dataclass
 class Member:
     """One institution: its participant, and what the lying server saw of it."""
 
@@ -81,8 +52,6 @@ class Member:
     participant: Participant
     violations: list[str] = field(default_factory=list)
     refusals: list[tuple[int, str]] = field(default_factory=list)
-    last_instruction: int = -1
-    finished: bool = False
 
 
 @dataclass
@@ -125,6 +94,7 @@ def drive(
     secure: bool = True,
     seed: int = 0,
     min_cohort: int = 3,
+    participation: float = 1.0,
     releases: Mapping[str, ReleaseLog] | None = None,
     participants: Mapping[str, Participant] | None = None,
     max_attempts: int = 2,
@@ -138,11 +108,10 @@ def drive(
 
     ``participants`` reuses institutions across runs (their release logs and verified sums persist,
     as across a server restart); otherwise fresh ones are made with ``policy`` and ``releases``.
+    ``participation`` is the share of the roster each round samples (the coordinator's plan).
     """
-    from secfed.bench.lying import Lie
-    from server.coordinator import Coordinator, Finished, RoundPlan, RoundStart, Wait
+    from server.coordinator import Coordinator, RoundPlan
 
-    lie = lie or Lie()
     started = time.perf_counter()
     policy = policy or InstitutionPolicy()
     run = LyingRun()
@@ -167,6 +136,7 @@ def drive(
     clock = Clock()
     plan = RoundPlan(
         rounds=first_round + rounds,
+        participation=participation,
         min_cohort=min_cohort,
         phase_timeout_s=10.0,
         compute_timeout_s=10.0,
@@ -186,87 +156,18 @@ def drive(
         first_round=first_round,
         first_attempt=first_attempt,
     )
-    handed: dict[str, bytes] = {}
-    seen: set[int] = set()
-    for _ in range(max_steps):
-        if coordinator.finished_reason is not None:
-            break
-        progressed = False
-        for m in run.members.values():
-            if m.finished:
-                continue
-            pending = coordinator.poll(m.cid)
-            ins = pending.instruction
-            if isinstance(ins, Finished):
-                m.finished = True
-                continue
-            if isinstance(ins, Wait) or pending.instruction_id == m.last_instruction:
-                continue
-            m.last_instruction = pending.instruction_id
-            progressed = True
-            try:
-                if isinstance(ins, RoundStart):
-                    honest = StageStart(
-                        ins.config,
-                        ins.task,
-                        ins.task_config,
-                        coordinator.model,
-                        ins.secure,
-                        ins.evidence,
-                        ins.fault_proofs,
-                    )
-                    start = lie.start(m.cid, honest)
-                    handed[m.cid] = start.config.instruction_hash
-                    stage = str(ins.task_config.get("stage", ""))
-                    if drop is not None and drop(m.cid, ins.config.round, stage, ins):
-                        continue
-                    answer: Upload | None = m.participant.start(start)
-                else:
-                    message = lie.relay(m.cid, ins.message)
-                    stage = str(coordinator._attempt.stage) if coordinator._attempt is not None else ""
-                    if drop is not None and drop(m.cid, coordinator.round, stage, message):
-                        continue
-                    answer = m.participant.relay(message)
-            except SecAggError as exc:
-                m.violations.append(str(exc))
-                m.participant.abandon()
-                continue
-            if isinstance(answer, Refusal):
-                with contextlib.suppress(SecAggError):  # a refusal after the attempt ended
-                    coordinator.refuse(m.cid, answer.round, answer.reason)
-            elif answer is not None:
-                lie.upload(m.cid, answer)
-                if isinstance(answer, MaskedInputUpload | PlaintextInput):
-                    run.upload_values += sum(int(np.asarray(v).size) for v in answer.segments.values())
-                try:
-                    coordinator.upload(m.cid, answer)
-                except SecAggError as exc:
-                    session = coordinator._attempt.session if coordinator._attempt is not None else None
-                    if (
-                        lie.accept_any_advert
-                        and isinstance(answer, AdvertiseKeys)
-                        and isinstance(session, ServerSession)
-                    ):
-                        session._adverts[m.cid] = answer
-                        coordinator.upload_accepted(m.cid)
-                    else:
-                        m.violations.append(f"upload refused: {exc}")
-        attempt = coordinator._attempt
-        current = list(attempt.done) if attempt is not None else []
-        for st in [*(st for stages in coordinator.stage_results for st in stages), *current]:
-            if id(st) not in seen:  # a sum the server obtained (also in an attempt that later failed)
-                seen.add(id(st))
-                run.stages.append(st)
-                run.handed.append({c: handed.get(c, b"") for c in st.result.contributors})
-        if not progressed:
-            clock.now += 1000.0
-            coordinator.tick()
-    run.finished_reason = coordinator.finished_reason or "did not finish"
+    institutions = LocalInstitutions({cid: m.participant for cid, m in run.members.items()})
+    driver = Driver(coordinator, institutions, clock, lie=lie, drop=drop)
+    run.finished_reason = driver.run(max_steps)
+    for cid, caught in driver.violations.items():
+        run.members[cid].violations.extend(caught)
+    run.stages, run.handed = driver.stages, driver.handed
     run.aborted = list(coordinator.aborted_attempts)
     run.model = coordinator.model
     run.stage_results = coordinator.stage_results
     run.server_refusals = list(coordinator.refusals)
     run.seconds = time.perf_counter() - started
+    run.upload_values = driver.upload_values
     return run
 
 
@@ -290,6 +191,7 @@ def run_inprocess(
     secure: bool = True,
     seed: int = 0,
     min_cohort: int = 3,
+    participation: float = 1.0,
     policy: InstitutionPolicy | None = None,
 ) -> InProcessRun:
     """Run ``rounds`` rounds of ``task`` over ``clients`` (id -> client half) with an honest server."""
@@ -302,6 +204,7 @@ def run_inprocess(
         secure=secure,
         seed=seed,
         min_cohort=min_cohort,
+        participation=participation,
         max_attempts=1,
     )
     assert run.model is not None

@@ -1,10 +1,15 @@
-"""``secfed simulate``: a whole federation on this machine, one OS process per participant.
+"""``secfed simulate``: a whole federation on this machine, by default one OS process per participant.
 
 Why processes and not threads: the point is to exercise what a deployment runs, namely the
 ``secfed server`` and ``secfed client`` entry points, mutual TLS on a real port, the state database
 on disk, and processes that die. A client can be made to SIGKILL itself or hang at a chosen phase
 (``--fault``), and the server can be SIGKILLed mid-round or between rounds and restarted on the same
 port (``--kill-server-*``); the clients ride out the restart with their normal back-off.
+
+``--backend ray`` trades the transport for scale: the same run directory (consortium, configuration
+files, state database, each institution's ledgers) run by the real coordinator and virtual
+institutions in Ray workers (:mod:`secfed.harness.ray_backend`), for the hundreds of institutions that
+one process each cannot hold.
 
 A run then checks its own outcome from the files it left (see :mod:`secfed.harness.checks`): every
 planned round completed exactly once, the secure sums equal the plaintext sums (toy task), and the
@@ -19,6 +24,8 @@ anything still running is terminated (SIGTERM, then SIGKILL).
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import importlib.util
 import json
 import logging
 import re
@@ -38,9 +45,15 @@ from secfed.harness.presets import DEFAULT_PRESET, PRESETS, Preset
 from secfed.harness.procs import ChildProcess, secfed_command
 
 __all__ = [
+    "BACKENDS",
+    "RAY_INSTALL_HINT",
+    "Backend",
+    "BackendRun",
     "ServerKill",
     "SimulationOptions",
     "add_arguments",
+    "check_ray_cpus",
+    "check_size",
     "options_from_args",
     "run_cli",
     "run_simulation",
@@ -48,7 +61,12 @@ __all__ = [
 
 log = logging.getLogger("secfed.harness")
 
-MAX_CLIENTS = 256
+#: The ways a simulation can run: one OS process per participant over mTLS gRPC, or Ray workers.
+BACKENDS = ("process", "ray")
+Backend = Literal["process", "ray"]
+MAX_CLIENTS = 256  # one OS process each
+MAX_VIRTUAL_CLIENTS = 4096  # --backend ray: a guard against a mistyped size (one kit each is provisioned)
+RAY_INSTALL_HINT = "install the ray extra: pip install 'secfed[ray]'"
 _HOST = "127.0.0.1"
 _POLL_S = 0.05
 _PORT_WAIT_S = 30.0
@@ -85,6 +103,8 @@ class SimulationOptions:
     server_kills: tuple[ServerKill, ...] = ()
     force: bool = False
     timeout_s: float | None = None
+    backend: Backend = "process"
+    ray_cpus: int | None = None  # --backend ray: CPUs of the local Ray cluster (None: all of them)
 
     @property
     def client_ids(self) -> tuple[str, ...]:
@@ -124,8 +144,30 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=Path,
         help="a simulation described in TOML (e.g. examples/fedit-shared-10.toml) instead of a preset",
     )
-    parser.add_argument("--clients", type=int, help="number of client processes (overrides the preset)")
+    parser.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        default="process",
+        help="process: one OS process per participant over mutual-TLS gRPC (default); ray: virtual "
+        "institutions in Ray workers on a local loopback-only cluster, for hundreds of institutions "
+        f"({RAY_INSTALL_HINT})",
+    )
+    parser.add_argument("--clients", type=int, help="number of institutions (overrides the preset)")
     parser.add_argument("--rounds", type=int, help="number of rounds (overrides the preset)")
+    parser.add_argument(
+        "--per-round",
+        type=int,
+        metavar="N",
+        help="institutions sampled into each round's cohort (default: the preset's participation, "
+        "every institution for the built-in presets)",
+    )
+    parser.add_argument(
+        "--ray-cpus",
+        type=int,
+        metavar="N",
+        help="with --backend ray: CPUs of the local Ray cluster, one worker each (default: all of this "
+        "machine's; with GPUs, one worker per GPU)",
+    )
     parser.add_argument(
         "--model",
         help="base model for presets that train one: a Hugging Face model directory or a locally cached id "
@@ -187,20 +229,26 @@ def options_from_args(args: argparse.Namespace) -> SimulationOptions:
         if "model" not in preset.task_options:
             raise ValueError(f"--model: preset {preset.name!r} trains no model")
         preset = preset.with_model(args.model)
+    backend: Backend = args.backend
     clients = preset.clients if args.clients is None else args.clients
     rounds = preset.rounds if args.rounds is None else args.rounds
     phase_timeout = preset.phase_timeout_s if args.phase_timeout is None else args.phase_timeout
-    if not preset.min_cohort <= clients <= MAX_CLIENTS:
-        raise ValueError(
-            f"--clients must be from {preset.min_cohort} (the smallest cohort secure aggregation releases) "
-            f"to {MAX_CLIENTS}, got {clients}"
-        )
+    check_size(backend, clients, args.per_round, preset.min_cohort)
+    if args.per_round is not None:
+        preset = dataclasses.replace(preset, participation=args.per_round / clients)
     if rounds < 1:
         raise ValueError(f"--rounds must be at least 1, got {rounds}")
     if not phase_timeout >= 0.1:
         raise ValueError(f"--phase-timeout must be at least 0.1 s, got {phase_timeout}")
     if args.timeout is not None and not args.timeout > 0:
         raise ValueError(f"--timeout must be positive, got {args.timeout}")
+    faulted = args.fault or args.kill_server_mid_round or args.kill_server_after_round
+    if backend == "ray" and faulted:
+        raise ValueError(
+            "--fault and --kill-server-* act on OS processes: they need --backend process "
+            "(virtual institutions are not processes)"
+        )
+    check_ray_cpus(backend, args.ray_cpus)
     ids = client_ids(clients)
     faults = parse_faults(args.fault, ids, rounds)
     kills: list[ServerKill] = []
@@ -228,7 +276,37 @@ def options_from_args(args: argparse.Namespace) -> SimulationOptions:
         server_kills=tuple(sorted(kills, key=lambda k: k.order)),
         force=args.force,
         timeout_s=args.timeout,
+        backend=backend,
+        ray_cpus=args.ray_cpus,
     )
+
+
+def check_size(backend: Backend, clients: int, per_round: int | None, min_cohort: int) -> None:
+    """``--clients`` within what ``backend`` runs, ``--per-round`` (None: the preset's) within it."""
+    most = MAX_VIRTUAL_CLIENTS if backend == "ray" else MAX_CLIENTS
+    if not min_cohort <= clients <= most:
+        raise ValueError(
+            f"--clients must be from {min_cohort} (the smallest cohort secure aggregation releases) "
+            f"to {most} with --backend {backend}, got {clients}"
+            + ("" if backend == "ray" else f" (--backend ray runs up to {MAX_VIRTUAL_CLIENTS})")
+        )
+    if per_round is not None and not min_cohort <= per_round <= clients:
+        raise ValueError(
+            f"--per-round must be from {min_cohort} (the smallest cohort secure aggregation "
+            f"releases) to --clients ({clients}), got {per_round}"
+        )
+
+
+def check_ray_cpus(backend: Backend, ray_cpus: int | None) -> None:
+    """``--ray-cpus`` only with Ray, and Ray installed (checked before anything is provisioned)."""
+    if backend != "ray":
+        if ray_cpus is not None:
+            raise ValueError("--ray-cpus only applies with --backend ray")
+        return
+    if ray_cpus is not None and ray_cpus < 1:
+        raise ValueError(f"--ray-cpus must be at least 1, got {ray_cpus}")
+    if importlib.util.find_spec("ray") is None:
+        raise ValueError(f"--backend ray: Ray is not installed; {RAY_INSTALL_HINT}")
 
 
 def _default_out() -> Path:
@@ -571,6 +649,53 @@ def _evaluate(preset: Preset, opts: SimulationOptions, *, adapter_dir: Path | No
     )
 
 
+@dataclass
+class BackendRun:
+    """What a backend reports beside the files it left: its own result fields, and what went wrong."""
+
+    wall_s: float
+    fields: dict[str, Any]
+    problems: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+
+def _run_processes(opts: SimulationOptions, layout: RunLayout) -> BackendRun:
+    """The server and every client as ``secfed`` processes on 127.0.0.1, faults injected as asked."""
+    run = _Run(opts, layout)
+    try:
+        run.run()
+        run.finish_clients()
+    finally:
+        run.stop_all()
+    wall = run.elapsed()
+    clients, warnings = _client_outcomes(run)
+    warnings = run.warnings + warnings
+    final_server = run.server_runs[-1].summary() if run.server_runs else None
+    if final_server is not None and final_server["exit_code"] != 0:
+        warnings.append(f"the server's last run exited with {final_server['exit_code']}")
+    fields = {
+        "port": run.port,
+        "server_kills": run.kills,
+        "server_restarts": max(0, len(run.server_runs) - 1),
+        "exit_codes": {
+            "server": [s.returncode for s in run.server_runs],
+            "clients": {cid: c["exit_code"] for cid, c in clients.items()},
+        },
+        "server_runs": [s.summary() for s in run.server_runs],
+        "client_processes": clients,
+        "timeline": run.timeline,
+    }
+    return BackendRun(wall, fields, run.problems, warnings)
+
+
+def _run_backend(opts: SimulationOptions, layout: RunLayout) -> BackendRun:
+    if opts.backend == "ray":
+        from secfed.harness.ray_backend import run_on_ray
+
+        return run_on_ray(opts, layout)
+    return _run_processes(opts, layout)
+
+
 def run_simulation(opts: SimulationOptions) -> dict[str, Any]:
     """Run one simulation end to end and return the result (also written to ``OUT/result.json``)."""
     prepare_out_dir(opts.out, force=opts.force)
@@ -605,13 +730,7 @@ def run_simulation(opts: SimulationOptions) -> dict[str, Any]:
     if preset.evaluate:
         # Also converts and caches the base model once, before the child processes need it.
         before = _evaluate(preset, opts, adapter_dir=None)
-    run = _Run(opts, layout)
-    try:
-        run.run()
-        run.finish_clients()
-    finally:
-        run.stop_all()
-    wall = run.elapsed()
+    backend = _run_backend(opts, layout)
 
     records = read_rounds_log(layout.rounds_log)
     integrity = state_check(layout.state_db)
@@ -631,15 +750,13 @@ def run_simulation(opts: SimulationOptions) -> dict[str, Any]:
                 after=after.to_json(), adapter=str(adapter_dir), table=format_table(before, after)
             )
         (opts.out / "eval.json").write_text(json.dumps(evaluation, indent=2) + "\n", encoding="utf-8")
-    clients, warnings = _client_outcomes(run)
-    warnings = run.warnings + warnings
-    final_server = run.server_runs[-1].summary() if run.server_runs else None
-    if final_server is not None and final_server["exit_code"] != 0:
-        warnings.append(f"the server's last run exited with {final_server['exit_code']}")
     completed = not round_problems and len(records) == opts.rounds
-    ok = completed and not run.problems and integrity.get("ok") is True and plaintext["status"] != "failed"
+    ok = (
+        completed and not backend.problems and integrity.get("ok") is True and plaintext["status"] != "failed"
+    )
     result: dict[str, Any] = {
         "ok": ok,
+        "backend": opts.backend,
         "preset": preset.name,
         "task": {"name": preset.task, "options": dict(preset.task_options)},
         "clients": opts.clients,
@@ -650,9 +767,8 @@ def run_simulation(opts: SimulationOptions) -> dict[str, Any]:
         "phase_timeout_s": opts.phase_timeout_s,
         "out": str(opts.out),
         "started_at": started.isoformat(timespec="seconds"),
-        "wall_s": round(wall, 3),
+        "wall_s": round(backend.wall_s, 3),
         "deadline_s": opts.deadline_s,
-        "port": run.port,
         "round_records": [
             {
                 "round": r.get("round"),
@@ -666,21 +782,14 @@ def run_simulation(opts: SimulationOptions) -> dict[str, Any]:
             for r in records
         ],
         "faults": [f.as_dict() for f in opts.faults],
-        "server_kills": run.kills,
-        "server_restarts": max(0, len(run.server_runs) - 1),
-        "exit_codes": {
-            "server": [s.returncode for s in run.server_runs],
-            "clients": {cid: c["exit_code"] for cid, c in clients.items()},
-        },
-        "server_runs": [s.summary() for s in run.server_runs],
-        "client_processes": clients,
+        "server_kills": [],
+        **backend.fields,
         "integrity": integrity,
         "plaintext_check": plaintext,
         "evaluation": evaluation,
         "privacy": _privacy_outcomes(layout, opts.client_ids),
-        "problems": run.problems + round_problems,
-        "warnings": warnings,
-        "timeline": run.timeline,
+        "problems": backend.problems + round_problems,
+        "warnings": backend.warnings,
         "files": {
             "server_config": str(layout.server_config),
             "state_db": str(layout.state_db),
@@ -728,8 +837,15 @@ def summary_lines(result: dict[str, Any]) -> list[str]:
     checks = {r["round"]: r for r in result["plaintext_check"].get("rounds", [])}
     lines = [
         f"secfed simulate: preset {result['preset']}, {result['clients']} clients, {result['rounds']} rounds "
-        f"({result['task']['name']})"
+        f"({result['task']['name']}, {result['backend']} backend)"
     ]
+    ray = result.get("ray")
+    if ray is not None:
+        lines.append(
+            f"  Ray on {ray['address']}: {ray['workers']} worker(s) of {ray['cpus_per_worker']} CPU"
+            f"{' and 1 GPU' if ray['gpus_per_worker'] else ''} each, hosting {ray['institutions']} "
+            "virtual institution(s)"
+        )
     for rec in result["round_records"]:
         check = checks.get(rec["round"])
         verdict = ""
