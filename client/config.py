@@ -42,6 +42,8 @@ class ClientConfig:
     checkpoint_every: int = 0
     task: str = "toy-mean"
     task_options: dict[str, Any] = field(default_factory=dict)
+    # The distribution providing a plug-in task (secfed.fl.registry); None for secfed's own tasks.
+    task_plugin: str | None = None
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     privacy: PrivacyPolicy = field(default_factory=PrivacyPolicy)
     policy: InstitutionPolicy = field(default_factory=InstitutionPolicy)
@@ -65,6 +67,7 @@ def load_client_config(path: Path) -> ClientConfig:
     cli.finish()
     task = doc.table("task")
     name = task.get("name", str, "toy-mean")
+    plugin = task.get("plugin", str, "") or None
     options = resolve_task_paths(path.parent, task.get("options", dict, {}))
     task.finish()
     r = doc.table("retry")
@@ -104,6 +107,7 @@ def load_client_config(path: Path) -> ClientConfig:
         checkpoint_every=checkpoint_every,
         task=name,
         task_options=options,
+        task_plugin=plugin,
         retry=retry,
         privacy=privacy,
         policy=policy,

@@ -231,8 +231,8 @@ def _client(args: argparse.Namespace) -> int:
     from client.faults import Fault
     from client.runtime import ClientRuntime, ClientStopped
     from client.tls import ServerRefused
+    from secfed.fl.registry import client_task
     from secfed.fl.releases import ReleaseLog
-    from secfed.fl.tasks import client_task
     from secfed.home import default_release_log
     from secfed.pki.kit import load_kit
 
@@ -247,7 +247,9 @@ def _client(args: argparse.Namespace) -> int:
         raise ValueError(f"{args.config}: no server address (set [client].server or use --server)")
     runtime = ClientRuntime(
         kit,
-        client_task(config.task, kit.client_id, config.task_options, privacy=config.privacy),
+        client_task(
+            config.task, kit.client_id, config.task_options, config.privacy, plugin=config.task_plugin
+        ),
         address=address,
         retry=config.retry,
         fault=Fault.parse(args.fault) if args.fault else None,

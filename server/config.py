@@ -52,6 +52,8 @@ class ServerConfig:
     plan: RoundPlan = field(default_factory=RoundPlan)
     task: str = "toy-mean"
     task_options: dict[str, Any] = field(default_factory=dict)
+    # The distribution providing a plug-in task (secfed.fl.registry); None for secfed's own tasks.
+    task_plugin: str | None = None
     limits: Limits = field(default_factory=Limits)
     # Global models kept in the state database (the latest k; None: all). Resuming needs only the
     # latest; every institution keeps its own copy of the final one.
@@ -96,6 +98,7 @@ def load_server_config(path: Path) -> ServerConfig:
 
     task = doc.table("task")
     task_name = task.get("name", str, "toy-mean")
+    task_plugin = task.get("plugin", str, "") or None
     task_options = resolve_task_paths(base, task.get("options", dict, {}))
     task.finish()
     dp = task_options.get("dp")
@@ -148,6 +151,7 @@ def load_server_config(path: Path) -> ServerConfig:
         plan=plan,
         task=task_name,
         task_options=task_options,
+        task_plugin=task_plugin,
         limits=limits,
         keep_models=keep_models,
         metrics=metrics,

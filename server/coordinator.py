@@ -33,7 +33,7 @@ from secfed.fl.curves import cohort_eval, cohort_loss
 from secfed.fl.instruction import instruction_hash
 from secfed.fl.plaintext import PlaintextInput, PlaintextSession
 from secfed.fl.policy import RefusalCategory
-from secfed.fl.tasks import ServerTask, StagePlan, StageResult, next_stage
+from secfed.fl.tasks import ServerTask, StagePlan, StageResult
 from secfed.fl.vectors import model_hash
 from secfed.secagg.config import SessionConfig, required_threshold
 from secfed.secagg.errors import DealerFaultError, Phase, SecAggError
@@ -544,8 +544,7 @@ class Coordinator:
             return
         self.observer.attempt_started(self.round, number)
         try:
-            plan = next_stage(
-                self.task,
+            plan = self.task.next_stage(
                 self.round,
                 self.model,
                 [],
@@ -644,8 +643,7 @@ class Coordinator:
                 f"{len(result.dropped)} dropped, {self.clock() - attempt.started:.1f} s into the round"
             ),
         )
-        plan = next_stage(
-            self.task,
+        plan = self.task.next_stage(
             attempt.round,
             self.model,
             attempt.done,

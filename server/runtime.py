@@ -24,7 +24,8 @@ import numpy as np
 
 from secfed import logs
 from secfed.durable import append_line, write_synced
-from secfed.fl.tasks import StageResult, server_task
+from secfed.fl.registry import server_task
+from secfed.fl.tasks import StageResult
 from secfed.fl.vectors import model_hash
 from secfed.pki.kit import load_kit
 from secfed.secagg.messages import AggregateResult
@@ -250,7 +251,7 @@ class FederationServer:
         kit = load_kit(config.kit)
         if kit.role != "server":
             raise ValueError(f"{config.kit}: this kit is for a {kit.role}, not the server")
-        task = server_task(config.task, config.task_options)
+        task = server_task(config.task, config.task_options, plugin=config.task_plugin)
         config.state_db.parent.mkdir(parents=True, exist_ok=True)
         store = StateStore(config.state_db, keep_models=config.keep_models)
         if not store.has_initial_model():

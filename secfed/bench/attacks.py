@@ -571,11 +571,8 @@ def _dp_negligible_noise(world: World) -> tuple[str, str]:
     clients = {
         c: FeditClient(
             c,
-            {
-                "model": str(world.model),
-                **_data(i, 4),
-                "privacy": PrivacyPolicy(ledger=world.workdir / f"dp-noise-{c}.jsonl").to_mapping(),
-            },
+            {"model": str(world.model), **_data(i, 4)},
+            privacy=PrivacyPolicy(ledger=world.workdir / f"dp-noise-{c}.jsonl"),
             model_pool=world.pool,
         )
         for i, c in enumerate(ids)

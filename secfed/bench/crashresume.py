@@ -132,7 +132,7 @@ def _start_witness(
     # The client package is composed here, like every benchmark does (never by the secfed library).
     from client.config import RetryPolicy
     from client.runtime import ClientRuntime
-    from secfed.fl.tasks import client_task
+    from secfed.fl.registry import client_task
     from secfed.pki.kit import load_kit
     from secfed.proto.v1 import federation_pb2 as pb
     from secfed.proto.v1 import federation_pb2_grpc as pb_grpc

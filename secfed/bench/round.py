@@ -35,7 +35,7 @@ def run_vector_federation(pki: Path, config: Any, *, secure: bool = True) -> Any
     """
     from client.config import RetryPolicy
     from client.runtime import ClientRuntime
-    from secfed.fl.tasks import client_task
+    from secfed.fl.registry import client_task
     from secfed.pki.kit import load_kit
     from server.runtime import FederationServer
 

@@ -44,7 +44,7 @@ def _dim(options: Mapping[str, Any]) -> int:
     return dim
 
 
-class BenchServer:
+class BenchServer(tasks.SingleStage):
     name = NAME
 
     def __init__(self, options: Mapping[str, Any]) -> None:
@@ -102,6 +102,3 @@ class BenchClient:
         self, round_: int, model: NDArray[np.float32], task_config: Mapping[str, Any]
     ) -> bytes | None:
         return release_identity(NAME, self.vector.tobytes(), model_hash(model))
-
-
-tasks.register(NAME, BenchServer, BenchClient)

@@ -36,6 +36,7 @@ from secfed import logs
 from secfed.coreset.config import CoresetConfig
 from secfed.coreset.dp_config import DpSelection
 from secfed.data.formats import Record
+from secfed.dp.policy import PrivacyPolicy
 from secfed.fl import tasks
 from secfed.fl.fedit import FeditClient, FeditInstruction, FeditServer, ModelPool, train_round
 from secfed.fl.instruction import FrozenModel, canonical_json
@@ -338,9 +339,14 @@ class FedhdsClient(FeditClient):
     instruction_type: type[FedhdsInstruction] = FedhdsInstruction
 
     def __init__(
-        self, client_id: str, options: Mapping[str, Any], *, model_pool: ModelPool | None = None
+        self,
+        client_id: str,
+        options: Mapping[str, Any],
+        *,
+        privacy: PrivacyPolicy | None = None,
+        model_pool: ModelPool | None = None,
     ) -> None:
-        super().__init__(client_id, options, model_pool=model_pool)
+        super().__init__(client_id, options, privacy=privacy, model_pool=model_pool)
         self._coreset: Any = None
         self._features_round: int | None = None
         self.last_selected: NDArray[np.int64] = np.zeros(0, dtype=np.int64)
@@ -917,6 +923,3 @@ def coreset_stage_spec(ins: FedhdsInstruction) -> Any:
             RefusalCategory.INCONSISTENCY, "the ballot is for another election", field="plan.ballot"
         )
     return election.election_layout(ballot).vector_spec()
-
-
-tasks.register(NAME, FedhdsServer, FedhdsClient, privacy_aware=True)

@@ -34,7 +34,7 @@ from numpy.typing import NDArray
 
 from secfed import logs
 from secfed.data.builtin import BUILTIN_DATA
-from secfed.dp.policy import DpOptions
+from secfed.dp.policy import DpOptions, PrivacyPolicy
 from secfed.fl import curves, tasks
 from secfed.fl.instruction import RoundInstruction, canonical_json
 from secfed.fl.policy import InstitutionPolicy, RefusalCategory, Refused, within
@@ -168,7 +168,7 @@ def update_spec(
     )
 
 
-class FeditServer:
+class FeditServer(tasks.SingleStage):
     """Holds the base model only to initialise the adapter and to export the final one."""
 
     name = NAME
@@ -351,9 +351,17 @@ class FeditClient:
     instruction_type: type[FeditInstruction] = FeditInstruction
 
     def __init__(
-        self, client_id: str, options: Mapping[str, Any], *, model_pool: ModelPool | None = None
+        self,
+        client_id: str,
+        options: Mapping[str, Any],
+        *,
+        privacy: PrivacyPolicy | None = None,
+        model_pool: ModelPool | None = None,
     ) -> None:
-        known = set(ClientDataOptions.__dataclass_fields__) | {"model", "device", "privacy"}
+        """``options``: the client config's ``[task.options]``; ``privacy``: the institution's own policy
+        (its ``[privacy]`` table), which this task enforces before every round (None: no DP rules and no
+        ledger of its own, as in tests and benchmarks)."""
+        known = set(ClientDataOptions.__dataclass_fields__) | {"model", "device"}
         unknown = set(options) - known
         if unknown:
             raise ValueError(f"{NAME} client {client_id}: unknown option(s) {sorted(unknown)}")
@@ -365,15 +373,13 @@ class FeditClient:
         self.records = client_records(client_id, data)
         self._fingerprint: bytes | None = None
         from secfed.dp.institution import DatasetTag, InstitutionPrivacy
-        from secfed.dp.policy import PrivacyPolicy
 
-        policy = PrivacyPolicy.from_mapping(options["privacy"]) if "privacy" in options else None
         name = (
             str(data.data)
             if data.data != BUILTIN_DATA
             else f"builtin share {data.client_index + 1}/{data.n_clients}"
         )
-        self.privacy = InstitutionPrivacy(client_id, policy, DatasetTag(self.dataset_hash().hex(), name))
+        self.privacy = InstitutionPrivacy(client_id, privacy, DatasetTag(self.dataset_hash().hex(), name))
         self._base: Any = None
         self._peft: Any = None
         self._lora: LoraSettings | None = None
@@ -788,6 +794,3 @@ def train_round(
         )
     privacy.record(round_, event)
     return stats, True
-
-
-tasks.register(NAME, FeditServer, FeditClient, privacy_aware=True)

@@ -8,7 +8,7 @@ global model. The server half never sees a single client's contribution, only
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -17,7 +17,6 @@ import numpy as np
 from numpy.typing import NDArray
 
 from secfed.data.builtin import BUILTIN_DATA
-from secfed.dp.policy import PrivacyPolicy
 from secfed.fl.policy import InstitutionPolicy
 from secfed.secagg.config import SessionConfig
 from secfed.secagg.messages import AggregateResult
@@ -47,6 +46,18 @@ class ServerTask(Protocol):
 
     def export(self, model: Vector, directory: Path) -> None:
         """Write the final global model in the task's own format (e.g. a peft adapter directory)."""
+        ...
+
+    def next_stage(
+        self, round_: int, model: Vector, done: Sequence[StageResult], *, colluders: int, attempt: int
+    ) -> StagePlan | None:
+        """The round's next secure-aggregation session given the sums of the stages done so far (empty:
+        a new attempt starts, so forget any state of an earlier attempt), or None when the round is
+        complete and :meth:`apply` receives the last stage's result. One-stage tasks inherit
+        :class:`SingleStage`. ``colluders`` is the consortium's bound on colluding clients in this
+        attempt's cohort (statistics per cell need ``c + 2``); ``attempt`` the attempt's number, unique
+        across server restarts (a retry must draw fresh public randomness: its inputs may not repeat an
+        earlier attempt's, see secfed.fl.releases)."""
         ...
 
 
@@ -117,41 +128,31 @@ def _compact(value: Any) -> Any:
     return value
 
 
-class StagedServerTask(ServerTask, Protocol):
-    """A task whose round has several stages; the server learns each stage's cohort sum only."""
-
-    def next_stage(
-        self, round_: int, model: Vector, done: Sequence[StageResult], *, colluders: int, attempt: int
-    ) -> StagePlan | None:
-        """The next stage given the sums of the stages done so far this round (empty: a new attempt
-        starts, so forget any state of an earlier attempt), or None when the round is complete and
-        :meth:`ServerTask.apply` receives the last stage's result. ``colluders`` is the consortium's
-        bound on colluding clients in this attempt's cohort (statistics per cell need ``c + 2``);
-        ``attempt`` the attempt's number, unique across server restarts (a retry must draw fresh
-        public randomness: its inputs may not repeat an earlier attempt's, see secfed.fl.releases)."""
-        ...
-
-
 UPDATE_STAGE = "update"
 
 
-def next_stage(
-    task: ServerTask,
-    round_: int,
-    model: Vector,
-    done: Sequence[StageResult],
-    *,
-    colluders: int,
-    attempt: int,
-) -> StagePlan | None:
-    """The coordinator's view of any task as staged; a plain task has the single stage ``"update"``."""
-    staged = getattr(task, "next_stage", None)
-    if staged is not None:
-        plan: StagePlan | None = staged(round_, model, done, colluders=colluders, attempt=attempt)
-        return plan
-    if done:
-        return None
-    return StagePlan(UPDATE_STAGE, task.spec(model), task.task_config(round_))
+class _Plannable(Protocol):
+    def spec(self, model: Vector) -> VectorSpec: ...
+
+    def task_config(self, round_: int) -> dict[str, Any]: ...
+
+
+class SingleStage:
+    """What a task whose round is one secure-aggregation session inherits: the stage ``"update"``,
+    summing :meth:`ServerTask.spec` with :meth:`ServerTask.task_config` as its public config."""
+
+    def next_stage(
+        self: _Plannable,
+        round_: int,
+        model: Vector,
+        done: Sequence[StageResult],
+        *,
+        colluders: int,
+        attempt: int,
+    ) -> StagePlan | None:
+        if done:
+            return None
+        return StagePlan(UPDATE_STAGE, self.spec(model), self.task_config(round_))
 
 
 class ClientTask(Protocol):
@@ -226,47 +227,3 @@ def resolve_task_paths(base: Path, options: Mapping[str, Any]) -> dict[str, Any]
     if isinstance(model, str) and ("/" in model or model.startswith(".")) and not Path(model).is_absolute():
         out["model"] = str((base / model).resolve())
     return out
-
-
-ServerTaskFactory = Callable[[Mapping[str, Any]], ServerTask]
-ClientTaskFactory = Callable[[str, Mapping[str, Any]], ClientTask]
-
-_SERVER: dict[str, ServerTaskFactory] = {}
-_CLIENT: dict[str, ClientTaskFactory] = {}
-_PRIVACY_AWARE: set[str] = set()
-
-
-def register(
-    name: str, server: ServerTaskFactory, client: ClientTaskFactory, *, privacy_aware: bool = False
-) -> None:
-    """Make a task available by name to ``secfed server`` / ``secfed client`` configs.
-
-    A ``privacy_aware`` task trains on records and enforces the institution's privacy policy: its
-    client half receives the policy as the ``"privacy"`` option (see :func:`client_task`)."""
-    _SERVER[name] = server
-    _CLIENT[name] = client
-    if privacy_aware:
-        _PRIVACY_AWARE.add(name)
-
-
-def server_task(name: str, options: Mapping[str, Any]) -> ServerTask:
-    _load_builtins()
-    if name not in _SERVER:
-        raise ValueError(f"unknown task {name!r}; known tasks: {sorted(_SERVER)}")
-    return _SERVER[name](options)
-
-
-def client_task(
-    name: str, client_id: str, options: Mapping[str, Any], privacy: PrivacyPolicy | None = None
-) -> ClientTask:
-    """The client half of a task; ``privacy`` (the institution's policy) goes to tasks that train."""
-    _load_builtins()
-    if name not in _CLIENT:
-        raise ValueError(f"unknown task {name!r}; known tasks: {sorted(_CLIENT)}")
-    if privacy is not None and name in _PRIVACY_AWARE:
-        options = {**options, "privacy": privacy.to_mapping()}
-    return _CLIENT[name](client_id, options)
-
-
-def _load_builtins() -> None:
-    from secfed.fl import benchtask, fedhds, fedit, toy  # noqa: F401  (they register themselves)

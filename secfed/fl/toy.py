@@ -90,7 +90,7 @@ def contribution(
     return {"x": weight * delta, "w": np.array([weight])}
 
 
-class ToyServer:
+class ToyServer(tasks.SingleStage):
     name = NAME
 
     def __init__(self, options: Mapping[str, Any]) -> None:
@@ -173,6 +173,3 @@ class ToyClient:
         if model.shape != (self.opts.dim,):
             raise ValueError(f"toy task: global model has shape {model.shape}, expected ({self.opts.dim},)")
         return contribution(self.client_id, model, self.opts)
-
-
-tasks.register(NAME, ToyServer, ToyClient)

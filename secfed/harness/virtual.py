@@ -34,8 +34,9 @@ from secfed.audit.entries import session_entry
 from secfed.chain import HashChain
 from secfed.dp.policy import PrivacyPolicy
 from secfed.fl.participant import Participant, Relay, StageStart
+from secfed.fl.registry import client_task, server_task
 from secfed.fl.releases import ReleaseLog
-from secfed.fl.tasks import ClientTask, client_task, server_task
+from secfed.fl.tasks import ClientTask
 from secfed.harness.inprocess import Answer, Clock, Violation, answer
 from secfed.home import default_release_log
 from secfed.pki.kit import load_kit
@@ -73,7 +74,7 @@ class VirtualServer:
         kit = load_kit(config.kit)
         if kit.role != "server":
             raise ValueError(f"{config.kit}: this kit is for a {kit.role}, not the server")
-        task = server_task(config.task, config.task_options)
+        task = server_task(config.task, config.task_options, plugin=config.task_plugin)
         config.state_db.parent.mkdir(parents=True, exist_ok=True)
         store = StateStore(config.state_db, keep_models=config.keep_models)
         if store.has_initial_model():
@@ -106,21 +107,22 @@ class VirtualServer:
             self.store.close()
 
 
-def pooled_client_task(
-    name: str, client_id: str, options: Mapping[str, Any], privacy: PrivacyPolicy, pool: ModelPool
-) -> ClientTask:
-    """The institution's task as :func:`~secfed.fl.tasks.client_task` makes it, sharing ``pool``'s base
-    model where the task trains one (FedIT, FedHDS: both take the privacy policy as an option)."""
-    from secfed.fl import fedhds, fedit
+#: The tasks whose client half takes a shared base-model pool (``model_pool=``).
+_POOLED_TASKS = frozenset({"fedit-lora", "fedhds-lora"})
 
-    pooled: dict[str, type[fedit.FeditClient]] = {
-        fedit.NAME: fedit.FeditClient,
-        fedhds.NAME: fedhds.FedhdsClient,
-    }
-    factory = pooled.get(name)
-    if factory is None:
-        return client_task(name, client_id, options, privacy=privacy)
-    return factory(client_id, {**options, "privacy": privacy.to_mapping()}, model_pool=pool)
+
+def pooled_client_task(
+    name: str,
+    client_id: str,
+    options: Mapping[str, Any],
+    privacy: PrivacyPolicy,
+    pool: ModelPool,
+    plugin: str | None = None,
+) -> ClientTask:
+    """The institution's task as :func:`~secfed.fl.registry.client_task` makes it, sharing ``pool``'s base
+    model where the task trains one (FedIT, FedHDS)."""
+    extra = {"model_pool": pool} if plugin is None and name in _POOLED_TASKS else {}
+    return client_task(name, client_id, options, privacy, plugin=plugin, **extra)
 
 
 class VirtualInstitution:
@@ -135,7 +137,9 @@ class VirtualInstitution:
             raise ValueError(f"{config.kit}: this kit is for a {kit.role}, not a client")
         self.client_id = kit.client_id
         self.audit = HashChain(config.audit_ledger)
-        task = pooled_client_task(config.task, kit.client_id, config.task_options, config.privacy, pool)
+        task = pooled_client_task(
+            config.task, kit.client_id, config.task_options, config.privacy, pool, config.task_plugin
+        )
         self.participant = Participant(
             kit.identity,
             kit.trust,

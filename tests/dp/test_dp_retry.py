@@ -44,11 +44,8 @@ def _clients(world: World, ledgers: dict[str, Path]) -> dict[str, FeditClient]:
     return {
         c: FeditClient(
             c,
-            {
-                "model": str(world.model),
-                **_data(i, len(ledgers)),
-                "privacy": PrivacyPolicy(ledger=ledgers[c], budget_epsilon=BUDGET).to_mapping(),
-            },
+            {"model": str(world.model), **_data(i, len(ledgers))},
+            privacy=PrivacyPolicy(ledger=ledgers[c], budget_epsilon=BUDGET),
             model_pool=world.pool,
         )
         for i, c in enumerate(ledgers)
@@ -136,11 +133,8 @@ def test_a_retried_fedhds_round_re_submits_its_dp_update_despite_a_fresh_selecti
     clients = {
         c: FedhdsClient(
             c,
-            {
-                "model": str(world.model),
-                **_data(i, len(ledgers)),
-                "privacy": PrivacyPolicy(ledger=ledgers[c], budget_epsilon=BUDGET).to_mapping(),
-            },
+            {"model": str(world.model), **_data(i, len(ledgers))},
+            privacy=PrivacyPolicy(ledger=ledgers[c], budget_epsilon=BUDGET),
             model_pool=world.pool,
         )
         for i, c in enumerate(ledgers)

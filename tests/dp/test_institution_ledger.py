@@ -51,7 +51,8 @@ def _federation(
     clients = {
         c: FeditClient(
             c,
-            {"model": str(world.model), **_data(i, len(ids)), "privacy": privacy.to_mapping()},
+            {"model": str(world.model), **_data(i, len(ids))},
+            privacy=privacy,
             model_pool=world.pool,
         )
         for i, c in enumerate(ids)

@@ -72,11 +72,8 @@ def test_a_round_the_server_runs_without_dp_is_ledgered_before_it_leaves(tmp_pat
     clients = {
         c: FeditClient(
             c,
-            {
-                "model": str(world.model),
-                **_data(i, 4),
-                "privacy": PrivacyPolicy(ledger=ledgers[c]).to_mapping(),
-            },
+            {"model": str(world.model), **_data(i, 4)},
+            privacy=PrivacyPolicy(ledger=ledgers[c]),
             model_pool=world.pool,
         )
         for i, c in enumerate(ids)

@@ -15,7 +15,7 @@ from client.faults import Fault
 from client.runtime import ClientReport, ClientRuntime
 from secfed.fl import toy
 from secfed.fl.policy import InstitutionPolicy
-from secfed.fl.tasks import client_task
+from secfed.fl.registry import client_task
 from secfed.pki.consortium import loopback_consortium, provision
 from secfed.pki.kit import load_kit
 from server.config import ServerConfig

@@ -12,7 +12,7 @@ import pytest
 from client.config import RetryPolicy
 from client.runtime import ClientRuntime
 from secfed.fl.policy import InstitutionPolicy
-from secfed.fl.tasks import client_task
+from secfed.fl.registry import client_task
 from secfed.pki.kit import load_kit
 from server.runtime import log_dropout_tolerance
 from tests.federation.support import (

@@ -19,7 +19,7 @@ import pytest
 
 from client.config import RetryPolicy
 from client.runtime import ClientRuntime
-from secfed.fl.tasks import client_task
+from secfed.fl.registry import client_task
 from secfed.pki.kit import load_kit
 from server.runtime import FederationServer
 from tests.federation.support import provision_kits, server_config

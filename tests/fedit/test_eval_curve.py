@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from secfed.bench.inprocess import run_inprocess
-from secfed.dp.policy import DpOptions
+from secfed.dp.policy import DpOptions, PrivacyPolicy
 from secfed.fl.curves import EVAL_SPEC, LOSS_CLIP, cohort_eval, cohort_loss, eval_segments
 from secfed.fl.fedit import (
     EVAL_MAX_RECORDS,
@@ -181,10 +181,10 @@ def test_the_server_learns_the_cohort_mean_eval_loss_of_the_received_adapter(
         options = {
             "model": str(tiny_model_dir),
             "device": "cpu",
-            "privacy": {"ledger": str(tmp_path / f"{cid}-ledger.jsonl")},
             **_data(i, n, 8),
         }
-        client = RecordingClient(cid, options, model_pool=pool)
+        privacy = PrivacyPolicy(ledger=tmp_path / f"{cid}-ledger.jsonl")
+        client = RecordingClient(cid, options, privacy=privacy, model_pool=pool)
         client.seen = seen
         clients[cid] = client
     run = run_inprocess(server, clients, rounds=rounds, policy=SHARING)

@@ -12,6 +12,7 @@ import pytest
 
 from secfed.bench.inprocess import run_inprocess
 from secfed.coreset.dp_config import DP_STAGES
+from secfed.dp.policy import PrivacyPolicy
 from secfed.fl.fedhds import FedhdsClient, FedhdsServer
 from secfed.fl.fedit import ModelPool
 
@@ -83,12 +84,10 @@ def _ledgered_clients(model: Path, tmp: Path, pool: ModelPool, **privacy: Any) -
                 "model": str(model),
                 **data,
                 "client_index": i,
-                "privacy": {
-                    "ledger": str(tmp / f"inst{i:02d}.jsonl"),
-                    "require_selection_dp": True,
-                    **privacy,
-                },
             },
+            privacy=PrivacyPolicy.from_mapping(
+                {"ledger": str(tmp / f"inst{i:02d}.jsonl"), "require_selection_dp": True, **privacy}
+            ),
             model_pool=pool,
         )
         for i in range(N)

@@ -15,6 +15,7 @@ from client.config import RetryPolicy
 from client.runtime import ClientRuntime
 from secfed.dp.accounting import DpEvent, epsilon_pld
 from secfed.dp.ledger import PrivacyLedger
+from secfed.dp.policy import PrivacyPolicy
 from secfed.dp.sgd import DpSettings
 from secfed.fl.fedit import DELTA_FRAC_BITS, FeditClient
 from secfed.fl.policy import InstitutionPolicy
@@ -93,8 +94,8 @@ def _federate(
                 "n_clients": n,
                 "train_per_category": 3,
                 "test_per_category": 1,
-                **({"privacy": privacy[i]} if privacy and i in privacy else {}),
             },
+            privacy=PrivacyPolicy.from_mapping(privacy[i]) if privacy and i in privacy else None,
         )
         task.contributions = contributions
         try:

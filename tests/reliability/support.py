@@ -20,7 +20,7 @@ from typing import Any
 from client.config import RetryPolicy
 from client.faults import Fault
 from client.runtime import ClientReport, ClientRuntime
-from secfed.fl.tasks import client_task
+from secfed.fl.registry import client_task
 from secfed.pki.kit import load_kit
 from secfed.proto.v1 import federation_pb2 as pb
 from secfed.proto.v1 import federation_pb2_grpc as pb_grpc

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from secfed.fl.tasks import StagePlan, StageResult
+from secfed.fl.tasks import SingleStage, StagePlan, StageResult
 from secfed.fl.vectors import model_hash
 from secfed.secagg.client import ClientSession
 from secfed.secagg.errors import SecAggError
@@ -37,7 +37,7 @@ from tests.secagg.support import Consortium
 DIM = 8
 
 
-class MeanTask:
+class MeanTask(SingleStage):
     """Toy task: the new model is the mean of the clients' vectors (exact multiples of 2^-16)."""
 
     name = "mean"

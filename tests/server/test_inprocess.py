@@ -6,7 +6,7 @@ import numpy as np
 
 from secfed.bench.inprocess import run_inprocess
 from secfed.fl import toy
-from secfed.fl.tasks import client_task, server_task
+from secfed.fl.registry import client_task, server_task
 
 OPTIONS = {"dim": 8}
 
