@@ -560,13 +560,14 @@ def _plaintext_fedhds(bench: _Bench) -> Outcome:
         def admit(self, round_: int, model: Any, task_config: Any, session: Any, policy: Any) -> int | None:
             self._assigned = np.asarray(assignments[round_][self.client_id], dtype=np.int64)
             if not len(self._assigned):
-                return None  # nothing assigned: it uploads zeros (see _train)
+                return None  # nothing assigned: it uploads zeros (see _train_and_release)
             return super().admit(round_, model, task_config, session, policy)
 
-        def _train(self, round_: int, model: Any, ins: Any) -> dict[str, Any]:
+        def _train_and_release(self, round_: int, model: Any, ins: Any) -> dict[str, Any]:
             if not len(self._assigned):
                 return {"delta": np.zeros(len(model)), "weight": np.zeros(1)}
-            return super()._train(round_, model, ins)
+            out: dict[str, Any] = super()._train_and_release(round_, model, ins)
+            return out
 
         def _selected_indices(self, ins: Any) -> Any:
             return self._assigned

@@ -38,7 +38,7 @@ from secfed.coreset.dp_config import DpSelection
 from secfed.data.formats import Record
 from secfed.dp.policy import PrivacyPolicy
 from secfed.fl import tasks
-from secfed.fl.fedit import FeditClient, FeditInstruction, FeditServer, ModelPool, train_round
+from secfed.fl.fedit import FeditClient, FeditInstruction, FeditServer, ModelPool, TrainingPlan
 from secfed.fl.instruction import FrozenModel, canonical_json
 from secfed.fl.policy import InstitutionPolicy, RefusalCategory, Refused, within
 from secfed.fl.releases import release_identity
@@ -682,7 +682,7 @@ class FedhdsClient(FeditClient):
     ) -> dict[str, NDArray[np.float64]]:
         ins = FedhdsInstruction.parse(task_config)
         if ins.stage == TRAIN_STAGE:
-            return self._train(round_, model, ins)
+            return self._kept_update(round_, model, ins) or self._train_and_release(round_, model, ins)
         if ins.fedhds.selection_dp is not None:
             return self._dp_contribution(round_, model, ins)
         started = time.perf_counter()
@@ -806,28 +806,13 @@ class FedhdsClient(FeditClient):
         records = [self.records[int(i)] for i in indices]
         return records, dataclasses.replace(ins.train, epochs=ins.fedhds.selected_epochs)
 
-    def _train(
-        self, round_: int, model: NDArray[np.float32], ins: FedhdsInstruction
-    ) -> dict[str, NDArray[np.float64]]:
-        from secfed.model.lora import adapter_to_vector, vector_to_adapter
+    def update_weight(self, ins: FeditInstruction, plan: TrainingPlan, dp_trained: bool) -> float:
+        """A public weight: a winner and a non-winner, one record or five, weigh the same, so the weight
+        sum reveals only the (public) number of contributors."""
+        return float(ins.max_weight)
 
-        kept = self._kept_update(round_, model, ins)
-        if kept is not None:
-            return kept
-        started = time.perf_counter()
-        plan = self.admitted_plan(round_)
+    def log_training(self, round_: int, plan: TrainingPlan, stats: Any) -> None:
         self.records_trained += len(plan.records)
-        peft = self._ensure_model(ins)
-        vector_to_adapter(peft, model)
-        self._last_model = (round_, np.array(model, dtype=np.float32))
-        stats, dp_trained = train_round(self.privacy, peft, self._base.tokenizer, plan, self.client_id)
-        self.last_stats = stats
-        self._last_identity = self.update_identity(model)
-        delta = adapter_to_vector(peft).astype(np.float64) - model.astype(np.float64)
-        # A public weight: a winner and a non-winner, one record or five, weigh the same, so the
-        # weight sum reveals only the (public) number of contributors.
-        weight = float(ins.max_weight)
-        self.last_compute_s = time.perf_counter() - started
         logs.event(
             log,
             "coreset-train",
@@ -836,9 +821,6 @@ class FedhdsClient(FeditClient):
             selected=len(plan.records),
             steps=stats.steps,
             seconds=f"{stats.seconds:.1f}",
-        )
-        return self._released(
-            round_, model, ins, {"delta": weight * delta, "weight": np.array([weight])}, dp_trained
         )
 
     def _round_key(self, round_: int, model: NDArray[np.float32], ins: FeditInstruction) -> RoundKey:

@@ -40,6 +40,7 @@ from secfed.fl.instruction import RoundInstruction, canonical_json
 from secfed.fl.policy import InstitutionPolicy, RefusalCategory, Refused, within
 from secfed.fl.releases import release_identity
 from secfed.fl.resubmit import RoundKey, UpdateStore
+from secfed.fl.strategy import WeightedDeltaMean
 from secfed.fl.vectors import model_hash
 from secfed.model.quantization import Quantization, QuantizationError, base_identity, check_scheme
 from secfed.model.settings import LoraSettings, TrainSettings
@@ -172,6 +173,7 @@ class FeditServer(tasks.SingleStage):
     """Holds the base model only to initialise the adapter and to export the final one."""
 
     name = NAME
+    strategy = WeightedDeltaMean(NAME)
 
     def __init__(self, options: Mapping[str, Any]) -> None:
         from secfed.model.loading import load_base_model
@@ -212,7 +214,7 @@ class FeditServer(tasks.SingleStage):
         return self.instruction(tasks.UPDATE_STAGE).wire()
 
     def apply(self, model: NDArray[np.float32], result: AggregateResult) -> NDArray[np.float32]:
-        return weighted_mean_step(model, result)
+        return self.strategy(model, result)
 
     def export(self, model: NDArray[np.float32], directory: Path) -> None:
         """Write the global adapter as a peft directory (``PeftModel.from_pretrained`` loads it)."""
@@ -227,15 +229,6 @@ class FeditServer(tasks.SingleStage):
             base_model=self.opts.model,
             quantization=quantization,
         )
-
-
-def weighted_mean_step(model: NDArray[np.float32], result: AggregateResult) -> NDArray[np.float32]:
-    """FedAvg over decoded sums: ``model + sum(w * delta) / sum(w)``."""
-    total = float(result.values["weight"][0])
-    if total <= 0:
-        raise ValueError(f"{NAME}: the cohort's total weight is zero")
-    updated: NDArray[np.float32] = (model + result.values["delta"] / total).astype(np.float32)
-    return updated
 
 
 @dataclass(frozen=True)
@@ -645,25 +638,40 @@ class FeditClient:
     def compute(
         self, round_: int, model: NDArray[np.float32], task_config: Mapping[str, Any]
     ) -> dict[str, NDArray[np.float64]]:
-        from secfed.model.lora import adapter_to_vector, vector_to_adapter
 
         ins = self.instruction_type.parse(task_config)
-        kept = self._kept_update(round_, model, ins)
-        if kept is not None:
-            return kept
+        return self._kept_update(round_, model, ins) or self._train_and_release(round_, model, ins)
+
+    def _train_and_release(
+        self, round_: int, model: NDArray[np.float32], ins: FeditInstruction
+    ) -> dict[str, NDArray[np.float64]]:
+        """Train the admitted plan from ``model`` and release ``[w * delta, w]`` (the one training step
+        of every LoRA task; :meth:`update_weight` and :meth:`log_training` are what tasks vary)."""
+        from secfed.model.lora import adapter_to_vector, vector_to_adapter
+
         started = time.perf_counter()
+        plan = self.admitted_plan(round_)
         peft = self._ensure_model(ins)
         vector_to_adapter(peft, model)
         self._last_model = (round_, np.array(model, dtype=np.float32))
-        plan = self.admitted_plan(round_)
         stats, dp_trained = train_round(self.privacy, peft, self._base.tokenizer, plan, self.client_id)
         self.last_stats = stats
         self._last_identity = self.update_identity(model)
         delta = adapter_to_vector(peft).astype(np.float64) - model.astype(np.float64)
-        # Under DP the weight must not depend on the data (a record count is a release DP-SGD does
-        # not cover), so every DP round uses the public cap; otherwise FedAvg weights by data size.
-        weight = float(ins.max_weight if dp_trained else min(len(plan.records), ins.max_weight))
+        weight = self.update_weight(ins, plan, dp_trained)
         self.last_compute_s = time.perf_counter() - started
+        self.log_training(round_, plan, stats)
+        return self._released(
+            round_, model, ins, {"delta": weight * delta, "weight": np.array([weight])}, dp_trained
+        )
+
+    def update_weight(self, ins: FeditInstruction, plan: TrainingPlan, dp_trained: bool) -> float:
+        """FedAvg's weight of this update. Under DP the weight must not depend on the data (a record
+        count is a release DP-SGD does not cover), so every DP round uses the public cap; otherwise
+        FedAvg weights by data size, capped."""
+        return float(ins.max_weight if dp_trained else min(len(plan.records), ins.max_weight))
+
+    def log_training(self, round_: int, plan: TrainingPlan, stats: Any) -> None:
         evaluated: dict[str, Any] = {} if stats.eval_loss is None else {"eval_loss": f"{stats.eval_loss:.3f}"}
         logs.event(
             log,
@@ -676,9 +684,6 @@ class FeditClient:
             loss_first=f"{stats.first_loss:.3f}",
             loss_last=f"{stats.last_loss:.3f}",
             **evaluated,
-        )
-        return self._released(
-            round_, model, ins, {"delta": weight * delta, "weight": np.array([weight])}, dp_trained
         )
 
     def _kept_update(

@@ -22,12 +22,14 @@ from secfed.fl import tasks
 from secfed.fl.instruction import RoundInstruction
 from secfed.fl.policy import InstitutionPolicy, RefusalCategory, Refused, within
 from secfed.fl.releases import release_identity
+from secfed.fl.strategy import WeightedDeltaMean
 from secfed.fl.vectors import model_hash
 from secfed.secagg.config import SessionConfig
 from secfed.secagg.messages import AggregateResult
 from secfed.secagg.spec import Segment, VectorSpec
 
 NAME = "toy-mean"
+_FEDAVG = WeightedDeltaMean(NAME, delta="x", weight="w")
 
 
 @dataclass(frozen=True)
@@ -112,10 +114,7 @@ class ToyServer(tasks.SingleStage):
         return self._instruction().wire()
 
     def apply(self, model: NDArray[np.float32], result: AggregateResult) -> NDArray[np.float32]:
-        total_weight = float(result.values["w"][0])
-        if total_weight <= 0:
-            raise ValueError("toy task: the cohort's total weight is zero")
-        return (model + result.values["x"] / total_weight).astype(np.float32)
+        return _FEDAVG(model, result)
 
     def export(self, model: NDArray[np.float32], directory: Path) -> None:
         tasks.save_vector(model, directory)

@@ -53,14 +53,14 @@ def test_secure_fedhds_round_selects_a_small_coreset_and_trains_only_on_it(
     pool: ModelPool = {}
     clients = _clients(tiny_model_dir, pool)
     trained: dict[int, dict[str, np.ndarray]] = {}
-    original = FedhdsClient._train
+    original = FedhdsClient._train_and_release
 
     def spy(self: FedhdsClient, round_: int, model: np.ndarray, config: Any) -> dict[str, np.ndarray]:
-        out = original(self, round_, model, config)
+        out: dict[str, np.ndarray] = original(self, round_, model, config)
         trained.setdefault(round_, {})[self.client_id] = self.last_selected.copy()
         return out
 
-    monkeypatch.setattr(FedhdsClient, "_train", spy)
+    monkeypatch.setattr(FedhdsClient, "_train_and_release", spy)
     run = run_inprocess(server, clients, rounds=2, seed=3)
     assert run.finished_reason == "completed 2 rounds", run.aborted
     total = sum(len(c.records) for c in clients.values())
