@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from secfed.cli_certs import register
+from secfed.cli.certs import register
 from secfed.crypto.identity import IdentityError
 from secfed.pki import load_kit
 from secfed.pki.files import load_crl

@@ -1,4 +1,6 @@
-"""The ``secfed`` command line: one entry point, one sub-command per job."""
+"""``secfed simulate``, ``server``, ``client``, ``status`` and ``generate``: running a federation and
+looking at it. Each handler imports what it runs when it runs (the coordinator, the client runtime,
+torch), so ``secfed --help`` and the other command groups stay fast."""
 
 from __future__ import annotations
 
@@ -9,42 +11,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from secfed import cli_audit, cli_certs, logs
-from secfed.bench import attacks as bench_attacks
-from secfed.bench import compare as bench_compare
-from secfed.bench import coreset as bench_coreset
-from secfed.bench import crashresume as bench_crashresume
-from secfed.bench import deploy as bench_deploy
-from secfed.bench import dp as bench_dp
-from secfed.bench import fuzz as bench_fuzz
-from secfed.bench import load as bench_load
-from secfed.bench import round as bench_round
-from secfed.bench import secagg as bench_secagg
-from secfed.bench import simulate_scale as bench_simulate
-from secfed.bench import storage as bench_storage
-from secfed.bench import train as bench_train
+from secfed import logs
 from secfed.harness import simulate as simulate_harness
-from secfed.pki.files import PkiError
+
+__all__ = ["register"]
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="secfed", description="Secure federated LLM instruction tuning.")
-    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
-    parser.add_argument(
-        "--log-format",
-        default="text",
-        choices=logs.LOG_FORMATS,
-        help="text: key=value lines (default); json: one JSON object per line",
-    )
-    parser.add_argument(
-        "--log-file", type=Path, help="also write the log to this file, rotated at --log-max-mb"
-    )
-    parser.add_argument(
-        "--log-max-mb", type=float, default=50.0, help="rotate the log file at this size (default 50)"
-    )
-    parser.add_argument("--log-backups", type=int, default=5, help="rotated log files to keep (default 5)")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     simulate = sub.add_parser(
         "simulate",
         help="run a complete local federation, one process per participant or Ray workers (the main job)",
@@ -103,26 +76,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     generate.add_argument("--max-new-tokens", type=int, default=128)
     generate.set_defaults(func=_generate)
-
-    bench = sub.add_parser("bench", help="benchmarks that print or write JSON")
-    bench_sub = bench.add_subparsers(dest="bench", required=True, metavar="BENCHMARK")
-    bench_secagg.register(bench_sub)
-    bench_round.register(bench_sub)
-    bench_storage.register(bench_sub)
-    bench_train.register(bench_sub)
-    bench_attacks.register(bench_sub)
-    bench_dp.register(bench_sub)
-    bench_compare.register(bench_sub)
-    bench_coreset.register(bench_sub)
-    bench_load.register(bench_sub)
-    bench_crashresume.register(bench_sub)
-    bench_fuzz.register(bench_sub)
-    bench_deploy.register(bench_sub)
-    bench_simulate.register(bench_sub)
-
-    cli_certs.register(sub)
-    cli_audit.register(sub)
-    return parser
 
 
 def _simulate(args: argparse.Namespace) -> int:
@@ -298,32 +251,3 @@ def _generate(args: argparse.Namespace) -> int:
     for prompt, answer in zip(args.prompts, answers, strict=True):
         print(f"> {prompt}\n{answer}\n")
     return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    try:
-        logs.configure(
-            args.log_level,
-            line_format=args.log_format,
-            file=args.log_file,
-            max_bytes=int(args.log_max_mb * 2**20),
-            backups=args.log_backups,
-        )
-    except (ValueError, OSError) as exc:
-        print(f"secfed: error: cannot set up logging: {exc}", file=sys.stderr)
-        return 2
-    try:
-        code: int = args.func(args)
-    except KeyboardInterrupt:  # Ctrl-C, or SIGTERM for the long-running commands: one line, no traceback
-        print(f"secfed {args.command}: stopped by a signal", file=sys.stderr)
-        return 130
-    except (ValueError, RuntimeError, OSError, PkiError) as exc:
-        print(f"secfed {args.command}: error: {exc}", file=sys.stderr)
-        return 2
-    return code
-
-
-if __name__ == "__main__":
-    sys.exit(main())
