@@ -112,13 +112,27 @@ def find_task(name: str, plugin: str | None = None) -> TaskEntry:
             'also needs the distribution that provides it: [task] plugin = "<distribution>"'
         )
     wanted = _normalized(plugin)
-    offered = []
-    for ep in metadata.entry_points(group=ENTRY_POINT_GROUP, name=name):
-        dist = ep.dist.name if ep.dist is not None else None
-        offered.append(dist or "?")
-        if dist is not None and _normalized(dist) == wanted:
-            return _checked_plugin(ep, name, plugin)
-    found = f"; provided by {sorted(offered)} instead" if offered else ""
+    # Every installed copy, not metadata.entry_points(): that one keeps the first distribution of a name
+    # on sys.path and silently drops the others, so a second copy placed earlier would win unseen.
+    matches = [
+        ep
+        for dist in metadata.distributions()
+        if _normalized(dist.metadata["Name"] or "") == wanted
+        for ep in dist.entry_points.select(group=ENTRY_POINT_GROUP, name=name)
+    ]
+    if len(matches) > 1:  # two installed copies claiming the name: which one runs must not be luck
+        values = sorted(ep.value for ep in matches)
+        raise UnknownTaskError(
+            f"task {name!r}: {len(matches)} installed distributions are named {plugin!r} ({values}); "
+            "remove all but one"
+        )
+    if matches:
+        return _checked_plugin(matches[0], name, plugin)
+    offered = sorted(
+        ep.dist.name if ep.dist is not None else "?"
+        for ep in metadata.entry_points(group=ENTRY_POINT_GROUP, name=name)
+    )
+    found = f"; provided by {offered} instead" if offered else ""
     raise UnknownTaskError(
         f"task {name!r}: the installed distribution {plugin!r} provides no such entry point in the "
         f"{ENTRY_POINT_GROUP!r} group{found} (is it installed in this environment?)"

@@ -119,3 +119,18 @@ def test_the_configs_name_the_plugin(tmp_path: Path) -> None:
     )
     config = load_client_config(path)
     assert (config.task, config.task_plugin) == ("acme-mean", "acme-tasks")
+
+
+def test_two_installed_copies_of_the_named_distribution_are_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Attack: a second dist-info claiming the trusted distribution's name, dropped on the path, would
+    otherwise win or lose by path order."""
+    for root, target in ((tmp_path / "a", "ToyServer"), (tmp_path / "b", "ToyServer")):
+        root.mkdir()
+        body = f'from secfed.fl.registry import TaskEntry\nENTRY = TaskEntry("acme-mean", "{TOY}:{target}", "{TOY}:ToyClient")\n'
+        module = f"acme_{root.name}"
+        _install(root, "acme-tasks", module, body, {"acme-mean": f"{module}:ENTRY"})
+        monkeypatch.syspath_prepend(str(root))
+    with pytest.raises(UnknownTaskError, match=r"2 installed distributions are named 'acme-tasks'"):
+        find_task("acme-mean", plugin="acme-tasks")
