@@ -42,7 +42,13 @@ from secfed.fl.releases import release_identity
 from secfed.fl.resubmit import RoundKey, UpdateStore
 from secfed.fl.strategy import WeightedDeltaMean
 from secfed.fl.vectors import model_hash
-from secfed.model.quantization import Quantization, QuantizationError, base_identity, check_scheme
+from secfed.model.quantization import (
+    Quantization,
+    QuantizationError,
+    base_identity,
+    check_scheme,
+    scheme_of,
+)
 from secfed.model.settings import LoraSettings, TrainSettings
 from secfed.secagg.config import SessionConfig
 from secfed.secagg.messages import AggregateResult
@@ -401,6 +407,15 @@ class FeditClient:
                 self._base, self._peft, self._lora = self._pool.get(key, (None, None, None))
             if self._base is None:
                 self._base = self._load_base(ins)
+            loaded = scheme_of(self._base.model)
+            if ins.quantization != loaded:
+                raise Refused(
+                    RefusalCategory.INCONSISTENCY,
+                    f"the instruction asks for a {ins.quantization or 'full-precision'} base, but this "
+                    f"institution trains the federation on a {loaded or 'full-precision'} one (the "
+                    "quantization of a federation does not change between rounds)",
+                    field="quantization",
+                )
             if ins.base_hash != self._base.base_hash:
                 raise Refused(
                     RefusalCategory.POLICY,

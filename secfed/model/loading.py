@@ -258,6 +258,8 @@ def _load_directory(
         )
     except QuantizationError as exc:
         raise ModelLoadError(f"model {label!r}: {exc}") from None
+    except ImportError as exc:  # transformers' own check of the bitsandbytes (or accelerate) version
+        raise ModelLoadError(f"model {label!r}: a quantized load needs a newer package: {exc}") from None
     except (OSError, ValueError, KeyError, RuntimeError) as exc:
         raise ModelLoadError(f"could not load model {label!r} from {directory}: {exc}") from exc
     finally:

@@ -154,3 +154,32 @@ def test_the_exported_adapter_belongs_to_the_quantized_base(
     assert meta["base_hash"] == config["base_hash"] and meta["quantization"] == "nf4"
     with pytest.raises(AdapterError, match=r"with quantization 'nf4' \(QLoRA, on a GPU\)"):
         load_adapter(load_base_model(tiny_model_dir, device="cpu"), tmp_path / "adapter")
+
+
+def test_a_server_cannot_relabel_a_full_precision_run_as_quantized(tiny_model_dir: Path) -> None:
+    """Attack: after a full-precision round, the server sends quantization "nf4" with the full-precision
+    base identity. Admitting it would train full precision while the signed instruction, the audit trail
+    and the saved adapter say nf4. The loaded base's scheme must match the instruction's."""
+    client = FeditClient("inst00", {"model": str(tiny_model_dir), "data": "builtin", "n_clients": 2})
+    plain = FeditServer({"model": str(tiny_model_dir), "train": {"local_steps": 1}}).task_config(0)
+    client._ensure_model(client.instruction_type.parse(plain))
+    with pytest.raises(Refused) as err:
+        client._ensure_model(client.instruction_type.parse({**plain, "quantization": "nf4"}))
+    assert err.value.category is RefusalCategory.INCONSISTENCY and err.value.field == "quantization"
+
+
+def test_an_outdated_quantization_package_is_a_load_error_not_a_crash(
+    tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """transformers refuses an old bitsandbytes with ImportError; the institution must refuse the round
+    (ModelLoadError -> Refused), not die with a traceback."""
+    import transformers
+
+    from secfed.model.loading import _load_directory
+
+    def outdated(*_args: Any, **_kwargs: Any) -> Any:
+        raise ImportError("Using bitsandbytes 4-bit quantization requires bitsandbytes>=0.46.1")
+
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", outdated)
+    with pytest.raises(ModelLoadError, match=r"needs a newer package: Using bitsandbytes"):
+        _load_directory(tiny_model_dir, "tiny", torch.device("cpu"), torch.float32, "nf4")
