@@ -11,21 +11,32 @@ Plug-ins: a third-party package adds a task without editing secfed by declaring 
     [project.entry-points."secfed.tasks"]
     my-task = "my_package.tasks:ENTRY"
 
-A task runs code on an institution's records and keys, so installing a package must never be enough to
-change what a config runs. A plug-in is therefore used only when the config names both the task and the
-distribution that provides it (``[task] plugin = "my-package"``): a built-in name can never be taken over
-(an entry point claiming one is refused), and another installed package declaring the same task name is
-not the named distribution and is ignored.
+A task runs code on an institution's records and keys, so declaring an entry point, or installing a
+package that ships a module of the same name, must never be enough to change what a config runs. A
+plug-in is therefore used only when the config names both the task and the distribution that provides it
+(``[task] plugin = "my-package"``): a built-in name can never be taken over; another distribution
+declaring the same task name is ignored; two installed distributions of the named one are refused; and
+every module the task is loaded from (the entry point's, its server and client halves') must be a file of
+the named distribution (or of secfed itself), checked before anything is imported, so a same-named module
+shipped by another package, earlier on ``sys.path``, is refused rather than run. What no registry can
+guard against is a package that runs code when it is installed or imported at start-up (a ``.pth`` file,
+overwritten files): installing software on an institution's host is trusted by definition.
+
+A plug-in's task halves must carry the entry's name (``.name``): the coordinator addresses rounds to a
+task by that name, and a plug-in must not answer rounds sent to another task.
 """
 
 from __future__ import annotations
 
 import importlib
 import re
+import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from importlib import metadata
-from typing import TYPE_CHECKING, Any
+from importlib.machinery import PathFinder
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:
     from secfed.dp.policy import PrivacyPolicy
@@ -42,6 +53,7 @@ __all__ = [
 ]
 
 ENTRY_POINT_GROUP = "secfed.tasks"
+T = TypeVar("T")
 
 
 class UnknownTaskError(ValueError):
@@ -114,20 +126,16 @@ def find_task(name: str, plugin: str | None = None) -> TaskEntry:
     wanted = _normalized(plugin)
     # Every installed copy, not metadata.entry_points(): that one keeps the first distribution of a name
     # on sys.path and silently drops the others, so a second copy placed earlier would win unseen.
-    matches = [
-        ep
-        for dist in metadata.distributions()
-        if _normalized(dist.metadata["Name"] or "") == wanted
-        for ep in dist.entry_points.select(group=ENTRY_POINT_GROUP, name=name)
-    ]
-    if len(matches) > 1:  # two installed copies claiming the name: which one runs must not be luck
-        values = sorted(ep.value for ep in matches)
+    dists = [d for d in metadata.distributions() if _normalized(d.metadata["Name"] or "") == wanted]
+    if len(dists) > 1:  # which copy runs must not be decided by path order
+        where = sorted(str(d.locate_file("")) for d in dists)
         raise UnknownTaskError(
-            f"task {name!r}: {len(matches)} installed distributions are named {plugin!r} ({values}); "
+            f"task {name!r}: {len(dists)} installed distributions are named {plugin!r} ({where}); "
             "remove all but one"
         )
+    matches = list(dists[0].entry_points.select(group=ENTRY_POINT_GROUP, name=name)) if dists else []
     if matches:
-        return _checked_plugin(matches[0], name, plugin)
+        return _checked_plugin(matches[0], dists[0], name, plugin)
     offered = sorted(
         ep.dist.name if ep.dist is not None else "?"
         for ep in metadata.entry_points(group=ENTRY_POINT_GROUP, name=name)
@@ -139,7 +147,47 @@ def find_task(name: str, plugin: str | None = None) -> TaskEntry:
     )
 
 
-def _checked_plugin(ep: metadata.EntryPoint, name: str, plugin: str) -> TaskEntry:
+def _module_files(module: str) -> list[Path]:
+    """The files importing ``module`` would execute (each package's ``__init__`` on the way, then the
+    module), found the way the import system's path finder finds them, without importing anything; a
+    module already imported is the one that will be used."""
+    files: list[Path] = []
+    search: list[str] | None = None
+    parts = module.split(".")
+    for i in range(len(parts)):
+        name = ".".join(parts[: i + 1])
+        loaded = sys.modules.get(name)
+        if loaded is not None:
+            origin = getattr(loaded, "__file__", None)
+            search = list(getattr(loaded, "__path__", []) or []) or None
+        else:
+            spec = PathFinder.find_spec(name, search)
+            if spec is None:
+                raise UnknownTaskError(f"module {name!r} is not installed")
+            origin = spec.origin if spec.has_location else None
+            search = list(spec.submodule_search_locations or []) or None
+        if origin is not None:
+            files.append(Path(origin).resolve())
+    return files
+
+
+def _check_provenance(modules: set[str], dist: metadata.Distribution, name: str, plugin: str) -> None:
+    """Every file the task's modules would execute belongs to ``dist`` (or to secfed itself)."""
+    owned = {Path(str(dist.locate_file(f))).resolve() for f in dist.files or ()}
+    secfed_root = Path(__file__).resolve().parents[1]
+    for module in sorted(modules):
+        for path in _module_files(module):
+            if path not in owned and not path.is_relative_to(secfed_root):
+                raise UnknownTaskError(
+                    f"task {name!r} from {plugin!r}: module {module!r} would run {path}, which is not a "
+                    f"file of the distribution {plugin!r}: another package provides a module of that name"
+                )
+
+
+def _checked_plugin(
+    ep: metadata.EntryPoint, dist: metadata.Distribution, name: str, plugin: str
+) -> TaskEntry:
+    _check_provenance({ep.module}, dist, name, plugin)
     try:
         entry = ep.load()
     except Exception as exc:
@@ -153,12 +201,21 @@ def _checked_plugin(ep: metadata.EntryPoint, name: str, plugin: str) -> TaskEntr
         raise UnknownTaskError(
             f"task {name!r} from {plugin!r}: its entry point loads a task named {entry.name!r}"
         )
+    _check_provenance({entry.server.partition(":")[0], entry.client.partition(":")[0]}, dist, name, plugin)
     return entry
+
+
+def _named(task: T, entry: TaskEntry) -> T:
+    found = getattr(task, "name", None)
+    if found != entry.name:
+        raise UnknownTaskError(f"task {entry.name!r}: its {type(task).__name__} calls itself {found!r}")
+    return task
 
 
 def server_task(name: str, options: Mapping[str, Any], *, plugin: str | None = None) -> ServerTask:
     """The server half of the task ``name``, built from the server config's ``[task.options]``."""
-    return find_task(name, plugin).server_factory()(options)
+    entry = find_task(name, plugin)
+    return _named(entry.server_factory()(options), entry)
 
 
 def client_task(
@@ -175,5 +232,5 @@ def client_task(
     entry = find_task(name, plugin)
     factory = entry.client_factory()
     if entry.trains_on_records:
-        return factory(client_id, options, privacy=privacy, **extra)
-    return factory(client_id, options, **extra)
+        return _named(factory(client_id, options, privacy=privacy, **extra), entry)
+    return _named(factory(client_id, options, **extra), entry)

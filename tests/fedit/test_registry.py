@@ -7,9 +7,12 @@ its own code on an institution's records and keys. The tests install fake distri
 
 from __future__ import annotations
 
+import importlib
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -19,35 +22,72 @@ from secfed.fl.toy import ToyClient, ToyServer
 TOY = "secfed.fl.toy"
 
 
-def _install(root: Path, dist: str, module: str, body: str, entry_points: dict[str, str]) -> None:
-    """A minimal installed distribution: a module and a dist-info with entry points in secfed.tasks."""
-    (root / f"{module}.py").write_text(body, encoding="utf-8")
+def _install(
+    root: Path, dist: str, files: dict[str, str], entry_points: dict[str, str], *, record: bool = True
+) -> None:
+    """A minimal installed distribution under ``root``: its files, and a dist-info with entry points in
+    secfed.tasks and (``record``) a RECORD listing the files as pip writes it."""
+    for rel, body in files.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text(body, encoding="utf-8")
     info = root / f"{dist.replace('-', '_')}-1.0.dist-info"
     info.mkdir()
     (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: 1.0\n", encoding="utf-8")
     lines = "".join(f"{name} = {value}\n" for name, value in entry_points.items())
     (info / "entry_points.txt").write_text(f"[secfed.tasks]\n{lines}", encoding="utf-8")
+    if record:
+        listed = [*files, f"{info.name}/METADATA", f"{info.name}/entry_points.txt", f"{info.name}/RECORD"]
+        (info / "RECORD").write_text("".join(f"{f},,\n" for f in listed), encoding="utf-8")
+
+
+def _plugin_module(task: str, *, trains: bool = False, calls_itself: str | None = None) -> str:
+    """A plug-in module: its own task halves (the toy task's, renamed) and the entry naming them."""
+    module = "{module}"
+    return (
+        "from secfed.fl.registry import TaskEntry\n"
+        "from secfed.fl.toy import ToyClient, ToyServer\n"
+        f"class Server(ToyServer):\n    name = {calls_itself or task!r}\n"
+        f"class Client(ToyClient):\n    name = {calls_itself or task!r}\n"
+        f"ENTRY = TaskEntry({task!r}, '{module}:Server', '{module}:Client', trains_on_records={trains})\n"
+    )
+
+
+def _module_source(module: str, task: str, **kwargs: Any) -> str:
+    return _plugin_module(task, **kwargs).replace("{module}", module)
+
+
+@pytest.fixture(autouse=True)
+def _forget_fake_modules() -> Iterator[None]:
+    """Each test installs its own fake distributions; modules a test imported must not outlive it."""
+    yield
+    for name in [m for m in sys.modules if m.split(".")[0] in ("acme_tasks", "evil_helpers")]:
+        del sys.modules[name]
+    importlib.invalidate_caches()
 
 
 @pytest.fixture
 def plugins(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    entry = f'from secfed.fl.registry import TaskEntry\nENTRY = TaskEntry("acme-mean", "{TOY}:ToyServer", "{TOY}:ToyClient")\n'
-    _install(tmp_path, "acme-tasks", "acme_tasks", entry, {"acme-mean": "acme_tasks:ENTRY"})
+    _install(
+        tmp_path,
+        "acme-tasks",
+        {"acme_tasks.py": _module_source("acme_tasks", "acme-mean")},
+        {"acme-mean": "acme_tasks:ENTRY"},
+    )
     evil = (
-        "from secfed.fl.registry import TaskEntry\n"
-        f'FEDIT = TaskEntry("fedit-lora", "{TOY}:ToyServer", "{TOY}:ToyClient")\n'
-        f'ACME = TaskEntry("acme-mean", "{TOY}:ToyServer", "{TOY}:ToyClient", trains_on_records=True)\n'
-        "NOT_AN_ENTRY = object()\n"
+        _module_source("evil_helpers", "acme-mean", trains=True)
+        + f'FEDIT = TaskEntry("fedit-lora", "{TOY}:ToyServer", "{TOY}:ToyClient")\n'
+        + "NOT_AN_ENTRY = object()\n"
+        + _module_source("evil_helpers", "liar", calls_itself="fedit-lora").replace("ENTRY =", "LIAR =")
     )
     _install(
         tmp_path,
         "evil-helpers",
-        "evil_helpers",
-        evil,
+        {"evil_helpers.py": evil},
         {
             "fedit-lora": "evil_helpers:FEDIT",
-            "acme-mean": "evil_helpers:ACME",
+            "acme-mean": "evil_helpers:ENTRY",
             "odd": "evil_helpers:NOT_AN_ENTRY",
+            "liar": "evil_helpers:LIAR",
         },
     )
     monkeypatch.syspath_prepend(str(tmp_path))
@@ -87,7 +127,7 @@ def test_unknown_and_misnamed_tasks_are_clear_errors() -> None:
 @pytest.mark.usefixtures("plugins")
 def test_a_plugin_task_runs_only_from_the_distribution_the_config_names() -> None:
     entry = find_task("acme-mean", plugin="acme-tasks")
-    assert entry.server_factory() is ToyServer and not entry.trains_on_records
+    assert issubclass(entry.server_factory(), ToyServer) and not entry.trains_on_records  # type: ignore[arg-type]
     assert find_task("acme-mean", plugin="Acme_Tasks") == entry  # names compare as packaging does
     task = client_task("acme-mean", "inst00", {"dim": 4}, plugin="acme-tasks")
     assert isinstance(task, ToyClient)
@@ -107,6 +147,8 @@ def test_an_installed_package_cannot_take_over_a_task() -> None:
     assert not find_task("acme-mean", plugin="acme-tasks").trains_on_records  # not evil-helpers' entry
     with pytest.raises(UnknownTaskError, match=r"is a object, not a secfed\.fl\.registry\.TaskEntry"):
         find_task("odd", plugin="evil-helpers")
+    with pytest.raises(UnknownTaskError, match=r"task 'liar': its Client calls itself 'fedit-lora'"):
+        client_task("liar", "inst00", {"dim": 4}, plugin="evil-helpers")
 
 
 def test_the_configs_name_the_plugin(tmp_path: Path) -> None:
@@ -124,13 +166,43 @@ def test_the_configs_name_the_plugin(tmp_path: Path) -> None:
 def test_two_installed_copies_of_the_named_distribution_are_refused(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Attack: a second dist-info claiming the trusted distribution's name, dropped on the path, would
-    otherwise win or lose by path order."""
-    for root, target in ((tmp_path / "a", "ToyServer"), (tmp_path / "b", "ToyServer")):
-        root.mkdir()
-        body = f'from secfed.fl.registry import TaskEntry\nENTRY = TaskEntry("acme-mean", "{TOY}:{target}", "{TOY}:ToyClient")\n'
-        module = f"acme_{root.name}"
-        _install(root, "acme-tasks", module, body, {"acme-mean": f"{module}:ENTRY"})
-        monkeypatch.syspath_prepend(str(root))
+    """Attack: a second dist-info claiming the trusted distribution's name (even one declaring no entry
+    point) would otherwise decide, by path order, which copy's files run."""
+    real, copy = tmp_path / "real", tmp_path / "copy"
+    real.mkdir()
+    copy.mkdir()
+    _install(
+        real,
+        "acme-tasks",
+        {"acme_tasks.py": _module_source("acme_tasks", "acme-mean")},
+        {"acme-mean": "acme_tasks:ENTRY"},
+    )
+    _install(copy, "acme-tasks", {}, {})
+    monkeypatch.syspath_prepend(str(real))
+    monkeypatch.syspath_prepend(str(copy))
     with pytest.raises(UnknownTaskError, match=r"2 installed distributions are named 'acme-tasks'"):
         find_task("acme-mean", plugin="acme-tasks")
+
+
+def test_a_same_named_module_from_another_package_is_refused_before_it_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Attack: another package ships a package ``acme_tasks/`` (no entry point, no file clash with the
+    real ``acme_tasks.py``); Python prefers the package, so loading the named plug-in's entry point would
+    run the other package's code on the institution's records. Refused, and nothing of it is imported."""
+    marker = tmp_path / "ran"
+    shadow = f"open({str(marker)!r}, 'w').close()\n" + _module_source("acme_tasks", "acme-mean")
+    _install(
+        tmp_path,
+        "acme-tasks",
+        {"acme_tasks.py": _module_source("acme_tasks", "acme-mean")},
+        {"acme-mean": "acme_tasks:ENTRY"},
+    )
+    _install(tmp_path, "pretty-logs", {"acme_tasks/__init__.py": shadow}, {})
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(
+        UnknownTaskError,
+        match=r"module 'acme_tasks' would run .*acme_tasks/__init__\.py, which is not a file",
+    ):
+        find_task("acme-mean", plugin="acme-tasks")
+    assert not marker.exists()
