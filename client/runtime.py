@@ -257,7 +257,7 @@ class ClientRuntime:
 
         device = distributed.rank_device(str(getattr(self.task, "device", "auto")), launch)
         try:
-            with distributed.joined(launch, device) as group:
+            with distributed.joined(launch, device, key=self._job_key()) as group:
                 if launch.rank > 0:
                     jobs = distributed.serve(group, self._base_loader(device))
                     self.report.finished_reason = f"rank {launch.rank}: rank 0 stopped; trained {jobs} jobs"
@@ -266,6 +266,21 @@ class ClientRuntime:
                     return self._run_linked()
         except distributed.RankError as exc:
             raise ClientStopped(f"rank {launch.rank}: {exc}") from exc
+
+    def _job_key(self) -> bytes:
+        """The key rank 0 seals training jobs with, from this institution's private key (every rank
+        reads the same kit; see secfed.model.distributed)."""
+        from cryptography.hazmat.primitives import serialization
+
+        from secfed.model.distributed import job_key
+
+        der = self.kit.identity.private_key.private_bytes(
+            serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+        try:
+            return job_key(der, self.kit.client_id)
+        finally:
+            del der
 
     def _base_loader(self, device: torch.device) -> BaseLoader | None:
         """How a rank > 0 loads the base model the task trains (the same config as rank 0's, the job's

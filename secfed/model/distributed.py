@@ -50,9 +50,16 @@ How the pieces fit, and why:
 * **Not here: FSDP.** Each rank holds the whole base model; a base that does not fit one GPU needs
   sharding (FSDP), which this module does not do.
 
-Trust: the ranks are one institution's processes on its own machines; jobs travel between them as
-pickles, so torchrun's rendezvous endpoint must be reachable only by the institution (the default,
-127.0.0.1, on one node).
+Trust and the network: torchrun's store (``MASTER_ADDR:MASTER_PORT``) listens on every interface of
+rank 0's host, whatever ``MASTER_ADDR`` says, and anyone who can reach it can write into it. So a job (the
+institution's records, the secret DP sampling seed) never travels in the clear or as a pickle anyone
+could forge: rank 0 seals it with AES-GCM under a key every rank derives from the institution's private
+key (:func:`job_key`; all ranks read the same kit), numbered so a replayed or reordered job fails, and a
+rank unpickles only what authenticated. On one node the gloo connections between ranks are bound to the
+loopback interface. What remains reachable from the network: the store (forged progress or failure
+reports can stop the client; they are never executed) and, across several nodes, gloo's gradient
+exchange (neither encrypted nor authenticated by torch): run a multi-node institution on a private
+network or firewall those ports.
 """
 
 from __future__ import annotations
@@ -60,6 +67,9 @@ from __future__ import annotations
 import contextlib
 import datetime
 import logging
+import os
+import pickle
+import socket
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NoReturn, TypeVar
@@ -73,6 +83,8 @@ from torch.distributed.rendezvous import rendezvous
 
 from secfed import logs
 from secfed.cancel import ComputeCancelled
+from secfed.crypto.aead import DecryptionError, open_sealed, seal
+from secfed.crypto.kdf import encode_fields, hkdf_sha256
 from secfed.data.formats import Record
 from secfed.dp.sgd import DpRoundEvent, DpSettings, dp_train_steps
 from secfed.model.device import select_device
@@ -83,6 +95,7 @@ from secfed.model.train import TrainSettings, TrainStats, train_steps
 
 __all__ = [
     "COLLECTIVE_TIMEOUT_S",
+    "MAX_JOB_BYTES",
     "BaseLoader",
     "Group",
     "JobAborted",
@@ -90,6 +103,7 @@ __all__ = [
     "RankError",
     "RankLostError",
     "TrainingJob",
+    "job_key",
     "joined",
     "leader_group",
     "leading",
@@ -103,6 +117,10 @@ T = TypeVar("T")
 #: How long a rank waits for the others at an exchange during training: the spread of one step's
 #: compute across the ranks, far below it in practice. Past it, the silent ranks are declared lost.
 COLLECTIVE_TIMEOUT_S = 600.0
+#: The largest sealed job a rank accepts (checked before it allocates the buffer): a training round's
+#: records and an adapter of 10^8 parameters fit many times over.
+MAX_JOB_BYTES = 2**31
+_JOB_CONTEXT = b"secfed/torchrun-job/v1"
 #: How long ranks > 0 wait for rank 0's next job (between rounds, while rank 0 talks to the coordinator).
 _IDLE_TIMEOUT = datetime.timedelta(days=30)
 # Status codes of an exchange.
@@ -117,6 +135,14 @@ class RankError(RuntimeError):
 class RankLostError(RankError):
     """A rank stopped answering (exited, crashed, or hung past the collective timeout): the group cannot
     run another job."""
+
+
+def job_key(private_key_der: bytes, client_id: str) -> bytes:
+    """The key rank 0 seals jobs with: HKDF-SHA256 of the institution's private key (DER), which every
+    rank of the institution holds and nobody else does."""
+    return hkdf_sha256(
+        private_key_der, salt=_JOB_CONTEXT, info=encode_fields(b"job-key", client_id), length=32
+    )
 
 
 class JobAborted(Exception):  # noqa: N818 - an outcome for ranks > 0, which go on serving
@@ -321,8 +347,11 @@ class Group:
         training: dist.ProcessGroup,
         grads: dist.ProcessGroup,
         timeout: datetime.timedelta,
+        key: bytes,
     ) -> None:
         self.launch = launch
+        self._key = key
+        self._jobs = 0  # sealed messages so far: every rank counts them, so each is bound to its place
         self.device = device
         self.lost = False
         self._store = store
@@ -478,12 +507,33 @@ class Group:
         self._broadcast(job)
 
     def _broadcast(self, job: TrainingJob | None) -> object:
-        """Rank 0's ``job`` on every rank (pickled by torch: the ranks are one institution's processes)."""
+        """Rank 0's ``job`` on every rank: sealed (AES-GCM, the message's number as associated data) and
+        sent as raw bytes; the other ranks unpickle only what authenticates (see the module docstring)."""
         self._position += 1
+        self._jobs += 1
         self._report("handing out a job", entered=True)
-        box: list[object] = [job]
-        self._collective(lambda: dist.broadcast_object_list(box, src=0))
-        return box[0]
+        context = encode_fields(_JOB_CONTEXT, self._jobs)
+        sealed = seal(self._key, pickle.dumps(job), context) if self.rank == 0 else b""
+        size = torch.tensor([len(sealed)], dtype=torch.int64)
+        self._collective(lambda: dist.broadcast(size, src=0))
+        length = int(size.item())
+        if not 0 < length <= MAX_JOB_BYTES:
+            raise RankError(f"rank {self.rank}: a job of {length} bytes announced; refusing it")
+        if self.rank == 0:
+            buffer = torch.frombuffer(bytearray(sealed), dtype=torch.uint8)
+        else:
+            buffer = torch.empty(length, dtype=torch.uint8)
+        self._collective(lambda: dist.broadcast(buffer, src=0))
+        if self.rank == 0:
+            return job
+        try:
+            plain = open_sealed(self._key, buffer.numpy().tobytes(), context)
+        except DecryptionError:
+            raise RankError(
+                f"rank {self.rank}: job {self._jobs} did not authenticate: it was not sealed by this "
+                "institution's rank 0 (a different kit, or someone else reached the rendezvous port)"
+            ) from None
+        return pickle.loads(plain)  # noqa: S301 - authenticated: sealed by this institution's rank 0
 
     def _run(self, job: TrainingJob, work: Callable[[], T]) -> T:
         """``work`` (this rank's part of ``job``) under the failure protocol: a failure on any rank ends
@@ -603,13 +653,14 @@ class Group:
 
 @contextlib.contextmanager
 def joined(
-    launch: Launch, device: torch.device, *, timeout_s: float = COLLECTIVE_TIMEOUT_S
+    launch: Launch, device: torch.device, *, key: bytes, timeout_s: float = COLLECTIVE_TIMEOUT_S
 ) -> Iterator[Group]:
-    """Join the institution's group (torchrun's rendezvous: ``MASTER_ADDR``, ``MASTER_PORT``); on
-    leaving, rank 0 stops the other ranks and the group is taken down."""
+    """Join the institution's group (torchrun's rendezvous: ``MASTER_ADDR``, ``MASTER_PORT``); ``key``
+    (:func:`job_key`) seals the jobs. On leaving, rank 0 stops the other ranks and the group is taken down."""
     if dist.is_initialized():
         raise RuntimeError("this process already belongs to a torch.distributed process group")
     timeout = datetime.timedelta(seconds=timeout_s)
+    _loopback_on_one_node(launch)
     if device.type == "cuda":
         torch.cuda.set_device(device)  # so "cuda" (as the task's own loading says) means this rank's GPU
     store, _, _ = next(rendezvous("env://", rank=launch.rank, world_size=launch.world_size, timeout=timeout))
@@ -623,7 +674,7 @@ def joined(
     try:
         training = dist.new_group(backend="gloo", timeout=timeout)
         grads = dist.new_group(backend="nccl", timeout=timeout) if device.type == "cuda" else training
-        group = Group(launch, device, PrefixStore("secfed/", store), training, grads, timeout)
+        group = Group(launch, device, PrefixStore("secfed/", store), training, grads, timeout, key)
         logs.event(log, "joined-group", rank=launch.rank, world=launch.world_size, device=str(device))
         try:
             yield group
@@ -631,6 +682,17 @@ def joined(
             group.close()
     finally:
         dist.destroy_process_group()
+
+
+def _loopback_on_one_node(launch: Launch) -> None:
+    """When every rank runs on this host, bind gloo's connections to the loopback interface (unless the
+    operator chose one): by default gloo listens on the interface of the host name, which the network
+    can reach."""
+    if launch.world_size != launch.local_world_size or "GLOO_SOCKET_IFNAME" in os.environ:
+        return
+    loopback = [name for _, name in socket.if_nameindex() if name in ("lo", "lo0")]
+    if loopback:
+        os.environ["GLOO_SOCKET_IFNAME"] = loopback[0]
 
 
 _LEADER: Group | None = None

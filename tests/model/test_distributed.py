@@ -53,6 +53,7 @@ SETTINGS = TrainSettings(local_steps=3, batch_size=5, grad_accum=2, max_length=6
 DP = DpSettings(noise_multiplier=1.0, max_grad_norm=0.5, expected_batch_size=2, max_physical_batch=1)
 DP_TRAIN = TrainSettings(local_steps=4, max_length=64, lr=1e-2, seed=11)
 NOISE_SEED = 7
+KEY = distributed.job_key(b"this institution's private key (DER)", "inst00")
 # Why a tolerance: the ranks add float32 numbers in another order than one process (each rank's partial
 # sum, then the all-reduce; each rank pads its share to its own longest sequence, so the matrix products
 # have other shapes), which changes gradients in their last bits, and AdamW's per-coordinate
@@ -107,7 +108,7 @@ def _launch() -> Launch:
 
 def _train_rank(rank: int, _arg: str) -> dict[str, Any]:
     """Rank 0: a plain round, then a DP-SGD round, each from the same start. Rank 1: serves them."""
-    with joined(_launch(), torch.device("cpu")) as group:
+    with joined(_launch(), torch.device("cpu"), key=KEY) as group:
         if rank > 0:
             adapters: list[np.ndarray] = []
 
@@ -161,7 +162,7 @@ def _failing_rank(rank: int, _arg: str) -> dict[str, Any]:
     """Three jobs, each failing in step 2: rank 0's session is abandoned (its computation cancelled),
     then rank 1 raises, then rank 1 exits. The first two leave the group usable for the next."""
     base, (peft, tokenizer, _start) = _ready_models()
-    with joined(_launch(), torch.device("cpu"), timeout_s=10) as group:
+    with joined(_launch(), torch.device("cpu"), key=KEY, timeout_s=10) as group:
         original = train._sequence_losses
         if rank > 0:
             calls = itertools.count()  # rank 1's forward passes: two per job (steps 1 and 2)
@@ -200,7 +201,7 @@ def _failing_rank(rank: int, _arg: str) -> dict[str, Any]:
 def _hung_rank(rank: int, _arg: str) -> dict[str, Any]:
     """Rank 1 stops answering in its first forward pass (it sleeps); rank 0 waits 3 s at most."""
     base, (peft, tokenizer, _start) = _ready_models()
-    with joined(_launch(), torch.device("cpu"), timeout_s=3) as group:
+    with joined(_launch(), torch.device("cpu"), key=KEY, timeout_s=3) as group:
         if rank > 0:
             with pytest.MonkeyPatch.context() as patch:
                 patch.setattr(train, "_sequence_losses", lambda *_: time.sleep(600))
@@ -208,6 +209,22 @@ def _hung_rank(rank: int, _arg: str) -> dict[str, Any]:
         with leading(group), pytest.raises(distributed.RankLostError) as caught:
             train_local(peft, tokenizer, _records(), SETTINGS, round_=ROUND, progress=False)
         return {"error": str(caught.value)}
+
+
+def _forged_job_rank(rank: int, _arg: str) -> dict[str, Any]:
+    """Rank 1 derives its key from another institution's private key, i.e. what it receives is, for it,
+    a job sealed by someone else (what an outsider writing to torchrun's port would send)."""
+    base, (peft, tokenizer, _start) = _ready_models()
+    key = KEY if rank == 0 else distributed.job_key(b"another institution's key", "inst00")
+    with joined(_launch(), torch.device("cpu"), key=key, timeout_s=10) as group:
+        if rank > 0:
+            try:
+                return {"jobs": serve(group, lambda _scheme: base)}
+            except distributed.RankError as exc:
+                return {"refused": str(exc)}
+        with leading(group), pytest.raises(distributed.RankError) as caught:
+            train_local(peft, tokenizer, _records(), SETTINGS, round_=ROUND, progress=False)
+        return {"error": type(caught.value).__name__}
 
 
 def _client_rank(rank: int, arg: str) -> dict[str, Any]:
@@ -245,6 +262,7 @@ _SCENARIOS: dict[str, Callable[[int, str], dict[str, Any]]] = {
     "fail": _failing_rank,
     "hang": _hung_rank,
     "client": _client_rank,
+    "forged": _forged_job_rank,
 }
 
 
@@ -414,6 +432,17 @@ def test_a_silent_rank_stops_rank_0_after_the_collective_timeout(tmp_path: Path)
     assert "waited up to 3 s" in error
 
 
+def test_a_rank_unpickles_only_a_job_sealed_by_its_institutions_rank_0(tmp_path: Path) -> None:
+    """Attack: torchrun's store listens on every interface, so an outsider can reach the ranks' job
+    channel; a job is a pickle (code execution) carrying the records and the DP seed. Jobs are sealed
+    under a key from the institution's private key: a rank refuses (and never unpickles) one that does
+    not authenticate, and rank 0 stops."""
+    codes, results = _run_ranks(tmp_path, "forged")
+    assert codes == [0, 0]
+    assert results[1]["refused"].startswith("rank 1: job 1 did not authenticate")
+    assert results[0]["error"] in ("RankLostError", "RankError")
+
+
 def test_the_client_under_torchrun_stops_with_the_failed_rank(tmp_path: Path, tiny_model_dir: Path) -> None:
     from secfed.pki.consortium import loopback_consortium, provision
 
@@ -497,7 +526,15 @@ def test_the_shares_make_up_the_batch_in_order(world: int) -> None:
     no_group: Any = None  # share() makes no collective call
     timeout = datetime.timedelta(seconds=1)
     groups = [
-        Group(Launch(rank, world, rank, world), torch.device("cpu"), HashStore(), no_group, no_group, timeout)
+        Group(
+            Launch(rank, world, rank, world),
+            torch.device("cpu"),
+            HashStore(),
+            no_group,
+            no_group,
+            timeout,
+            KEY,
+        )
         for rank in range(world)
     ]
     for size in range(8):
