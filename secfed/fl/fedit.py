@@ -567,7 +567,7 @@ class FeditClient:
         """Round 0 starts from the public-seed adapter (or the one the institution names); later rounds
         move by at most the clip bound per round from the last adapter this institution accepted.
 
-        An adapter crafted within that bound is not caught here: only DP covers it (README threat model).
+        An adapter crafted within that bound is not caught here: only DP covers it (docs/threat-model.md).
         """
         from secfed.model.lora import seeded_initial_vector
 
