@@ -256,6 +256,7 @@ class _Bench:
 
     def fedhds(self, mode: str, *, fraction: float | None = None, dp: bool = False) -> tuple[Outcome, Any]:
         from secfed.bench.inprocess import run_inprocess
+        from secfed.dp.policy import PrivacyPolicy
         from secfed.fl.fedhds import FedhdsClient, FedhdsServer
 
         options = {
@@ -278,16 +279,12 @@ class _Bench:
         server = FedhdsServer(options)
         clients: dict[str, Any] = {}
         for i, cid in enumerate(self.ids):
-            opts = self.client_options(i)
+            privacy = None
             if dp:
                 ledger = self.workdir / f"{cid}.privacy.jsonl"
                 ledger.unlink(missing_ok=True)
-                opts["privacy"] = {
-                    "ledger": str(ledger),
-                    "delta": 1e-5,
-                    "budget_epsilon": self.preset.epsilon,
-                }
-            client = FedhdsClient(cid, opts, model_pool=self.pool)
+                privacy = PrivacyPolicy(ledger=ledger, delta=1e-5, budget_epsilon=self.preset.epsilon)
+            client = FedhdsClient(cid, self.client_options(i), privacy=privacy, model_pool=self.pool)
             if cid in self.features:
                 client.preload_features(*self.features[cid])
             clients[cid] = client
