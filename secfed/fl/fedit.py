@@ -338,8 +338,7 @@ def split_holdout(records: list[Record], fraction: float) -> tuple[list[Record],
 
 #: In-process benchmarks run many institutions one after another in one process; they can share one
 #: loaded base model and adapter (each round starts by loading the global adapter, so nothing leaks
-#: from one institution's training into another's). Key: (model source, device).
-#: Loaded bases shared by in-process institutions, keyed by (model source, device, quantization).
+#: from one institution's training into another's). Key: (model source, device, quantization scheme).
 ModelPool = dict[tuple[str, str, str | None], tuple[Any, Any, Any]]
 
 

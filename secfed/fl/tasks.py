@@ -1,4 +1,5 @@
-"""The two halves of a federated task, and the registry that names them.
+"""The two halves of a federated task: the interface every task implements (the registry that names
+them is :mod:`secfed.fl.registry`).
 
 A task decides what one round sums (the vector spec), what each client computes from the global
 model (its private contribution), and how the server turns the decoded cohort sum into the next
