@@ -7,6 +7,9 @@ that LoRA on a 4-bit base trains and keeps the full-precision adapter layout.
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -183,3 +186,21 @@ def test_an_outdated_quantization_package_is_a_load_error_not_a_crash(
     monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", outdated)
     with pytest.raises(ModelLoadError, match=r"needs a newer package: Using bitsandbytes"):
         _load_directory(tiny_model_dir, "tiny", torch.device("cpu"), torch.float32, "nf4")
+
+
+def test_an_installed_bitsandbytes_stays_quiet_in_a_full_precision_run() -> None:
+    """peft imports bitsandbytes whenever it is installed, and bitsandbytes then looks for a CPU kernel on
+    the Hugging Face Hub: offline, two warnings on every run, quantized or not. secfed silences them
+    (it never runs bitsandbytes on a CPU) and keeps the Hub offline."""
+    code = (
+        "import sys, secfed.model\n"
+        "from secfed.model.lora import apply_lora\n"
+        "from secfed.model.settings import LoraSettings\n"
+        "from secfed.model.tiny import tiny_llama\n"
+        "apply_lora(tiny_llama().model, LoraSettings())\n"
+        "print('bitsandbytes' in sys.modules)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "HF_HUB_OFFLINE"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
+    assert out.stdout.strip() == "True", "the premise: peft imported bitsandbytes"
+    assert "kernels-community" not in out.stderr, out.stderr
