@@ -16,23 +16,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Callable
 from pathlib import Path
 
 from secfed.audit.commands import make_reports, verify_reports
+from secfed.cli.groups import command_group
 from secfed.dp.empirical import AuditConfig, AuditResult, run_audit
 
 __all__ = ["register"]
-
-Handler = Callable[[argparse.Namespace], int]
-
-
-def _cmd_help(parser: argparse.ArgumentParser) -> Handler:
-    def show(_: argparse.Namespace) -> int:
-        parser.print_help(sys.stderr)
-        return 2
-
-    return show
 
 
 def _human(result: AuditResult) -> str:
@@ -81,13 +71,12 @@ def _cmd_empirical(args: argparse.Namespace) -> int:
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``audit`` and its sub-commands to the top-level ``secfed`` parser."""
-    audit = subparsers.add_parser(
+    sub = command_group(
+        subparsers,
         "audit",
         help="privacy audits: empirical lower bound on epsilon, signed privacy-budget reports",
         description="Audit the DP-SGD implementation and the privacy budgets it claims.",
     )
-    audit.set_defaults(func=_cmd_help(audit))
-    sub = audit.add_subparsers(title="commands", metavar="COMMAND")
     _add_report_commands(sub)
 
     defaults = AuditConfig()

@@ -20,13 +20,13 @@ from __future__ import annotations
 import argparse
 import functools
 import sys
-from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 
+from secfed.cli.groups import Handler, command_group
 from secfed.crypto.identity import describe
 from secfed.pki.consortium import load_consortium, provision
 from secfed.pki.files import (
@@ -46,7 +46,6 @@ from secfed.pki.kit import CA_FILE, KIT_FILE, Role, check_kit, write_kit
 
 __all__ = ["register"]
 
-Handler = Callable[[argparse.Namespace], int]
 
 _REASONS = {
     "unspecified": x509.ReasonFlags.unspecified,
@@ -228,26 +227,17 @@ def _cmd_check(args: argparse.Namespace) -> int:
     return 1
 
 
-def _cmd_help(parser: argparse.ArgumentParser) -> Handler:
-    def show(_: argparse.Namespace) -> int:
-        parser.print_help(sys.stderr)
-        return 2
-
-    return show
-
-
 # -- registration ---------------------------------------------------------------------------------
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``certs`` and its sub-commands to the top-level ``secfed`` parser."""
-    certs = subparsers.add_parser(
+    sub = command_group(
+        subparsers,
         "certs",
         help="consortium CA, certificates and startup kits",
         description="Create the consortium CA, issue and revoke certificates, provision and check kits.",
     )
-    certs.set_defaults(func=_cmd_help(certs))
-    sub = certs.add_subparsers(title="commands", metavar="COMMAND")
 
     p = sub.add_parser("init-ca", help="create a consortium CA directory")
     p.add_argument("--out", type=Path, required=True, help="CA directory to create")
