@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -41,21 +40,18 @@ from secfed.coreset.dp_config import (
     segment_scales,
 )
 from secfed.coreset.dp_release import (
-    DpStagePlan,
     NoiseShare,
     contribution,
-    next_release_stage,
     release_layout,
 )
-from secfed.coreset.layout import CohortSum, sum_contributions
 from secfed.dp.csprng import AesCtrGaussian
+from tests.coreset.dp_support import SILENT, ConstantStream, noiseless_plans, random_rows
 
 #: Both density models of the third stage: the Gaussian spread (default; a ``var`` segment of ``dims``
 #: coordinates) and the per-cell histogram (``counts`` and ``offsets`` over every grid cell).
 CONFIGS = {"gauss": DpSelection(epsilon=1.0), "histogram": DpSelection(epsilon=1.0, density="histogram")}
 LAMS = {cfg_id: calibrated_lambda(cfg) for cfg_id, cfg in CONFIGS.items()}
 MAX_RECORDS = 64
-SILENT = NoiseShare(0.0, 1)
 FloatArray = npt.NDArray[np.float64]
 
 #: (lam_total or None for the configuration's calibrated lam, honest): the calibrated share as a
@@ -74,46 +70,19 @@ def _share(cfg_id: str, share_id: str) -> NoiseShare:
     return NoiseShare(LAMS[cfg_id] if lam_total is None else lam_total, honest)
 
 
-class _ConstantStream(AesCtrGaussian):
-    """A stream whose every uniform is ``value``: 0.0 rounds every fractional value up (the rounding
-    draws ``up`` when ``u < frac``), ``1 - 2^-53`` rounds every one down. Deterministic per record, so a
-    record rounds the same whatever its position in the data."""
-
-    def __init__(self, value: float) -> None:
-        super().__init__()
-        self.value = value
-
-    def uniform(self, n: int) -> FloatArray:
-        return np.full(n, self.value, dtype=np.float64)
-
-
 CEIL, FLOOR = 0.0, 1.0 - 2.0**-53
 
 
-def _rows(seed: int, n: int, k0: int = 8) -> FloatArray:
-    """Projected rows as the release sees them: norm about 1, some beyond every clip."""
-    out: FloatArray = np.random.default_rng(seed).normal(size=(n, k0)) * 0.4
-    return out
-
-
-def _plans(cfg: DpSelection) -> dict[str, dict[str, Any]]:
-    """Realistic public plans (mean, plane) from the noiseless sums of four institutions' random data."""
-    rows = [_rows(900 + i, 30, cfg.k0) for i in range(4)]
-    plans: dict[str, dict[str, Any]] = {}
-    sums: list[CohortSum] = []
-    for stage in DP_STAGES:
-        step = next_release_stage(cfg, sums, max_fraction=0.2, release_seed=5)
-        assert isinstance(step, DpStagePlan) and step.name == stage
-        plans[stage] = step.broadcast
-        parts = [
-            contribution(cfg, stage, r, step.broadcast, SILENT, _ConstantStream(0.5), max_records=MAX_RECORDS)
-            for r in rows
-        ]
-        sums.append(sum_contributions(release_layout(cfg, stage, max_records=MAX_RECORDS), parts))
-    return plans
-
-
-PLANS = {cfg_id: _plans(cfg) for cfg_id, cfg in CONFIGS.items()}
+PLANS = {
+    cfg_id: noiseless_plans(
+        cfg,
+        [random_rows(900 + i, 30, cfg.k0) for i in range(4)],
+        release_seed=5,
+        stream=lambda: ConstantStream(0.5),
+        max_records=MAX_RECORDS,
+    )
+    for cfg_id, cfg in CONFIGS.items()
+}
 
 
 def _vector(
@@ -159,7 +128,7 @@ def test_every_institution_noises_every_coordinate_with_variance_two_lam_over_h(
     share = _share(cfg_id, share_id)
     length = release_layout(CONFIGS[cfg_id], stage, max_records=MAX_RECORDS).total_length
     reps = max(80, 2400 // length)  # >= 2400 values pooled per data set
-    datasets = {"records": _rows(1, 30), "no records": np.zeros((0, 8))}
+    datasets = {"records": random_rows(1, 30), "no records": np.zeros((0, 8))}
     for what, rows in datasets.items():
         if what == "no records":
             clean = _vector(cfg_id, stage, rows, SILENT, AesCtrGaussian.from_test_seed(2))
@@ -244,10 +213,10 @@ def test_a_noiseless_contribution_is_the_exact_sum_of_scaled_rounded_records(cfg
     streams that force every rounding up, then down (recomputed here record by record), and with a real
     stream (each coordinate an integer within one unit per record of the real scaled sum)."""
     cfg, plan = CONFIGS[cfg_id], PLANS[cfg_id][stage]
-    rows = _rows(3, 25)
+    rows = random_rows(3, 25)
     per_record = _scaled_record_values(cfg_id, stage, rows)
     for value, rounding in ((CEIL, np.ceil), (FLOOR, np.floor)):
-        got = contribution(cfg, stage, rows, plan, SILENT, _ConstantStream(value), max_records=MAX_RECORDS)
+        got = contribution(cfg, stage, rows, plan, SILENT, ConstantStream(value), max_records=MAX_RECORDS)
         assert set(got) == set(per_record)
         for name, scaled in per_record.items():
             assert np.array_equal(got[name], rounding(scaled).sum(axis=0)), (name, value)
@@ -263,7 +232,7 @@ def test_a_noiseless_contribution_is_the_exact_sum_of_scaled_rounded_records(cfg
 def _adversarial_rows(kind: str, n: int, seed: int) -> FloatArray:
     gen = np.random.default_rng(seed)
     if kind == "random":
-        return _rows(seed, n)
+        return random_rows(seed, n)
     if kind == "huge":
         out: FloatArray = gen.normal(size=(n, 8)) * 1e6
         return out
@@ -330,7 +299,7 @@ def test_values_are_integers_within_the_layout_bounds(
         )
         room = 0
     else:
-        forced = _ConstantStream(CEIL if stream == "ceil" else FLOOR)
+        forced = ConstantStream(CEIL if stream == "ceil" else FLOOR)
         got = contribution(cfg, stage, rows, plan, SILENT, forced, max_records=MAX_RECORDS)
         room = share.cap
     layout.check(got)
@@ -356,7 +325,7 @@ def test_the_bounds_hold_at_the_worst_case_with_many_records(cfg_id: str) -> Non
         row = np.full(8, 1.0) if stage == DP_HIST_STAGE else np.eye(8)[0] * 40.0
         plan = PLANS[cfg_id][stage]
         got = contribution(
-            cfg, stage, np.tile(row, (many, 1)), plan, SILENT, _ConstantStream(CEIL), max_records=many
+            cfg, stage, np.tile(row, (many, 1)), plan, SILENT, ConstantStream(CEIL), max_records=many
         )
         layout = release_layout(cfg, stage, max_records=many)
         for seg in layout.segments:
@@ -391,7 +360,7 @@ def test_the_sum_of_any_survivor_set_carries_at_least_the_target(
                     _noise(
                         cfg_id,
                         stage,
-                        _rows(50 + i, 10 + i),
+                        random_rows(50 + i, 10 + i),
                         share if i < noisy else SILENT,
                         7919 * r + 31 * i + honest,
                     )

@@ -46,18 +46,14 @@ from secfed.coreset.dp_config import (
     stage_sensitivities,
 )
 from secfed.coreset.dp_release import (
-    DpStagePlan,
-    NoiseShare,
     contribution,
-    next_release_stage,
     release_layout,
 )
-from secfed.coreset.layout import CohortSum, sum_contributions
 from secfed.dp.csprng import AesCtrGaussian
 from secfed.dp.skellam import skellam_events_epsilon
+from tests.coreset.dp_support import SILENT, ConstantStream, noiseless_plans, random_rows
 
 FloatArray = npt.NDArray[np.float64]
-SILENT = NoiseShare(0.0, 1)
 MAX_RECORDS = 10_000
 
 CONFIGS = {
@@ -90,17 +86,6 @@ CONFIGS = {
 }
 
 
-class _ConstantStream(AesCtrGaussian):
-    """Every uniform is ``value``: 0.0 rounds every fractional value up, ``1 - 2^-53`` every one down."""
-
-    def __init__(self, value: float) -> None:
-        super().__init__()
-        self.value = value
-
-    def uniform(self, n: int) -> FloatArray:
-        return np.full(n, self.value, dtype=np.float64)
-
-
 class _PerCallStream(AesCtrGaussian):
     """Random uniforms keyed by (seed, call number): the k-th call of two such streams starts with the
     same values however long it is, so records appended last leave the others' uniforms unchanged."""
@@ -116,11 +101,11 @@ class _PerCallStream(AesCtrGaussian):
 
 
 def _ceil() -> AesCtrGaussian:
-    return _ConstantStream(0.0)
+    return ConstantStream(0.0)
 
 
 def _floor() -> AesCtrGaussian:
-    return _ConstantStream(1.0 - 2.0**-53)
+    return ConstantStream(1.0 - 2.0**-53)
 
 
 def _per_call(seed: int) -> Callable[[], AesCtrGaussian]:
@@ -131,28 +116,6 @@ def _per_call(seed: int) -> Callable[[], AesCtrGaussian]:
 
 
 CONSTANT_STREAMS: dict[str, Callable[[], AesCtrGaussian]] = {"ceil": _ceil, "floor": _floor}
-
-
-def _rows(seed: int, n: int, k0: int, scale: float = 0.4) -> FloatArray:
-    out: FloatArray = np.random.default_rng(seed).normal(size=(n, k0)) * scale
-    return out
-
-
-def _data_plans(cfg: DpSelection) -> dict[str, dict[str, Any]]:
-    """Plans as a release derives them, from the noiseless sums of four institutions' random data."""
-    rows = [_rows(700 + i, 40, cfg.k0) for i in range(4)]
-    plans: dict[str, dict[str, Any]] = {}
-    sums: list[CohortSum] = []
-    for stage in DP_STAGES:
-        step = next_release_stage(cfg, sums, max_fraction=0.2, release_seed=3)
-        assert isinstance(step, DpStagePlan) and step.name == stage
-        plans[stage] = step.broadcast
-        parts = [
-            contribution(cfg, stage, r, step.broadcast, SILENT, _ceil(), max_records=MAX_RECORDS)
-            for r in rows
-        ]
-        sums.append(sum_contributions(release_layout(cfg, stage, max_records=MAX_RECORDS), parts))
-    return plans
 
 
 def _axis_plans(cfg: DpSelection) -> dict[str, dict[str, Any]]:
@@ -166,6 +129,17 @@ def _axis_plans(cfg: DpSelection) -> dict[str, dict[str, Any]]:
         "grid": {"lo": [-half_range] * cfg.dims, "hi": [half_range] * cfg.dims, "bins": cfg.bins},
     }
     return {DP_MEAN_STAGE: {}, DP_MOMENTS_STAGE: {"mean": [0.05] * cfg.k0}, DP_HIST_STAGE: {"plane": plane}}
+
+
+def _data_plans(cfg: DpSelection) -> dict[str, dict[str, Any]]:
+    """Plans as a release derives them, from the noiseless sums of four institutions' random data."""
+    return noiseless_plans(
+        cfg,
+        [random_rows(700 + i, 40, cfg.k0) for i in range(4)],
+        release_seed=3,
+        stream=_ceil,
+        max_records=MAX_RECORDS,
+    )
 
 
 PLANS = {
@@ -195,10 +169,10 @@ def _datasets(cfg: DpSelection) -> dict[str, FloatArray]:
     corners[0, :dims], corners[1, :dims] = lines[0], lines[-1]  # the grid's lower corner; its upper edge
     return {
         "empty": np.zeros((0, k0)),
-        "random-1": _rows(1, 1, k0),
-        "random-9": _rows(2, 9, k0),
-        "random-25": _rows(3, 25, k0, scale=1.0),
-        "huge": np.vstack([_rows(4, 4, k0, scale=1e6), np.eye(k0)[:1] * 1e150]),
+        "random-1": random_rows(1, 1, k0),
+        "random-9": random_rows(2, 9, k0),
+        "random-25": random_rows(3, 25, k0, scale=1.0),
+        "huge": np.vstack([random_rows(4, 4, k0, scale=1e6), np.eye(k0)[:1] * 1e150]),
         "grid-lines": np.vstack([on_lines, corners]),
         "clip-radius": np.vstack([np.eye(k0) * cfg.bound, -np.eye(k0) * cfg.bound]),
     }
@@ -223,7 +197,7 @@ def _candidates(cfg: DpSelection, plan_mean: FloatArray) -> dict[str, FloatArray
         "at-the-mean": plan_mean.copy(),
         "on-grid-line": on_line,
         "at-grid-edge": at_edge,
-        "random": _rows(9, 1, k0)[0],
+        "random": random_rows(9, 1, k0)[0],
     }
 
 
@@ -344,7 +318,9 @@ def test_real_valued_records_stay_within_the_documented_bounds(
     for plan_kind in ("data", "axes"):
         mean = np.asarray(PLANS[(cfg_id, plan_kind)][DP_MOMENTS_STAGE]["mean"])
         records += [(plan_kind, name, x) for name, x in _candidates(cfg, mean).items()]
-        records += [(plan_kind, f"random-{i}", x) for i, x in enumerate(_rows(11, 30, cfg.k0, scale=0.8))]
+        records += [
+            (plan_kind, f"random-{i}", x) for i, x in enumerate(random_rows(11, 30, cfg.k0, scale=0.8))
+        ]
     with monkeypatch.context() as patch:
         patch.setattr(dp_release, "_rounded", lambda scaled, stream: scaled)  # the real scaled values
         for plan_kind, name, x in records:
